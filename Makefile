@@ -1,0 +1,32 @@
+# Two entry points: `make demo` runs the whole workflow on the built-in demo data,
+# `make test` runs the test suite. Both create .venv first when it is missing or stale.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CORES  ?= 2
+
+.PHONY: demo test lint clean-demo
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "ntclass needs Python >= 3.11 (daisy 2); set PYTHON=python3.11"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+	$(BIN)/ntclass summary results/evaluation
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests workflow_scripts benchmarks
+	$(BIN)/snakemake --lint
+
+clean-demo:
+	rm -rf results logs benchmarks/results data/demo .snakemake

@@ -1,0 +1,31 @@
+# ntclass: neurotransmitter classification of synapses in EM volumes.
+# Snakemake owns the DAG, file targets and hardware; the ntclass library owns the science.
+from snakemake.utils import min_version, validate
+
+from ntclass.config import check_config
+from ntclass.workflow import check_source_paths
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+# one clear sentence for a bad config first; Snakemake's validate() then fills the defaults
+check_config(config, workflow.source_path("config/config.schema.yaml"))
+validate(config, "config/config.schema.yaml")
+check_source_paths(config)
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/split.smk"
+include: "rules/train.smk"
+include: "rules/predict.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        evaluation_targets(),

@@ -1,0 +1,54 @@
+# Helpers only: paths, wildcard constraints, target lists.
+import re
+
+from ntclass.config import model_training
+from ntclass.workflow import source_paths
+
+MODELS = list(config["models"])
+TARGETS = list(config["targets"])
+N_SHARDS = config["prediction"]["shards"]
+SCHEMA = workflow.source_path("../config/config.schema.yaml")
+ENV = "../envs/ntclass.yaml"
+
+
+wildcard_constraints:
+    model="|".join(re.escape(m) for m in MODELS),
+    target="|".join(re.escape(t) for t in TARGETS),
+    shard=r"\d+",
+
+
+def source_inputs(wildcards=None):
+    """The synapse source's files, named, for rules that read the source."""
+    return source_paths(config)
+
+
+def raw_inputs(wildcards=None):
+    """The raw volume alone (prediction reads raw, the manifest lists the synapses)."""
+    return {k: v for k, v in source_paths(config).items() if k in ("raw", "cremi")}
+
+
+def training_params(wildcards):
+    """Everything a training job depends on: a change retrains only that model."""
+    model = config["models"][wildcards.model]
+    return {
+        "architecture": model["architecture"],
+        "model_params": model.get("params", {}),
+        "classes": config["classes"],
+        "voxel_size": config["voxel_size"],
+        **model_training(config, wildcards.model, SCHEMA),
+    }
+
+
+def shard_paths(wildcards):
+    return expand(
+        "results/predictions/{model}/{target}/shards/{shard}.csv",
+        model=wildcards.model,
+        target=wildcards.target,
+        shard=range(N_SHARDS),
+    )
+
+
+def evaluation_targets():
+    return expand(
+        "results/evaluation/{model}/{target}/metrics.json", model=MODELS, target=TARGETS
+    )

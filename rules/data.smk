@@ -1,0 +1,19 @@
+import os
+
+
+rule demo_data:
+    """The synthetic demo dataset in both layouts: zarr volume + table, CREMI folders."""
+    output:
+        table=f"{config['demo']['out_dir']}/synapses.csv",
+        volume=directory(f"{config['demo']['out_dir']}/volume.zarr"),
+        cremi=directory(f"{config['demo']['out_dir']}/cremi"),
+    params:
+        demo=config["demo"],
+        classes=config["classes"],
+        out_dir=lambda wc, output: os.path.dirname(output.table),
+    log:
+        "logs/demo_data.log",
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/demo_data.py"

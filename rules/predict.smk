@@ -1,0 +1,42 @@
+rule predict_shard:
+    """Predict one shard of a target blockwise with daisy."""
+    input:
+        model="results/models/{model}/model.pt",
+        manifest="results/split/manifest.csv",
+        **raw_inputs(),
+    output:
+        shard="results/predictions/{model}/{target}/shards/{shard}.csv",
+    params:
+        target=lambda wc: config["targets"][wc.target],
+        shards=N_SHARDS,
+        shard=lambda wc: int(wc.shard),
+        classes=config["classes"],
+        voxel_size=config["voxel_size"],
+        prediction=config["prediction"],
+        # daisy's done markers: outside the declared outputs so a killed shard resumes
+        work_dir=lambda wc: f"results/predictions/{wc.model}/{wc.target}/work/{wc.shard}",
+    threads: 2
+    log:
+        "logs/predict/{model}/{target}/{shard}.log",
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/predict_shard.py"
+
+
+rule merge_predictions:
+    """One prediction table per model and target: every synapse exactly once."""
+    input:
+        shards=shard_paths,
+        manifest="results/split/manifest.csv",
+    output:
+        csv="results/predictions/{model}/{target}/predictions.csv",
+        parquet="results/predictions/{model}/{target}/predictions.parquet",
+    params:
+        target=lambda wc: config["targets"][wc.target],
+    log:
+        "logs/predict/{model}/{target}/merge.log",
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/merge_predictions.py"

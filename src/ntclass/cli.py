@@ -1,0 +1,48 @@
+"""The `ntclass` command: small helpers around the workflow's outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import NtclassError
+
+
+def summary(evaluation_dir: str) -> int:
+    """Print synapse- and neuron-level accuracy of every model and target evaluated."""
+    files = sorted(Path(evaluation_dir).glob("*/*/metrics.json"))
+    if not files:
+        raise NtclassError(f"no metrics.json under '{evaluation_dir}'; run the workflow first")
+    print(f"{'model':<16}{'target':<14}{'synapses':>9}{'accuracy':>10}{'x chance':>10}"
+          f"{'neurons':>9}{'neuron acc':>12}")
+    for path in files:
+        m = json.loads(path.read_text())
+        syn, neu = m["synapse"], m["neuron"]
+        acc = syn["accuracy"]
+        ratio = f"{acc / m['chance']:.1f}" if acc is not None else "n/a"
+        acc_s = f"{acc:.3f}" if acc is not None else "n/a"
+        nacc = f"{neu['accuracy']:.3f}" if neu["accuracy"] is not None else "n/a"
+        print(f"{path.parent.parent.name:<16}{path.parent.name:<14}{syn['n']:>9}{acc_s:>10}"
+              f"{ratio:>10}{neu['n']:>9}{nacc:>12}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ntclass", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("summary", help="print the accuracy of every evaluated model")
+    p.add_argument("evaluation_dir", nargs="?", default="results/evaluation")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "summary":
+            return summary(args.evaluation_dir)
+    except NtclassError as e:
+        print(f"ntclass: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

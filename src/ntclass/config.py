@@ -1,0 +1,94 @@
+"""Configuration checks that answer in one sentence naming the key and what was expected."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+
+import jsonschema
+import yaml
+
+from .errors import NtclassError
+
+_TYPE_NAMES = {"integer": "an integer", "number": "a number", "string": "a string",
+               "boolean": "true or false", "array": "a list", "object": "a mapping",
+               "null": "null"}
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _expected(error: jsonschema.ValidationError) -> str:
+    v, schema = error.validator, error.schema
+    if v == "type":
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        return " or ".join(_TYPE_NAMES.get(t, t) for t in types)
+    if v == "enum":
+        return "one of " + ", ".join(str(e) for e in schema["enum"])
+    if v in ("minimum", "exclusiveMinimum"):
+        return f"a value {'>=' if v == 'minimum' else '>'} {schema[v]}"
+    if v in ("maximum", "exclusiveMaximum"):
+        return f"a value {'<=' if v == 'maximum' else '<'} {schema[v]}"
+    if v in ("minItems", "maxItems"):
+        n = schema.get("minItems"), schema.get("maxItems")
+        return f"a list of {n[0]} items" if n[0] == n[1] else f"a list ({v} {schema[v]})"
+    if v == "pattern":
+        return f"text matching {schema['pattern']}"
+    if v == "uniqueItems":
+        return "no repeated entries"
+    return error.message
+
+
+def _sentence(error: jsonschema.ValidationError) -> str:
+    where = _key(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        hint = f"; known keys are {', '.join(allowed)}" if allowed else ""
+        prefix = f"'{where}.{extra[0]}'" if error.absolute_path else f"'{extra[0]}'"
+        return f"config key {prefix} is unknown{hint}"
+    if error.validator == "required":
+        missing = [k for k in error.schema["required"] if k not in error.instance][0]
+        full = f"{where}.{missing}" if error.absolute_path else missing
+        return f"config key '{full}' is missing"
+    if error.validator == "propertyNames":
+        return f"config key '{where}' has a name not matching {error.schema['propertyNames']}"
+    return (f"config key '{where}' is {error.instance!r}, expected {_expected(error)}")
+
+
+def check_config(config: Mapping, schema_path: str | os.PathLike) -> None:
+    """Raise NtclassError for the first problem of `config` against the schema."""
+    with open(schema_path) as f:
+        schema = yaml.safe_load(f)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = list(validator.iter_errors(copy.deepcopy(dict(config))))
+    if errors:
+        # the deepest error names the most specific key; ties: the first reported
+        error = max(errors, key=lambda e: len(e.absolute_path))
+        for e in errors:
+            if e.context:
+                error = max(e.context, key=lambda c: len(c.absolute_path))
+                break
+        raise NtclassError(_sentence(error))
+
+
+def model_training(config: Mapping, model: str, schema_path: str | os.PathLike) -> dict:
+    """The training parameters of one model: the training section with its overrides."""
+    overrides = config["models"][model].get("training", {})
+    with open(schema_path) as f:
+        schema = yaml.safe_load(f)
+    allowed = schema["properties"]["training"]["properties"]
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise NtclassError(f"config key 'models.{model}.training.{unknown[0]}' is unknown; "
+                           f"known keys are {', '.join(sorted(allowed))}")
+    merged = {**copy.deepcopy(dict(config["training"])), **copy.deepcopy(dict(overrides))}
+    sub = {**schema["properties"]["training"], "$defs": schema["$defs"]}
+    for error in jsonschema.Draft202012Validator(sub).iter_errors(merged):
+        path = ["models", model, "training", *error.absolute_path]
+        error.path.clear()
+        error.path.extend(path)
+        raise NtclassError(_sentence(error))
+    return merged

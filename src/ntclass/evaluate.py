@@ -1,0 +1,154 @@
+"""Metrics at synapse and neuron level, and the text report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+)
+
+from .errors import NtclassError
+
+NEURON_RULES = ("majority", "mean", "sum")
+
+
+def classification_metrics(truth: Sequence[str], predicted: Sequence[str],
+                           classes: Sequence[str]) -> dict:
+    """Accuracy, balanced accuracy, per-class precision/recall/F1/support, confusion."""
+    truth, predicted = list(truth), list(predicted)
+    if not truth:
+        return {"n": 0, "accuracy": None, "balanced_accuracy": None, "per_class": {},
+                "confusion_matrix": {"classes": list(classes), "counts": []}}
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predicted, labels=list(classes), zero_division=0)
+    present = [c for c in classes if c in set(truth)]
+    return {
+        "n": len(truth),
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "balanced_accuracy": float(balanced_accuracy_score(
+            [t for t in truth], [p for p in predicted])) if present else None,
+        "per_class": {
+            c: {"precision": float(precision[i]), "recall": float(recall[i]),
+                "f1": float(f1[i]), "support": int(support[i])}
+            for i, c in enumerate(classes)},
+        "confusion_matrix": {
+            "classes": list(classes),
+            "counts": confusion_matrix(truth, predicted, labels=list(classes)).tolist()},
+    }
+
+
+def neuron_calls(predictions: pd.DataFrame, classes: Sequence[str], rule: str = "majority",
+                 min_synapses: int = 1, min_confidence: float = 0.0) -> pd.DataFrame:
+    """One NT call per pre-synaptic neuron (`pre_id`).
+
+    majority: most frequent per-synapse prediction, confidence = its share of votes;
+    mean: argmax of the mean probabilities, confidence = that mean;
+    sum: argmax of summed probabilities, confidence = max / total (equal to mean's here).
+    Neurons below `min_synapses` or `min_confidence` are called 'unclear'.
+    """
+    if rule not in NEURON_RULES:
+        raise NtclassError(f"neuron rule '{rule}' is unknown; expected one of {NEURON_RULES}")
+    rows = predictions[predictions["pre_id"].notna()]
+    classes = list(classes)
+    columns = ["pre_id", "n_synapses", "predicted_nt", "confidence",
+               *[f"mean_{c}" for c in classes], "nt"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = rows.groupby("pre_id", sort=True)
+    means = grouped[classes].mean()
+    n = grouped.size()
+    if rule == "majority":
+        votes = pd.crosstab(rows["pre_id"], rows["predicted_nt"]).reindex(
+            columns=classes, fill_value=0).loc[means.index]
+        best = votes.to_numpy().argmax(axis=1)
+        confidence = votes.to_numpy().max(axis=1) / n.to_numpy()
+    else:
+        best = means.to_numpy().argmax(axis=1)
+        confidence = means.to_numpy().max(axis=1)  # sum rule: max/total == max of the mean
+    out = pd.DataFrame({"pre_id": means.index.astype("Int64"), "n_synapses": n.to_numpy()})
+    called = np.asarray(classes, dtype=object)[best]
+    unclear = (out["n_synapses"].to_numpy() < min_synapses) | (confidence < min_confidence)
+    out["predicted_nt"] = np.where(unclear, "unclear", called)
+    out["confidence"] = confidence
+    for c in classes:
+        out[f"mean_{c}"] = means[c].to_numpy()
+    if "nt" in rows:
+        truth = grouped["nt"].agg(lambda s: s.mode().iloc[0] if s.notna().any() else pd.NA)
+        out["nt"] = truth.to_numpy()
+    else:
+        out["nt"] = pd.NA
+    return out[columns].reset_index(drop=True)
+
+
+def evaluate(predictions: pd.DataFrame, classes: Sequence[str], rule: str = "majority",
+             min_synapses: int = 1, min_confidence: float = 0.0) -> tuple[dict, pd.DataFrame]:
+    """Metrics over the labelled synapses and neurons of a prediction table."""
+    labelled = predictions[predictions["nt"].notna()]
+    synapse = classification_metrics(labelled["nt"], labelled["predicted_nt"], classes)
+    neurons = neuron_calls(predictions, classes, rule, min_synapses, min_confidence)
+    known = neurons[neurons["nt"].notna() & (neurons["predicted_nt"] != "unclear")]
+    neuron = classification_metrics(known["nt"], known["predicted_nt"], classes)
+    neuron["rule"] = rule
+    neuron["unclear"] = int((neurons["predicted_nt"] == "unclear").sum())
+    metrics = {"classes": list(classes), "chance": 1.0 / len(classes),
+               "synapse": synapse, "neuron": neuron}
+    return metrics, neurons
+
+
+def _table(matrix: list[list[int]], classes: Sequence[str]) -> str:
+    width = max(8, *(len(c) for c in classes)) + 1
+    lines = [" " * width + "".join(f"{c[:width - 1]:>{width}}" for c in classes)]
+    for c, row in zip(classes, matrix):
+        lines.append(f"{c:<{width}}" + "".join(f"{v:>{width}}" for v in row))
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def report_text(metrics: dict, title: str) -> str:
+    """A plain-text report of `metrics` as produced by `evaluate`."""
+    classes = metrics["classes"]
+    syn, neu = metrics["synapse"], metrics["neuron"]
+    lines = [title, "=" * len(title), "",
+             f"classes: {', '.join(classes)} (chance {metrics['chance']:.3f})", "",
+             f"Synapse level ({syn['n']} labelled synapses)",
+             f"  accuracy           {_fmt(syn['accuracy'])}",
+             f"  balanced accuracy  {_fmt(syn['balanced_accuracy'])}", "",
+             f"  {'class':<16}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for c, m in syn["per_class"].items():
+        lines.append(f"  {c:<16}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}"
+                     f"{m['support']:>10d}")
+    if syn["n"]:
+        lines += ["", "  confusion matrix (rows: true, columns: predicted)",
+                  _table(syn["confusion_matrix"]["counts"], classes)]
+    lines += ["", f"Neuron level ({neu['n']} neurons with a known NT, rule {neu['rule']}, "
+                  f"{neu['unclear']} unclear)",
+              f"  accuracy           {_fmt(neu['accuracy'])}"]
+    if neu["n"]:
+        lines += ["", "  confusion matrix (rows: true, columns: predicted)",
+                  _table(neu["confusion_matrix"]["counts"], classes)]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_predictions(predictions_path: str, classes: Sequence[str], settings: dict,
+                         title: str, metrics_out: str, report_out: str,
+                         neurons_out: str) -> dict:
+    """Evaluate one prediction table; write metrics.json, report.txt and neurons.csv."""
+    from .io import write_csv, write_json, write_text
+
+    predictions = pd.read_csv(predictions_path, dtype={"nt": "string",
+                                                       "predicted_nt": "string"})
+    metrics, neurons = evaluate(predictions, classes, settings["neuron_rule"],
+                                settings["min_synapses"], settings["min_confidence"])
+    write_csv(neurons, neurons_out)
+    write_text(report_text(metrics, title), report_out)
+    write_json(metrics, metrics_out)
+    return metrics

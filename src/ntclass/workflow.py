@@ -1,0 +1,95 @@
+"""Glue between Snakemake jobs and the library: logging to the job's log, clear errors,
+and the checks Snakemake runs while it reads the config."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from .errors import NtclassError
+
+
+def _redirect_output(log_path: str) -> int:
+    """Point this process's stdout and stderr (file descriptors, so subprocesses and C
+    libraries too) at the log; return a duplicate of the original stderr."""
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    original = os.dup(2)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return original
+
+
+def run_job(log_path: str, step: Callable[[], None], threads: int | None = None) -> None:
+    """Run one workflow step with its output in `log_path`.
+
+    Bad input (NtclassError) ends the job with its one sentence on the terminal and in the
+    log; anything else leaves the traceback in the log.
+    """
+    original_stderr = _redirect_output(log_path)
+    logging.basicConfig(level=logging.INFO, force=True,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    for noisy in ("gunpowder", "daisy", "numcodecs", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        step()
+    except NtclassError as e:
+        message = f"ntclass: {e}\n"
+        sys.stderr.write(message)
+        sys.stderr.flush()
+        os.write(original_stderr, message.encode())
+        sys.exit(1)
+    except Exception:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os.write(original_stderr, f"ntclass: the job failed; see {log_path}\n".encode())
+        sys.exit(1)
+
+
+def demo_outputs(config: Mapping) -> set[str]:
+    out = Path(config["demo"]["out_dir"])
+    return {str(out / "synapses.csv"), str(out / "volume.zarr"), str(out / "cremi")}
+
+
+def source_paths(config: Mapping) -> dict[str, str]:
+    """The files the configured synapse source reads (named as Snakemake inputs)."""
+    source = config["source"]
+    if source["type"] == "table":
+        return {"table": source["table"], "raw": source["raw_container"]}
+    if source["type"] == "cremi":
+        return {"cremi": source["directory"]}
+    if source["type"] == "mongodb" and "raw_container" in source:
+        return {"raw": source["raw_container"]}
+    return {}
+
+
+def check_source_paths(config: Mapping) -> None:
+    """Stop early when a configured input is neither on disk nor made by the demo rule."""
+    made_by_demo = {os.path.normpath(p) for p in demo_outputs(config)}
+    for key, path in source_paths(config).items():
+        if os.path.normpath(path) in made_by_demo or os.path.exists(path):
+            continue
+        name = {"table": "source.table", "raw": "source.raw_container",
+                "cremi": "source.directory"}[key]
+        kind = "folder" if key == "cremi" else "file"
+        raise NtclassError(f"{kind} '{path}' given as {name} does not exist")
+    source = config["source"]
+    if source["type"] == "cremi" and os.path.isdir(source["directory"]) and source.get(
+            "labelled", True):
+        classes = set(config["classes"])
+        for entry in sorted(os.scandir(source["directory"]), key=lambda e: e.name):
+            if entry.is_dir() and entry.name not in classes:
+                raise NtclassError(
+                    f"class folder '{entry.path}' is not one of the configured classes "
+                    f"{list(config['classes'])}")

@@ -1,0 +1,8 @@
+from ntclass.split import split_source
+from ntclass.workflow import run_job
+
+p, out = snakemake.params, snakemake.output  # noqa: F821 (provided by Snakemake)
+run_job(
+    snakemake.log[0],  # noqa: F821
+    lambda: split_source(p.source, p.classes, p.voxel_size, p.split, out.manifest, out.summary),
+)

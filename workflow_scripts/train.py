@@ -1,0 +1,10 @@
+from ntclass.train import TrainConfig, train
+from ntclass.workflow import run_job
+
+sm = snakemake  # noqa: F821 (provided by Snakemake)
+run_job(
+    sm.log[0],
+    lambda: train(sm.input.manifest, TrainConfig(**sm.params.training), sm.output.model,
+                  sm.output.losses, sm.params.checkpoints),
+    threads=sm.threads,
+)
