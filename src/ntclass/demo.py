@@ -39,15 +39,17 @@ class VesicleStyle:
 
 
 STYLES = {
-    "acetylcholine": VesicleStyle(False, 15.0, 26, 0, 1.0, 13.0),
-    "gaba": VesicleStyle(False, 28.0, 14, 0, 1.0, 14.0),
-    "glutamate": VesicleStyle(False, 21.0, 16, 0, 2.0, 12.0),
-    "serotonin": VesicleStyle(True, 32.0, 9, 40, 1.0, 14.0),
-    "dopamine": VesicleStyle(True, 22.0, 13, 50, 1.0, 12.0),
-    "octopamine": VesicleStyle(True, 33.0, 9, 120, 1.0, 14.0),
-    "tyramine": VesicleStyle(True, 22.0, 13, 120, 1.0, 12.0),
+    # clear vesicles: small and many, large, or elongated (pleomorphic)
+    "acetylcholine": VesicleStyle(False, 19.0, 30, 0, 1.0, 13.0),
+    "gaba": VesicleStyle(False, 30.0, 14, 0, 1.0, 14.0),
+    "glutamate": VesicleStyle(False, 23.0, 16, 0, 2.0, 12.0),
+    # dense-core vesicles: large or small, dark or light core
+    "serotonin": VesicleStyle(True, 36.0, 10, 35, 1.0, 14.0),
+    "dopamine": VesicleStyle(True, 23.0, 14, 40, 1.0, 12.0),
+    "octopamine": VesicleStyle(True, 37.0, 10, 130, 1.0, 14.0),
+    "tyramine": VesicleStyle(True, 22.0, 12, 120, 1.0, 12.0),
     # histamine is used by some fly datasets (BANC): clear, large and sparse
-    "histamine": VesicleStyle(False, 28.0, 9, 0, 1.3, 15.0),
+    "histamine": VesicleStyle(False, 30.0, 9, 0, 1.3, 15.0),
 }
 
 BACKGROUND, MEMBRANE, DENSITY = 150.0, 70.0, 45.0
@@ -62,7 +64,7 @@ class DemoSpec:
     synapses_per_neuron: tuple[int, int] = (4, 12)
     hemilineages_per_class: int = 3
     cremi_crop: tuple[int, int, int] = (12, 80, 80)
-    mix_fraction: float = 0.1
+    mix_fraction: float = 0.05
     noise: float = 8.0
     seed: int = 1
 

@@ -42,6 +42,7 @@ class TrainConfig:
     batch_size: int = 8
     iterations: int = 1000
     learning_rate: float = 1e-4
+    lr_schedule: str = "constant"
     seed: int = 0
     save_every: int = 500
     log_every: int = 50
@@ -55,6 +56,27 @@ class TrainConfig:
         h = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
         h.update(Path(manifest).read_bytes())
         return h.hexdigest()[:16]
+
+
+def learning_rate_at(cfg: TrainConfig, iteration: int) -> float:
+    """The learning rate of an iteration: a function of the iteration alone, so a resumed
+    run continues exactly where the killed one was."""
+    if cfg.lr_schedule == "cosine":
+        return cfg.learning_rate * 0.5 * (1 + np.cos(np.pi * min(iteration / cfg.iterations, 1)))
+    return cfg.learning_rate
+
+
+class ScheduledTrain(gp.torch.Train):
+    """gp.torch.Train with the learning rate set from the iteration before each step."""
+
+    def __init__(self, *args, cfg: TrainConfig, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cfg = cfg
+
+    def train_step(self, batch, request):
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate_at(self.cfg, self.iteration)
+        super().train_step(batch, request)
 
 
 def pick_device(name: str) -> str:
@@ -95,7 +117,7 @@ def build_pipeline(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict,
     pipeline += gp.Stack(cfg.batch_size)
     if cfg.workers > 0:
         pipeline += gp.PreCache(cache_size=4 * cfg.workers, num_workers=cfg.workers)
-    pipeline += gp.torch.Train(
+    pipeline += ScheduledTrain(
         model,
         torch.nn.CrossEntropyLoss(),
         torch.optim.Adam(model.parameters(), lr=cfg.learning_rate),
@@ -106,6 +128,7 @@ def build_pipeline(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict,
         checkpoint_basename=checkpoint_basename,
         save_every=cfg.save_every,
         device=pick_device(cfg.device),
+        cfg=cfg,
     )
     return pipeline
 

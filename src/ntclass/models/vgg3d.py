@@ -27,7 +27,7 @@ class Vgg3D(nn.Module):
                  downsample_factors: Sequence[Sequence[int]] = (
                      (1, 2, 2), (1, 2, 2), (1, 2, 2), (2, 2, 2)),
                  convolutions_per_level: int | Sequence[int] = 2, fc_size: int = 4096,
-                 dropout: float = 0.5, batch_norm: bool = True):
+                 dropout: float = 0.5, batch_norm: bool = True, global_pool: bool = False):
         super().__init__()
         n_levels = len(downsample_factors)
         increases = _per_level(fmap_increase, n_levels, "fmap_increase")
@@ -48,6 +48,11 @@ class Vgg3D(nn.Module):
         if np.any(size < 1):
             raise TypeError(f"input_shape {list(input_shape)} is too small for "
                             f"downsample_factors {[list(f) for f in downsample_factors]}")
+        if global_pool:
+            # averaging over space makes the head position-invariant: fewer parameters,
+            # faster to learn from few synapses (not Synister's default)
+            layers.append(nn.AdaptiveAvgPool3d(1))
+            size = np.ones(3, dtype=int)
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
             nn.Linear(int(np.prod(size)) * channels_in, fc_size), nn.ReLU(inplace=True),

@@ -1,0 +1,57 @@
+"""Bad configuration stops snakemake at once with one clear sentence naming the problem."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+from workflow_helpers import TINY_CONFIG, snakemake, write_config
+
+
+def run_with(tmp_path, config):
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", check=False, timeout=120)
+    assert result.returncode != 0
+    return result.stderr + result.stdout
+
+
+def with_(path: str, value):
+    config = copy.deepcopy(TINY_CONFIG)
+    *parents, last = path.split(".")
+    node = config
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return config
+
+
+@pytest.mark.parametrize("config, sentence", [
+    (with_("training.iterations", "many"),
+     "config key 'training.iterations' is 'many', expected an integer"),
+    (with_("prediction.shards", 0), "config key 'prediction.shards' is 0, expected a value >= 1"),
+    (with_("split.method", "stratified"),
+     "config key 'split.method' is 'stratified', expected one of random, grouped"),
+    (with_("trainng", {"iterations": 3}), "config key 'trainng' is unknown"),
+    (with_("training.learning_rat", 0.1), "config key 'training.learning_rat' is unknown"),
+    (with_("models.tiny.training", {"learning_rate": "fast"}),
+     "config key 'models.tiny.training.learning_rate' is 'fast', expected a number"),
+    (with_("source", {"type": "cremi", "directory": "no/such/folder"}),
+     "folder 'no/such/folder' given as source.directory does not exist"),
+    (with_("source.table", "missing.csv"),
+     "file 'missing.csv' given as source.table does not exist"),
+])
+def test_bad_config_is_one_clear_sentence(tmp_path, config, sentence):
+    output = run_with(tmp_path, config)
+    assert sentence in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "results").exists()
+
+
+def test_class_folder_not_in_config(tmp_path, tiny_demo):
+    shutil.copytree(tiny_demo["cremi"], tmp_path / "cremi")
+    (tmp_path / "cremi" / "histamine").mkdir()
+    config = with_("source", {"type": "cremi", "directory": "cremi"})
+    config["classes"] = ["acetylcholine", "gaba", "glutamate", "serotonin"]
+    output = run_with(tmp_path, config)
+    assert "class folder 'cremi/histamine' is not one of the configured classes" in output

@@ -1,0 +1,116 @@
+"""The whole workflow end to end on a tiny demo config, through real snakemake."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from workflow_helpers import TINY_CONFIG, planned_jobs, snakemake, write_config
+
+CLASSES = TINY_CONFIG["classes"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("workflow")
+    write_config(directory, TINY_CONFIG)
+    snakemake(directory)
+    return directory
+
+
+def test_outputs_exist(finished_run):
+    for path in ["results/split/manifest.csv", "results/split/summary.csv",
+                 "results/models/tiny/model.pt", "results/models/tiny/training_log.csv",
+                 "results/predictions/tiny/test/shards/0.csv",
+                 "results/predictions/tiny/test/shards/1.csv",
+                 "results/predictions/tiny/test/predictions.csv",
+                 "results/predictions/tiny/test/predictions.parquet",
+                 "results/evaluation/tiny/test/metrics.json",
+                 "results/evaluation/tiny/test/report.txt",
+                 "results/evaluation/tiny/test/neurons.csv",
+                 "logs/split.log", "logs/train/tiny.log"]:
+        assert (finished_run / path).is_file(), path
+
+
+def test_split_keeps_neurons_whole(finished_run):
+    manifest = pd.read_csv(finished_run / "results/split/manifest.csv")
+    assert manifest.groupby("pre_id")["split"].nunique().max() == 1
+    assert set(manifest["split"]) == {"train", "validation", "test"}
+
+
+def test_training_log_and_model(finished_run):
+    losses = pd.read_csv(finished_run / "results/models/tiny/training_log.csv")
+    assert list(losses["iteration"]) == list(range(1, 501))
+    assert losses["loss"].tail(100).mean() < losses["loss"].head(50).mean()
+    record = torch.load(finished_run / "results/models/tiny/model.pt", weights_only=True)
+    assert record["classes"] == CLASSES and record["architecture"] == "vgg3d"
+
+
+def test_every_test_synapse_predicted_once(finished_run):
+    manifest = pd.read_csv(finished_run / "results/split/manifest.csv")
+    test = manifest[manifest["split"] == "test"]
+    pred = pd.read_csv(finished_run / "results/predictions/tiny/test/predictions.csv")
+    assert sorted(pred["synapse_id"]) == sorted(test["synapse_id"])
+    assert np.allclose(pred[CLASSES].sum(axis=1), 1.0, atol=1e-4)
+    assert (pred["predicted_nt"] == pred[CLASSES].idxmax(axis=1)).all()
+    assert np.allclose(pred["confidence"], pred[CLASSES].max(axis=1))
+    merged = pred.merge(test, on="synapse_id", suffixes=("", "_m"))
+    assert (merged["nt"] == merged["nt_m"]).all()
+    parquet = pd.read_parquet(finished_run / "results/predictions/tiny/test/predictions.parquet")
+    assert len(parquet) == len(pred)
+    shards = [pd.read_csv(finished_run / f"results/predictions/tiny/test/shards/{i}.csv")
+              for i in (0, 1)]
+    assert all(len(s) > 0 for s in shards), "both shards hold synapses"
+
+
+def test_metrics_agree_with_predictions_and_beat_chance(finished_run):
+    pred = pd.read_csv(finished_run / "results/predictions/tiny/test/predictions.csv")
+    metrics = json.loads((finished_run / "results/evaluation/tiny/test/metrics.json").read_text())
+    accuracy = (pred["predicted_nt"] == pred["nt"]).mean()
+    assert metrics["synapse"]["accuracy"] == pytest.approx(accuracy)
+    assert metrics["synapse"]["confusion_matrix"]["classes"] == CLASSES
+    assert np.sum(metrics["synapse"]["confusion_matrix"]["counts"]) == len(pred)
+    # the demo data are learnable: a tiny model trained for minutes beats chance clearly
+    assert accuracy >= 2 * metrics["chance"], metrics["synapse"]
+    report = (finished_run / "results/evaluation/tiny/test/report.txt").read_text()
+    assert f"accuracy           {accuracy:.3f}" in report
+
+
+def test_rerun_has_nothing_to_do(finished_run):
+    assert planned_jobs(finished_run) == {}
+
+
+def test_changing_the_split_seed_reruns_split_and_downstream_only(finished_run, tmp_path):
+    config = yaml.safe_load((finished_run / "config.yaml").read_text())
+    config["split"]["seed"] = 1
+    changed = tmp_path / "config.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(finished_run, "--configfile", str(changed))
+    assert jobs == {"split": 1, "train": 1, "predict_shard": 2, "merge_predictions": 1,
+                    "evaluate": 1, "all": 1}
+
+
+def test_changing_evaluation_settings_reruns_evaluation_only(finished_run, tmp_path):
+    config = yaml.safe_load((finished_run / "config.yaml").read_text())
+    config["evaluation"] = {"neuron_rule": "mean"}
+    changed = tmp_path / "config.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    assert planned_jobs(finished_run, "--configfile", str(changed)) == {"evaluate": 1, "all": 1}
+
+
+def test_cremi_source_runs_too(finished_run, tmp_path):
+    """The same data read from per-class CREMI folders: split and training work."""
+    shutil.copytree(finished_run / "data/demo/cremi", tmp_path / "cremi")
+    config = {**TINY_CONFIG, "source": {"type": "cremi", "directory": "cremi"},
+              "training": {**TINY_CONFIG["training"], "iterations": 5, "save_every": 5}}
+    write_config(tmp_path, config)
+    snakemake(tmp_path, "results/models/tiny/model.pt")
+    manifest = pd.read_csv(tmp_path / "results/split/manifest.csv")
+    original = pd.read_csv(finished_run / "results/split/manifest.csv")
+    assert len(manifest) == len(original)
+    assert manifest["raw_container"].str.endswith(".hdf").all()

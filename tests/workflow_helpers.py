@@ -1,0 +1,63 @@
+"""Running the real workflow in a scratch directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+TINY_CONFIG = {
+    "classes": ["acetylcholine", "gaba", "serotonin", "octopamine"],
+    "demo": {"out_dir": "data/demo", "seed": 2, "shape": [32, 576, 576],
+             "neurons_per_class": 9, "synapses_per_neuron": [3, 7],
+             "hemilineages_per_class": 3},
+    "source": {"type": "table", "table": "data/demo/synapses.csv",
+               "raw_container": "data/demo/volume.zarr", "raw_dataset": "volumes/raw/s0"},
+    "split": {"method": "grouped", "seed": 0, "max_deviation": 0.08},
+    "training": {"input_shape": [8, 48, 48], "batch_size": 8, "iterations": 500,
+                 "learning_rate": 0.001, "lr_schedule": "cosine", "save_every": 100,
+                 "log_every": 50},
+    "models": {"tiny": {"architecture": "vgg3d",
+                        "params": {"fmaps": 6, "fc_size": 32, "dropout": 0.0,
+                                   "global_pool": True,
+                                   "downsample_factors": [[1, 2, 2], [1, 2, 2], [2, 2, 2],
+                                                          [2, 2, 2]]}}},
+    "targets": {"test": {"type": "split", "part": "test"}},
+    "prediction": {"shards": 2, "block_size": [640, 1024, 1024], "batch_size": 16},
+}
+
+
+def write_config(directory: Path, config: dict) -> Path:
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def snakemake(directory: Path, *args: str, config: Path | None = None,
+              check: bool = True, timeout: float = 1500) -> subprocess.CompletedProcess:
+    """Run snakemake on the project's Snakefile inside `directory`."""
+    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(directory),
+           "--cores", "2", "--configfile", str(config or directory / "config.yaml"), *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}"
+                             f"\n{result.stderr[-6000:]}")
+    return result
+
+
+def planned_jobs(directory: Path, *args: str) -> dict[str, int]:
+    """The jobs a dry run would execute, by rule."""
+    out = snakemake(directory, "-n", "--quiet", "rules", *args).stdout
+    jobs = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("job", "total"):
+            jobs[parts[0]] = int(parts[1])
+    return jobs
