@@ -1,8 +1,11 @@
 # ntclass: neurotransmitter classification of synapses in EM volumes.
 # Snakemake owns the DAG, file targets and hardware; the ntclass library owns the science.
+import sys
+
 from snakemake.utils import min_version, validate
 
 from ntclass.config import check_config
+from ntclass.errors import NtclassError
 from ntclass.workflow import check_source_paths
 
 min_version("9.0")
@@ -11,13 +14,17 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-# one clear sentence for a bad config first; Snakemake's validate() then fills the defaults
-check_config(config, workflow.source_path("config/config.schema.yaml"))
-validate(config, "config/config.schema.yaml")
-check_source_paths(config)
+# A bad config or input stops here with one sentence; Snakemake's validate() fills defaults.
+try:
+    check_config(config, workflow.source_path("config/config.schema.yaml"))
+    validate(config, "config/config.schema.yaml")
+    check_source_paths(config)
 
+    include: "rules/common.smk"
 
-include: "rules/common.smk"
+except NtclassError as error:
+    sys.exit(f"ntclass: {error}")
+
 include: "rules/data.smk"
 include: "rules/split.smk"
 include: "rules/train.smk"

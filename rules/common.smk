@@ -2,13 +2,15 @@
 import re
 
 from ntclass.config import model_training
-from ntclass.workflow import source_paths
+from ntclass.workflow import canonical, source_paths
 
 MODELS = list(config["models"])
 TARGETS = list(config["targets"])
 N_SHARDS = config["prediction"]["shards"]
 SCHEMA = workflow.source_path("../config/config.schema.yaml")
 ENV = "../envs/ntclass.yaml"
+# checked now, while the config is read, so that a bad override stops before any job
+MODEL_TRAINING = {m: model_training(config, m, SCHEMA) for m in MODELS}
 
 
 wildcard_constraints:
@@ -30,13 +32,15 @@ def raw_inputs(wildcards=None):
 def training_params(wildcards):
     """Everything a training job depends on: a change retrains only that model."""
     model = config["models"][wildcards.model]
-    return {
-        "architecture": model["architecture"],
-        "model_params": model.get("params", {}),
-        "classes": config["classes"],
-        "voxel_size": config["voxel_size"],
-        **model_training(config, wildcards.model, SCHEMA),
-    }
+    return canonical(
+        {
+            "architecture": model["architecture"],
+            "model_params": model.get("params", {}),
+            "classes": config["classes"],
+            "voxel_size": config["voxel_size"],
+            **MODEL_TRAINING[wildcards.model],
+        }
+    )
 
 
 def shard_paths(wildcards):

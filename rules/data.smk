@@ -8,7 +8,7 @@ rule demo_data:
         volume=directory(f"{config['demo']['out_dir']}/volume.zarr"),
         cremi=directory(f"{config['demo']['out_dir']}/cremi"),
     params:
-        demo=config["demo"],
+        demo=canonical(config["demo"]),
         classes=config["classes"],
         out_dir=lambda wc, output: os.path.dirname(output.table),
     log:

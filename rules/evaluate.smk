@@ -8,7 +8,7 @@ rule evaluate:
         neurons="results/evaluation/{model}/{target}/neurons.csv",
     params:
         classes=config["classes"],
-        evaluation=config["evaluation"],
+        evaluation=canonical(config["evaluation"]),
         title=lambda wc: f"ntclass evaluation: model {wc.model}, target {wc.target}",
     log:
         "logs/evaluate/{model}/{target}.log",

@@ -7,12 +7,12 @@ rule predict_shard:
     output:
         shard="results/predictions/{model}/{target}/shards/{shard}.csv",
     params:
-        target=lambda wc: config["targets"][wc.target],
+        target=lambda wc: canonical(config["targets"][wc.target]),
         shards=N_SHARDS,
         shard=lambda wc: int(wc.shard),
         classes=config["classes"],
         voxel_size=config["voxel_size"],
-        prediction=config["prediction"],
+        prediction=canonical(config["prediction"]),
         # daisy's done markers: outside the declared outputs so a killed shard resumes
         work_dir=lambda wc: f"results/predictions/{wc.model}/{wc.target}/work/{wc.shard}",
     threads: 2
@@ -33,7 +33,7 @@ rule merge_predictions:
         csv="results/predictions/{model}/{target}/predictions.csv",
         parquet="results/predictions/{model}/{target}/predictions.parquet",
     params:
-        target=lambda wc: config["targets"][wc.target],
+        target=lambda wc: canonical(config["targets"][wc.target]),
     log:
         "logs/predict/{model}/{target}/merge.log",
     conda:

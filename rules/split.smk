@@ -6,10 +6,10 @@ rule split:
         manifest="results/split/manifest.csv",
         summary="results/split/summary.csv",
     params:
-        source=config["source"],
+        source=canonical(config["source"]),
         classes=config["classes"],
         voxel_size=config["voxel_size"],
-        split=config["split"],
+        split=canonical(config["split"]),
     log:
         "logs/split.log",
     conda:

@@ -90,7 +90,7 @@ def test_changing_the_split_seed_reruns_split_and_downstream_only(finished_run, 
     config["split"]["seed"] = 1
     changed = tmp_path / "config.yaml"
     changed.write_text(yaml.safe_dump(config))
-    jobs = planned_jobs(finished_run, "--configfile", str(changed))
+    jobs = planned_jobs(finished_run, config=changed)
     assert jobs == {"split": 1, "train": 1, "predict_shard": 2, "merge_predictions": 1,
                     "evaluate": 1, "all": 1}
 
@@ -100,7 +100,7 @@ def test_changing_evaluation_settings_reruns_evaluation_only(finished_run, tmp_p
     config["evaluation"] = {"neuron_rule": "mean"}
     changed = tmp_path / "config.yaml"
     changed.write_text(yaml.safe_dump(config))
-    assert planned_jobs(finished_run, "--configfile", str(changed)) == {"evaluate": 1, "all": 1}
+    assert planned_jobs(finished_run, config=changed) == {"evaluate": 1, "all": 1}
 
 
 def test_cremi_source_runs_too(finished_run, tmp_path):

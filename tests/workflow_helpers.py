@@ -29,7 +29,7 @@ TINY_CONFIG = {
                                    "downsample_factors": [[1, 2, 2], [1, 2, 2], [2, 2, 2],
                                                           [2, 2, 2]]}}},
     "targets": {"test": {"type": "split", "part": "test"}},
-    "prediction": {"shards": 2, "block_size": [640, 1024, 1024], "batch_size": 16},
+    "prediction": {"shards": 2, "block_size": [320, 512, 512], "batch_size": 16},
 }
 
 
@@ -42,8 +42,9 @@ def write_config(directory: Path, config: dict) -> Path:
 def snakemake(directory: Path, *args: str, config: Path | None = None,
               check: bool = True, timeout: float = 1500) -> subprocess.CompletedProcess:
     """Run snakemake on the project's Snakefile inside `directory`."""
+    # --configfile takes several values: the option after it ends the list
     cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(directory),
-           "--cores", "2", "--configfile", str(config or directory / "config.yaml"), *args]
+           "--configfile", str(config or directory / "config.yaml"), "--cores", "2", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and result.returncode != 0:
@@ -52,9 +53,9 @@ def snakemake(directory: Path, *args: str, config: Path | None = None,
     return result
 
 
-def planned_jobs(directory: Path, *args: str) -> dict[str, int]:
+def planned_jobs(directory: Path, *args: str, config: Path | None = None) -> dict[str, int]:
     """The jobs a dry run would execute, by rule."""
-    out = snakemake(directory, "-n", "--quiet", "rules", *args).stdout
+    out = snakemake(directory, "-n", "--quiet", "rules", *args, config=config).stdout
     jobs = {}
     for line in out.splitlines():
         parts = line.split()

@@ -68,9 +68,10 @@ def shard_rois(table: pd.DataFrame, n_shards: int, block_size: Sequence[int],
     axis = int(np.argmax(n_blocks))
     layer = np.floor((locs[:, axis] - begin[axis]) / block[axis]).astype(np.int64)
     per_layer = np.bincount(layer, minlength=n_blocks[axis])
-    # cut where the cumulative count passes k/n of the synapses
+    # cut at the layer boundaries whose cumulative counts come closest to k/n of the synapses
     cum = np.cumsum(per_layer)
-    cuts = np.searchsorted(cum, np.arange(1, n_shards) * cum[-1] / n_shards, side="left") + 1
+    targets = np.arange(1, n_shards) * cum[-1] / n_shards
+    cuts = np.abs(cum[None, :] - targets[:, None]).argmin(axis=1) + 1
     edges = np.concatenate([[0], np.minimum(cuts, n_blocks[axis]), [n_blocks[axis]]])
     rois = []
     for lo, hi in zip(edges[:-1], edges[1:]):

@@ -57,6 +57,16 @@ def run_job(log_path: str, step: Callable[[], None], threads: int | None = None)
         sys.exit(1)
 
 
+def canonical(value):
+    """`value` with every mapping's keys sorted, recursively. Snakemake compares params by
+    their text, so reordering keys in a config must not look like a change."""
+    if isinstance(value, Mapping):
+        return {k: canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    return value
+
+
 def demo_outputs(config: Mapping) -> set[str]:
     out = Path(config["demo"]["out_dir"])
     return {str(out / "synapses.csv"), str(out / "volume.zarr"), str(out / "cremi")}
