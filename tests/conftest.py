@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,32 @@ def tiny_demo(tmp_path_factory) -> dict[str, str]:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def service_or_skip(script: str, name: str) -> None:
+    """Start a test service with the project's own script; skip only outside CI."""
+    result = subprocess.run(["bash", str(ROOT / "scripts" / script)], capture_output=True,
+                            text=True, timeout=600)
+    if result.returncode != 0:
+        message = f"{name} could not be started: {(result.stdout + result.stderr)[-800:]}"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+MONGO_PORT = int(os.environ.get("MONGO_PORT", "27117"))
+
+
+@pytest.fixture(scope="session")
+def mongo_uri() -> str:
+    """A MongoDB-protocol server on 127.0.0.1 (SecantusDB, started by scripts/mongo-up.sh)."""
+    service_or_skip("mongo-up.sh", "the MongoDB-protocol server")
+    return f"mongodb://127.0.0.1:{MONGO_PORT}"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """A single-node SLURM cluster on localhost (scripts/slurm-up.sh; needs root)."""
+    if os.geteuid() != 0 and not in_ci():
+        pytest.skip("starting SLURM daemons needs root")
+    service_or_skip("slurm-up.sh", "the local SLURM cluster")

@@ -29,15 +29,35 @@ def summary(evaluation_dir: str) -> int:
     return 0
 
 
+def mongo_import(table: str, uri: str | None, database: str, replace: bool) -> int:
+    from .mongo import import_table, redact_uri
+    from .synapses import read_table_file
+
+    source = {"uri": uri, "database": database}
+    n = import_table(read_table_file(table), source, replace=replace)
+    where = redact_uri(uri) if uri else "$NTCLASS_MONGO_URI"
+    print(f"imported {n} synapses from {table} into {where}, database {database}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ntclass", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("summary", help="print the accuracy of every evaluated model")
     p.add_argument("evaluation_dir", nargs="?", default="results/evaluation")
+    p = sub.add_parser("mongo-import", help="import a synapse table into MongoDB "
+                       "(Synister's schema); the password comes from NTCLASS_MONGO_PASSWORD")
+    p.add_argument("table", help="CSV or Parquet: synapse_id, z, y, x (nm), nt, pre_id, ...")
+    p.add_argument("--uri", help="MongoDB address without password (default: "
+                   "NTCLASS_MONGO_URI)")
+    p.add_argument("--database", required=True)
+    p.add_argument("--replace", action="store_true", help="overwrite existing collections")
     args = parser.parse_args(argv)
     try:
         if args.command == "summary":
             return summary(args.evaluation_dir)
+        if args.command == "mongo-import":
+            return mongo_import(args.table, args.uri, args.database, args.replace)
     except NtclassError as e:
         print(f"ntclass: {e}", file=sys.stderr)
         return 1

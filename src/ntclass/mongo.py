@@ -1,0 +1,156 @@
+"""MongoDB as a synapse source, in Synister's schema.
+
+Collections: `synapses` (`synapse_id`, `x`, `y`, `z` in nm, `skeleton_id`, `brain_region`,
+`splits`), `skeletons` (`skeleton_id`, `nt_known`: list of NT names, `hemi_lineage_id`),
+`hemi_lineages` (`hemi_lineage_id`, `hemi_lineage_name`, `nt_guess`). ntclass adds an
+optional `post_skeleton_id` per synapse (the post-synaptic partner's neuron).
+
+The connection string comes from the config (`source.uri`) or the environment
+(`NTCLASS_MONGO_URI`); a password only ever comes from `NTCLASS_MONGO_PASSWORD`, so that it
+never reaches a config file, Snakemake's records, a log or an error message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from urllib.parse import quote_plus
+
+import pandas as pd
+
+from .errors import NtclassError
+
+URI_ENV = "NTCLASS_MONGO_URI"
+PASSWORD_ENV = "NTCLASS_MONGO_PASSWORD"
+_CREDENTIALS = re.compile(r"^(mongodb(?:\+srv)?://)([^@/]*)@", re.IGNORECASE)
+
+
+def redact_uri(uri: str) -> str:
+    """`uri` with any password replaced by ***."""
+    def hide(m: re.Match) -> str:
+        user = m.group(2).split(":", 1)[0]
+        return f"{m.group(1)}{user}:***@" if ":" in m.group(2) else m.group(0)
+
+    return _CREDENTIALS.sub(hide, uri)
+
+
+def resolve_uri(source: Mapping) -> str:
+    """The connection string to use, with the password from the environment."""
+    uri = source.get("uri") or os.environ.get(URI_ENV)
+    if not uri:
+        raise NtclassError(f"source.uri is not set and {URI_ENV} is empty; give the MongoDB "
+                           "address, e.g. mongodb://host:27017")
+    m = _CREDENTIALS.match(uri)
+    if m and ":" in m.group(2):
+        raise NtclassError(f"the MongoDB address {redact_uri(uri)} holds a password; remove it "
+                           f"and set {PASSWORD_ENV} instead")
+    password = os.environ.get(PASSWORD_ENV)
+    if password and m:
+        uri = _CREDENTIALS.sub(lambda g: f"{g.group(1)}{g.group(2)}:{quote_plus(password)}@",
+                               uri)
+    return uri
+
+
+def connect(source: Mapping, timeout_s: float = 5.0):
+    """A pymongo database handle, checked with a ping; fails within `timeout_s`."""
+    import pymongo
+    from pymongo.errors import PyMongoError
+
+    uri = resolve_uri(source)
+    shown = redact_uri(source.get("uri") or os.environ.get(URI_ENV, ""))
+    try:
+        client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=int(timeout_s * 1000),
+                                     connectTimeoutMS=int(timeout_s * 1000))
+        client.admin.command("ping")
+    except PyMongoError as e:
+        raise NtclassError(f"cannot reach MongoDB at {shown} within {timeout_s:g} s "
+                           f"({type(e).__name__})") from None
+    return client[source["database"]]
+
+
+def import_table(table: pd.DataFrame, source: Mapping, replace: bool = False) -> int:
+    """Write a synapse table into Synister's three collections; return synapses written."""
+    from .synapses import normalise
+
+    table = normalise(table.assign(raw_container="", raw_dataset=""), "the synapse table")
+    db = connect(source)
+    names = ("synapses", "skeletons", "hemi_lineages")
+    existing = [n for n in names if db[n].estimated_document_count()]
+    if existing and not replace:
+        raise NtclassError(f"database '{source['database']}' already holds '{existing[0]}'; "
+                           "pass --replace to overwrite it")
+    for name in names:
+        db.drop_collection(name)
+    hemis = sorted(table["hemilineage"].dropna().unique()) if "hemilineage" in table else []
+    hemi_ids = {h: i + 1 for i, h in enumerate(hemis)}
+    neurons = table.groupby("pre_id", dropna=True)
+    skeletons = []
+    for pre_id, rows in neurons:
+        nts = sorted(rows["nt"].dropna().unique())
+        hemi = rows["hemilineage"].dropna().iloc[0] if "hemilineage" in rows and rows[
+            "hemilineage"].notna().any() else None
+        skeletons.append({"skeleton_id": int(pre_id), "nt_known": list(nts),
+                          "hemi_lineage_id": hemi_ids.get(hemi)})
+    hemi_docs = []
+    for h, i in hemi_ids.items():
+        nts = sorted(table.loc[table["hemilineage"] == h, "nt"].dropna().unique())
+        hemi_docs.append({"hemi_lineage_id": i, "hemi_lineage_name": h, "nt_guess": nts})
+    synapses = []
+    for row in table.itertuples(index=False):
+        doc = {"synapse_id": int(row.synapse_id), "z": float(row.z), "y": float(row.y),
+               "x": float(row.x), "skeleton_id": _int_or_none(row.pre_id),
+               "post_skeleton_id": _int_or_none(getattr(row, "post_id", None)),
+               "brain_region": getattr(row, "brain_region", None), "splits": {}}
+        synapses.append(doc)
+    if skeletons:
+        db.skeletons.insert_many(skeletons, ordered=False)
+    if hemi_docs:
+        db.hemi_lineages.insert_many(hemi_docs, ordered=False)
+    db.synapses.create_index("synapse_id", unique=True)
+    db.synapses.create_index([("z", 1), ("y", 1), ("x", 1)])
+    for start in range(0, len(synapses), 10_000):
+        db.synapses.insert_many(synapses[start:start + 10_000], ordered=False)
+    return len(synapses)
+
+
+def _int_or_none(value):
+    return None if value is None or pd.isna(value) else int(value)
+
+
+def read_mongo_source(source: Mapping, classes: Sequence[str],
+                      voxel_size: Sequence[int] | None = None) -> pd.DataFrame:
+    """The synapse table of a MongoDB source; the NT of a synapse is its skeleton's single
+    known NT (skeletons with none or several are unlabelled)."""
+    from .synapses import check_classes, check_inside, normalise
+
+    db = connect(source)
+    fields = {"_id": 0, "synapse_id": 1, "x": 1, "y": 1, "z": 1, "skeleton_id": 1,
+              "post_skeleton_id": 1, "brain_region": 1}
+    synapses = pd.DataFrame(list(db.synapses.find({}, fields)))
+    origin = f"MongoDB database '{source['database']}'"
+    if synapses.empty:
+        raise NtclassError(f"{origin} has no document in collection 'synapses'")
+    skeletons = pd.DataFrame(list(db.skeletons.find(
+        {}, {"_id": 0, "skeleton_id": 1, "nt_known": 1, "hemi_lineage_id": 1})))
+    hemis = pd.DataFrame(list(db.hemi_lineages.find(
+        {}, {"_id": 0, "hemi_lineage_id": 1, "hemi_lineage_name": 1})))
+    if not skeletons.empty:
+        skeletons["nt"] = [v[0] if isinstance(v, list) and len(v) == 1 else None
+                           for v in skeletons.get("nt_known", [None] * len(skeletons))]
+        if not hemis.empty and "hemi_lineage_id" in skeletons:
+            skeletons = skeletons.merge(hemis, on="hemi_lineage_id", how="left")
+        keep = [c for c in ["skeleton_id", "nt", "hemi_lineage_name"] if c in skeletons]
+        synapses = synapses.merge(skeletons[keep], on="skeleton_id", how="left")
+    synapses = synapses.rename(columns={"skeleton_id": "pre_id", "post_skeleton_id": "post_id",
+                                        "hemi_lineage_name": "hemilineage"})
+    synapses["raw_container"] = source["raw_container"]
+    synapses["raw_dataset"] = source.get("raw_dataset", "volumes/raw/s0")
+    for col in ("brain_region", "hemilineage"):
+        if col in synapses and synapses[col].isna().all():
+            synapses = synapses.drop(columns=col)
+    df = normalise(synapses.sort_values("synapse_id", kind="stable"), origin)
+    check_classes(df, classes, origin)
+    check_inside(df, voxel_size)
+    return df
+

@@ -1,0 +1,80 @@
+"""MongoDB as a synapse source, against a real MongoDB-protocol server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import CLASSES
+
+from ntclass.errors import NtclassError
+from ntclass.mongo import import_table, read_mongo_source, redact_uri, resolve_uri
+from ntclass.synapses import read_table_source
+
+
+def fresh_db() -> str:
+    return f"ntclass_test_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def imported(mongo_uri, tiny_demo):
+    source = {"type": "mongodb", "uri": mongo_uri, "database": fresh_db(),
+              "raw_container": tiny_demo["volume"], "raw_dataset": "volumes/raw/s0"}
+    n = import_table(pd.read_csv(tiny_demo["table"]), source)
+    return source, n
+
+
+def test_import_and_read_back_equal_the_table(imported, tiny_demo):
+    source, n = imported
+    from_table = read_table_source(tiny_demo["table"], tiny_demo["volume"], "volumes/raw/s0",
+                                   CLASSES, (40, 4, 4))
+    from_mongo = read_mongo_source(source, CLASSES, (40, 4, 4))
+    assert n == len(from_table) == len(from_mongo)
+    a = from_table.sort_values("synapse_id").reset_index(drop=True)
+    b = from_mongo.sort_values("synapse_id").reset_index(drop=True)
+    for col in ["synapse_id", "nt", "pre_id", "post_id", "hemilineage", "raw_container"]:
+        assert (a[col] == b[col]).all(), col
+    assert np.allclose(a[["z", "y", "x"]], b[["z", "y", "x"]])
+
+
+def test_synister_schema(imported, mongo_uri):
+    import pymongo
+
+    source, _ = imported
+    db = pymongo.MongoClient(mongo_uri)[source["database"]]
+    skeleton = db.skeletons.find_one({})
+    assert isinstance(skeleton["nt_known"], list) and len(skeleton["nt_known"]) == 1
+    synapse = db.synapses.find_one({"skeleton_id": skeleton["skeleton_id"]})
+    assert {"synapse_id", "x", "y", "z", "skeleton_id", "splits"} <= set(synapse)
+    hemi = db.hemi_lineages.find_one({"hemi_lineage_id": skeleton["hemi_lineage_id"]})
+    assert hemi["nt_guess"] == skeleton["nt_known"]
+
+
+def test_import_refuses_to_overwrite(imported, tiny_demo):
+    source, _ = imported
+    with pytest.raises(NtclassError, match="already holds 'synapses'; pass --replace"):
+        import_table(pd.read_csv(tiny_demo["table"]), source)
+
+
+def test_unreachable_server_fails_fast_without_password(monkeypatch):
+    monkeypatch.setenv("NTCLASS_MONGO_PASSWORD", "s3cret-pw")
+    source = {"uri": "mongodb://alice@127.0.0.1:1", "database": "x"}
+    assert "s3cret-pw" in resolve_uri(source)  # the password is used to connect...
+    start = time.monotonic()
+    with pytest.raises(NtclassError) as err:
+        read_mongo_source({**source, "raw_container": "v.zarr"}, CLASSES)
+    assert time.monotonic() - start < 10
+    message = str(err.value)
+    assert message.startswith("cannot reach MongoDB at mongodb://alice@127.0.0.1:1 within 5 s")
+    assert "s3cret" not in message  # ...but never shown
+
+
+def test_password_in_the_address_is_refused_and_redacted():
+    with pytest.raises(NtclassError) as err:
+        resolve_uri({"uri": "mongodb://bob:hunter2@db.example:27017/?authSource=admin"})
+    assert "hunter2" not in str(err.value)
+    assert "mongodb://bob:***@db.example:27017" in str(err.value)
+    assert redact_uri("mongodb://h:1") == "mongodb://h:1"

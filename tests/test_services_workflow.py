@@ -1,0 +1,112 @@
+"""The workflow with real services: MongoDB as the synapse source, SLURM as the executor."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+from workflow_helpers import ROOT, TINY_CONFIG, snakemake, write_config
+
+from ntclass.mongo import import_table
+
+QUICK_TRAINING = {**TINY_CONFIG["training"], "iterations": 20, "save_every": 10,
+                  "log_every": 10}
+
+
+def mongo_config(uri: str, database: str) -> dict:
+    return {**TINY_CONFIG, "training": QUICK_TRAINING,
+            "source": {"type": "mongodb", "uri": uri, "database": database,
+                       "raw_container": "data/volume.zarr", "raw_dataset": "volumes/raw/s0"}}
+
+
+def test_split_and_training_from_mongodb(mongo_uri, tmp_path):
+    demo = {**TINY_CONFIG["demo"], "out_dir": "data"}
+    write_config(tmp_path, {**TINY_CONFIG, "demo": demo,
+                            "source": {"type": "table", "table": "data/synapses.csv",
+                                       "raw_container": "data/volume.zarr"}})
+    snakemake(tmp_path, "data/synapses.csv")  # the demo data, made by the workflow itself
+    table = pd.read_csv(tmp_path / "data/synapses.csv")
+    database = f"ntclass_wf_{uuid.uuid4().hex[:8]}"
+    import_table(table, {"uri": mongo_uri, "database": database})
+    config = mongo_config(mongo_uri, database)
+    config["demo"] = demo
+    write_config(tmp_path, config)
+    snakemake(tmp_path, "results/models/tiny/model.pt")
+    manifest = pd.read_csv(tmp_path / "results/split/manifest.csv")
+    assert sorted(manifest["synapse_id"]) == sorted(table["synapse_id"])
+    merged = manifest.merge(table, on="synapse_id", suffixes=("", "_t"))
+    assert (merged["nt"] == merged["nt_t"]).all() and (merged["pre_id"] == merged["pre_id_t"]).all()
+    losses = pd.read_csv(tmp_path / "results/models/tiny/training_log.csv")
+    assert len(losses) == 20
+
+
+def test_wrong_mongodb_port_stops_within_seconds(tmp_path, monkeypatch):
+    monkeypatch.setenv("NTCLASS_MONGO_PASSWORD", "pw-never-shown")
+    (tmp_path / "data").mkdir()
+    config = mongo_config("mongodb://reader@127.0.0.1:1", "synapses")
+    write_config(tmp_path, config)
+    (tmp_path / "data/volume.zarr").mkdir()
+    start = time.monotonic()
+    result = snakemake(tmp_path, "results/split/manifest.csv", check=False, timeout=120)
+    elapsed = time.monotonic() - start
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "ntclass: cannot reach MongoDB at mongodb://reader@127.0.0.1:1 within 5 s" in output
+    assert "pw-never-shown" not in output
+    assert "pw-never-shown" not in (tmp_path / "logs/split.log").read_text()
+    assert elapsed < 60
+    assert not (tmp_path / "results/split/manifest.csv").exists()
+
+
+def slurm_test_profile(directory: Path) -> Path:
+    """profiles/slurm as shipped, with the partition and GPU lines set for the local node."""
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.v8+.yaml").read_text())
+    profile["jobs"] = 2
+    profile["latency-wait"] = 5
+    profile["default-resources"].update({"slurm_partition": "debug", "mem_mb": 1500,
+                                         "cpus_per_task": 1})
+    for rule, resources in profile["set-resources"].items():
+        resources.update({"slurm_partition": "debug", "mem_mb": 3000})
+        if "gpu" in resources:
+            resources.update({"gpu": 0, "cpus_per_task": 2})
+    profile["set-threads"] = {"train": 2, "predict_shard": 2}
+    folder = directory / "profile"
+    folder.mkdir()
+    (folder / "config.v8+.yaml").write_text(yaml.safe_dump(profile))
+    return folder
+
+
+def completed_jobs(prefix: Path) -> list[str]:
+    log = prefix / "log/jobcomp.txt"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_slurm_profile_runs_jobs_through_sbatch_with_local_outputs(slurm_cluster, tmp_path):
+    config = {**TINY_CONFIG, "training": QUICK_TRAINING}
+    local, cluster = tmp_path / "local", tmp_path / "cluster"
+    for d in (local, cluster):
+        d.mkdir()
+        write_config(d, config)
+    snakemake(local, "--set-threads", "train=2", "predict_shard=2")
+
+    before = len(completed_jobs(ROOT / ".slurm"))
+    profile = slurm_test_profile(tmp_path)
+    snakemake(cluster, "--profile", str(profile), timeout=1500)
+    records = completed_jobs(ROOT / ".slurm")[before:]
+    # demo_data, split, train, 2 prediction shards, merge, evaluate: all ran under SLURM
+    assert len(records) >= 7, records
+    assert all("JobState=COMPLETED" in r for r in records), records
+    assert all("Partition=debug" in r for r in records)
+
+    for name in ["results/split/manifest.csv", "results/predictions/tiny/test/predictions.csv",
+                 "results/evaluation/tiny/test/metrics.json"]:
+        assert (local / name).read_text() == (cluster / name).read_text(), name
+    a = torch.load(local / "results/models/tiny/model.pt", weights_only=True)["state_dict"]
+    b = torch.load(cluster / "results/models/tiny/model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    shutil.rmtree(tmp_path / "profile")
