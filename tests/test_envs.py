@@ -1,0 +1,71 @@
+"""The conda environment files list the packages of pyproject.toml at the versions of the lock."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import pytest
+import yaml
+from workflow_helpers import ROOT
+
+ENV_FILES = sorted((ROOT / "envs").glob("*.yaml"))
+TEST_ONLY = {"pytest", "ruff"}
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_name(requirement: str) -> str:
+    return normalise(re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0])
+
+
+def project_packages() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return {requirement_name(r) for r in project["dependencies"]}
+
+
+def locked_versions() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[normalise(name)] = version
+    return pins
+
+
+def env_pins(path) -> dict[str, str]:
+    dependencies = yaml.safe_load(path.read_text())["dependencies"]
+    pip = next(d["pip"] for d in dependencies if isinstance(d, dict) and "pip" in d)
+    pins = {}
+    for entry in pip:
+        if entry.startswith("-"):
+            continue  # pip options (-e .., index URLs)
+        name, _, version = entry.partition("==")
+        assert version, f"{path.name}: '{entry}' is not pinned with =="
+        pins[normalise(name)] = version
+    return pins
+
+
+def test_there_is_a_workstation_and_a_cuda_cluster_env():
+    assert {p.name for p in ENV_FILES} >= {"workstation.yaml", "cluster-cuda.yaml"}
+
+
+@pytest.mark.parametrize("path", ENV_FILES, ids=lambda p: p.name)
+def test_env_lists_the_project_packages_at_the_locked_versions(path):
+    pins = env_pins(path)
+    assert set(pins) == project_packages()
+    locked = locked_versions()
+    assert {name: locked[name] for name in pins} == pins
+
+
+def test_lock_pins_every_project_package_and_only_test_tools_besides():
+    assert set(locked_versions()) - project_packages() == TEST_ONLY
+    assert project_packages() <= set(locked_versions())
+
+
+def test_envs_install_the_project_itself():
+    for path in ENV_FILES:
+        assert "-e .." in path.read_text(), path.name
