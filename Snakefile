@@ -11,7 +11,11 @@ from ntclass.workflow import check_source_paths
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo config unless the command line names config files: those replace it rather than
+# merge into it, so a user's models never mix with the demo's.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 # A bad config or input stops here with one sentence; Snakemake's validate() fills defaults.

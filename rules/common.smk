@@ -8,7 +8,7 @@ MODELS = list(config["models"])
 TARGETS = list(config["targets"])
 N_SHARDS = config["prediction"]["shards"]
 SCHEMA = workflow.source_path("../config/config.schema.yaml")
-ENV = "../envs/ntclass.yaml"
+ENV = "../envs/workstation.yaml"  
 # checked now, while the config is read, so that a bad override stops before any job
 MODEL_TRAINING = {m: model_training(config, m, SCHEMA) for m in MODELS}
 

@@ -1,11 +1,13 @@
 rule train:
-    """Train one model on the manifest's train part."""
+    """Train one model on the manifest's train part; model.pt is the best validated one."""
     input:
         manifest="results/split/manifest.csv",
         **raw_inputs(),
     output:
         model="results/models/{model}/model.pt",
+        last="results/models/{model}/model_last.pt",
         losses="results/models/{model}/training_log.csv",
+        validation="results/models/{model}/validation.csv",
     params:
         training=training_params,
         # not an output: Snakemake would wipe it, and with it the checkpoints to resume from

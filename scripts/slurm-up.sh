@@ -73,15 +73,13 @@ NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
 )
-changed=0
 if [ ! -f "$CONF" ] || [ "$(cat "$CONF")" != "$NEW" ]; then
-  printf '%s\n' "$NEW" > "$CONF"; changed=1; say "wrote $CONF"
-fi
-if [ "$changed" = 1 ]; then
+  printf '%s\n' "$NEW" > "$CONF"; say "wrote $CONF"
+  # daemons started with the old config (perhaps another checkout's) hold the ports
   for d in slurmd slurmctld; do
-    if alive "$PREFIX/run/$d.pid"; then
-      pid=$(cat "$PREFIX/run/$d.pid"); kill "$pid"
-      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if pkill -x "$d"; then
+      for _ in $(seq 100); do pgrep -x "$d" >/dev/null || break; sleep 0.1; done
+      say "stopped the running $d"
     fi
   done
 fi

@@ -6,7 +6,7 @@ import copy
 import shutil
 
 import pytest
-from workflow_helpers import TINY_CONFIG, snakemake, write_config
+from workflow_helpers import ROOT, TINY_CONFIG, snakemake, write_config
 
 
 def run_with(tmp_path, config):
@@ -55,3 +55,25 @@ def test_class_folder_not_in_config(tmp_path, tiny_demo):
     config["classes"] = ["acetylcholine", "gaba", "glutamate", "serotonin"]
     output = run_with(tmp_path, config)
     assert "class folder 'cremi/histamine' is not one of the configured classes" in output
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "two_models.yaml", "examples/fafb.yaml"])
+def test_shipped_configs_are_valid(name):
+    import yaml
+
+    from ntclass.config import check_config
+    config = yaml.safe_load((ROOT / "config" / name).read_text())
+    if name == "two_models.yaml":  # used on top of the demo config
+        config = {**yaml.safe_load((ROOT / "config/config.yaml").read_text()), **config}
+    check_config(config, ROOT / "config/config.schema.yaml")
+
+
+def test_a_models_override_of_a_section_gets_that_sections_defaults():
+    from ntclass.config import model_training
+    config = copy.deepcopy(TINY_CONFIG)
+    config["models"]["tiny"]["training"] = {"augment": {"deform": {"enabled": True}}}
+    merged = model_training(config, "tiny", ROOT / "config/config.schema.yaml")
+    assert merged["augment"]["deform"]["control_point_spacing"] == [160, 160, 160]
+    assert merged["augment"]["mirror_transpose"] is True
+    assert merged["augment"]["noise"] == {"enabled": False, "variance": 0.001, "p": 0.5}
+    assert merged["iterations"] == TINY_CONFIG["training"]["iterations"]

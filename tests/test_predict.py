@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ntclass.predict import crop_cubes, shard_rois
-from ntclass.volumes import open_raw, write_zarr_volume
+from ntclass.predict import shard_rois
+from ntclass.volumes import crop_cubes, open_raw, write_zarr_volume
 
 
 def random_synapses(n, seed=0, extent=(4000, 20000, 30000)):

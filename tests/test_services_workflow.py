@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -68,9 +70,14 @@ def slurm_test_profile(directory: Path) -> Path:
     profile = yaml.safe_load((ROOT / "profiles/slurm/config.v8+.yaml").read_text())
     profile["jobs"] = 2
     profile["latency-wait"] = 5
+    # no accounting database here: job states come from squeue (MinJobAge keeps finished
+    # jobs listed), and there is no account to guess
+    profile["slurm-status-command"] = "squeue"
+    profile["slurm-init-seconds-before-status-checks"] = 3
+    profile["slurm-no-account"] = True
     profile["default-resources"].update({"slurm_partition": "debug", "mem_mb": 1500,
                                          "cpus_per_task": 1})
-    for rule, resources in profile["set-resources"].items():
+    for resources in profile["set-resources"].values():
         resources.update({"slurm_partition": "debug", "mem_mb": 3000})
         if "gpu" in resources:
             resources.update({"gpu": 0, "cpus_per_task": 2})
@@ -81,8 +88,11 @@ def slurm_test_profile(directory: Path) -> Path:
     return folder
 
 
-def completed_jobs(prefix: Path) -> list[str]:
-    log = prefix / "log/jobcomp.txt"
+def completed_jobs() -> list[str]:
+    """The controller's records of finished jobs (JobCompType=jobcomp/filetxt)."""
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                            check=True).stdout
+    log = Path(re.search(r"^JobCompLoc\s*=\s*(\S+)", config, re.MULTILINE).group(1))
     return log.read_text().splitlines() if log.exists() else []
 
 
@@ -94,10 +104,10 @@ def test_slurm_profile_runs_jobs_through_sbatch_with_local_outputs(slurm_cluster
         write_config(d, config)
     snakemake(local, "--set-threads", "train=2", "predict_shard=2")
 
-    before = len(completed_jobs(ROOT / ".slurm"))
+    before = len(completed_jobs())
     profile = slurm_test_profile(tmp_path)
     snakemake(cluster, "--profile", str(profile), timeout=1500)
-    records = completed_jobs(ROOT / ".slurm")[before:]
+    records = completed_jobs()[before:]
     # demo_data, split, train, 2 prediction shards, merge, evaluate: all ran under SLURM
     assert len(records) >= 7, records
     assert all("JobState=COMPLETED" in r for r in records), records

@@ -1,6 +1,7 @@
 import logging
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -16,7 +17,7 @@ SMALL = TrainConfig(
     model_params={"fmaps": 2, "fc_size": 8, "dropout": 0.0, "global_pool": True,
                   "downsample_factors": [[1, 2, 2], [2, 2, 2]]},
     classes=list(CLASSES), voxel_size=[40, 4, 4], input_shape=[4, 24, 24], batch_size=2,
-    iterations=6, learning_rate=1e-3, save_every=3, log_every=3)
+    iterations=6, learning_rate=1e-3, save_every=3, log_every=3, validate_every=3)
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +32,40 @@ def manifest(tiny_demo, tmp_path_factory):
 
 def run(manifest, tmp_path, cfg, name="m"):
     out = tmp_path / name
-    train(manifest, cfg, out / "model.pt", out / "loss.csv", out / "checkpoints")
+    train(manifest, cfg, out / "model.pt", out / "last.pt", out / "loss.csv",
+          out / "validation.csv", out / "checkpoints")
     return out
 
 
 def test_model_file_round_trip(manifest, tmp_path):
-    out = run(manifest, tmp_path, SMALL)
+    out = run(manifest, tmp_path, replace(SMALL, validate_every=0))
     model, record = load_model(out / "model.pt", CLASSES)
     assert record["iteration"] == 6 and record["input_shape"] == [4, 24, 24]
     with torch.no_grad():
         assert model(torch.zeros(1, 1, 4, 24, 24)).shape == (1, len(CLASSES))
     losses = pd.read_csv(out / "loss.csv")
     assert list(losses["iteration"]) == [1, 2, 3, 4, 5, 6]
+
+
+def test_model_pt_is_the_best_validated_model_and_the_last_is_kept(manifest, tmp_path):
+    cfg = replace(SMALL, iterations=8, validate_every=2, learning_rate=3e-3)
+    out = run(manifest, tmp_path, cfg)
+    validation = pd.read_csv(out / "validation.csv")
+    assert list(validation["iteration"]) == [2, 4, 6, 8]
+    assert validation["accuracy"].between(0, 1).all() and (validation["loss"] > 0).all()
+    ranked = validation.sort_values(["accuracy", "loss"], ascending=[False, True],
+                                    kind="stable")
+    best = torch.load(out / "model.pt", weights_only=True)
+    assert best["iteration"] == ranked["iteration"].iloc[0]
+    assert torch.load(out / "last.pt", weights_only=True)["iteration"] == 8
+    # the validation figures are real: recomputing the best model's accuracy agrees
+    from ntclass.validation import ValidationSet
+    table = pd.read_csv(manifest, dtype={"nt": "string", "split": "string"})
+    data = ValidationSet(table[table["split"] == "validation"], CLASSES, cfg.input_shape,
+                         cfg.voxel_size, cfg.validation_synapses, cfg.seed)
+    model, _ = load_model(out / "model.pt", CLASSES)
+    _, accuracy = data.evaluate(model, torch.nn.CrossEntropyLoss(), torch.device("cpu"))
+    assert accuracy == pytest.approx(ranked["accuracy"].iloc[0], abs=1e-6)
 
 
 def test_same_seed_same_weights(manifest, tmp_path):
@@ -89,3 +112,64 @@ def test_cosine_schedule():
     assert learning_rate_at(cfg, 50) == pytest.approx(0.5)
     assert learning_rate_at(cfg, 100) == pytest.approx(0.0)
     assert learning_rate_at(SMALL, 5) == SMALL.learning_rate
+
+
+def one_batch(manifest, cfg):
+    import gunpowder as gp
+
+    from ntclass.gp_nodes import centred_roi
+    from ntclass.train import build_batches
+    table = pd.read_csv(manifest, dtype={"nt": "string", "split": "string"})
+    keys = {"raw": gp.ArrayKey("RAW"), "label": gp.ArrayKey("LABEL")}
+    source = build_batches(table[table["split"] == "train"], cfg, keys)
+    request = gp.BatchRequest(random_seed=7)
+    request[keys["raw"]] = gp.ArraySpec(roi=centred_roi(cfg.input_shape, cfg.voxel_size))
+    request[keys["label"]] = gp.ArraySpec(nonspatial=True)
+    with gp.build(source):
+        return source.request_batch(request)[keys["raw"]].data
+
+
+ALL_AUGMENTATIONS = {
+    "mirror_transpose": True,
+    "intensity": {"enabled": True, "scale": [0.9, 1.1], "shift": [-0.1, 0.1]},
+    "deform": {"enabled": True, "control_point_spacing": [160, 40, 40],
+               "jitter_sigma": [0, 8, 8], "scale": [0.9, 1.1], "rotate": True, "subsample": 1,
+               "p": 1.0},
+    "misalign": {"enabled": True, "prob_slip": 0.2, "prob_shift": 0.2, "sigma": 8},
+    "noise": {"enabled": True, "variance": 0.001, "p": 1.0},
+    "defects": {"enabled": True, "prob_missing": 0.1, "prob_low_contrast": 0.1,
+                "contrast_scale": 0.1},
+}
+
+
+def test_every_augmentation_runs_in_the_pipeline(manifest):
+    plain = one_batch(manifest, replace(SMALL, augment={}))
+    augmented = one_batch(manifest, replace(SMALL, augment=ALL_AUGMENTATIONS))
+    assert plain.shape == augmented.shape == (2, 1, 4, 24, 24)
+    assert np.isfinite(augmented).all() and augmented.min() >= -1 and augmented.max() <= 1
+    assert not np.allclose(plain, augmented)
+
+
+def test_missing_sections_are_blanked(manifest):
+    blank = {"defects": {"enabled": True, "prob_missing": 1.0, "prob_low_contrast": 0.0,
+                         "contrast_scale": 0.1}}
+    raw = one_batch(manifest, replace(SMALL, augment=blank))
+    assert np.all(raw == -1)  # zeroed, then mapped from [0, 1] to [-1, 1]
+
+
+def test_focal_loss_is_cross_entropy_at_gamma_0_and_discounts_easy_samples():
+    from ntclass.losses import build_loss
+    logits = torch.tensor([[4.0, 0.0, 0.0], [0.2, 0.1, 0.0]])
+    target = torch.tensor([0, 2])
+    ce = torch.nn.functional.cross_entropy(logits, target)
+    focal0 = build_loss({"type": "focal", "gamma": 0.0}, ["a", "b", "c"])
+    assert float(focal0(logits, target)) == pytest.approx(float(ce))
+    focal2 = build_loss({"type": "focal", "gamma": 2.0}, ["a", "b", "c"])
+    per_sample = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    easy, hard = [float(focal2(logits[i:i + 1], target[i:i + 1])) for i in (0, 1)]
+    assert easy < 0.01 * float(per_sample[0]) and hard > 0.3 * float(per_sample[1])
+    weighted = build_loss({"class_weights": [1.0, 1.0, 3.0]}, ["a", "b", "c"])
+    expected = (per_sample[0] + 3 * per_sample[1]) / 4
+    assert float(weighted(logits, target)) == pytest.approx(float(expected))
+    with pytest.raises(NtclassError, match="class_weights has 2 values"):
+        build_loss({"class_weights": [1.0, 2.0]}, ["a", "b", "c"])

@@ -25,7 +25,8 @@ def finished_run(tmp_path_factory):
 
 def test_outputs_exist(finished_run):
     for path in ["results/split/manifest.csv", "results/split/summary.csv",
-                 "results/models/tiny/model.pt", "results/models/tiny/training_log.csv",
+                 "results/models/tiny/model.pt", "results/models/tiny/model_last.pt",
+                 "results/models/tiny/training_log.csv", "results/models/tiny/validation.csv",
                  "results/predictions/tiny/test/shards/0.csv",
                  "results/predictions/tiny/test/shards/1.csv",
                  "results/predictions/tiny/test/predictions.csv",

@@ -22,7 +22,7 @@ TINY_CONFIG = {
     "split": {"method": "grouped", "seed": 0, "max_deviation": 0.08},
     "training": {"input_shape": [8, 48, 48], "batch_size": 8, "iterations": 500,
                  "learning_rate": 0.001, "lr_schedule": "cosine", "save_every": 100,
-                 "log_every": 50},
+                 "log_every": 50, "validate_every": 100},
     "models": {"tiny": {"architecture": "vgg3d",
                         "params": {"fmaps": 6, "fc_size": 32, "dropout": 0.0,
                                    "global_pool": True,

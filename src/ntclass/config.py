@@ -86,9 +86,24 @@ def model_training(config: Mapping, model: str, schema_path: str | os.PathLike) 
                            f"known keys are {', '.join(sorted(allowed))}")
     merged = {**copy.deepcopy(dict(config["training"])), **copy.deepcopy(dict(overrides))}
     sub = {**schema["properties"]["training"], "$defs": schema["$defs"]}
-    for error in jsonschema.Draft202012Validator(sub).iter_errors(merged):
+    for error in _filling_defaults(jsonschema.Draft202012Validator)(sub).iter_errors(merged):
         path = ["models", model, "training", *error.absolute_path]
         error.path.clear()
         error.path.extend(path)
         raise NtclassError(_sentence(error))
     return merged
+
+
+def _filling_defaults(validator_class):
+    """A validator that also fills in the schema's defaults (jsonschema's FAQ recipe), so
+    that a model's override of a whole section gets that section's defaults too."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(name, copy.deepcopy(sub["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})

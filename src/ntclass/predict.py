@@ -23,13 +23,13 @@ import numpy as np
 import pandas as pd
 import torch
 from funlib.geometry import Roi
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .errors import NtclassError
 from .io import write_csv, write_parquet
 from .synapses import LOCATION
 from .train import load_model, pick_device
-from .volumes import RawVolume, open_raw_cached
+from .validation import normalise_cubes
+from .volumes import crop_cubes, open_raw_cached
 
 log = logging.getLogger(__name__)
 META_COLUMNS = ["synapse_id", *LOCATION, "pre_id", "post_id", "nt"]
@@ -102,22 +102,6 @@ def _inside(table: pd.DataFrame, roi: Roi) -> np.ndarray:
     return np.all((locs >= begin) & (locs < end), axis=1)
 
 
-def crop_cubes(volume: RawVolume, locations: np.ndarray, shape: Sequence[int]
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Cubes of `shape` centred on each location (voxel shape//2 holds the synapse),
-    read from the volume in one piece. Returns (N, *shape) uint8 and a padded flag each."""
-    shape = np.asarray(shape)
-    begins = volume.to_voxel(locations) - shape // 2
-    lo = begins.min(axis=0)
-    hi = begins.max(axis=0) + shape
-    region, _ = volume.read(lo, tuple(hi - lo))
-    windows = sliding_window_view(region, tuple(shape))
-    rel = begins - lo
-    cubes = windows[rel[:, 0], rel[:, 1], rel[:, 2]]
-    padded = np.any((begins < 0) | (begins + shape > np.array(volume.shape)), axis=1)
-    return cubes, padded
-
-
 class ShardPredictor:
     """Predicts the synapses of daisy blocks; loads the model once per process."""
 
@@ -169,7 +153,7 @@ class ShardPredictor:
             for start in range(0, len(cubes), self.cfg.batch_size):
                 batch = torch.from_numpy(np.ascontiguousarray(
                     cubes[start:start + self.cfg.batch_size]))
-                x = batch.to(self._device, dtype=torch.float32)[:, None] * (2 / 255) - 1
+                x = normalise_cubes(batch.to(self._device))
                 out.append(torch.softmax(model(x), dim=1).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.cfg.classes)))
 

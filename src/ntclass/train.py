@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,11 +23,14 @@ import gunpowder.torch  # noqa: F401  (registers gp.torch)
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from .errors import NtclassError
 from .gp_nodes import AddClassLabel, SynapseCubeSource, centred_roi
 from .io import atomic_path, write_csv
+from .losses import build_loss
 from .models import build_model
+from .validation import ValidationSet
 
 log = logging.getLogger(__name__)
 MODEL_FORMAT = "ntclass-model/1"
@@ -50,6 +54,10 @@ class TrainConfig:
     device: str = "auto"
     cache_raw_mb: int = 1024
     augment: dict = field(default_factory=dict)
+    loss: dict = field(default_factory=dict)
+    validate_every: int = 1000
+    validation_synapses: int = 1000
+    mixed_precision: bool = True
 
     def digest(self, manifest: str | os.PathLike) -> str:
         """Hash of everything that makes a run: a changed one never resumes a stale one."""
@@ -73,10 +81,30 @@ class ScheduledTrain(gp.torch.Train):
         super().__init__(*args, **kwargs)
         self.cfg = cfg
 
+    def start(self):
+        super().start()
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shape: autotuning pays
+
     def train_step(self, batch, request):
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate_at(self.cfg, self.iteration)
         super().train_step(batch, request)
+
+
+class Autocast(torch.nn.Module):
+    """Runs the wrapped model's forward under bf16 autocast on a GPU; returns float32, so
+    the loss and the backward pass stay in full precision. Off on the CPU."""
+
+    def __init__(self, model: torch.nn.Module, enabled: bool = True):
+        super().__init__()
+        self.model = model
+        self.enabled = enabled
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        on_gpu = self.enabled and raw.is_cuda
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+            return self.model(raw).float()
 
 
 def pick_device(name: str) -> str:
@@ -86,20 +114,38 @@ def pick_device(name: str) -> str:
 
 
 def _augmentations(raw: gp.ArrayKey, augment: dict) -> list[gp.BatchFilter]:
+    """Synister's augmentations, each on when its entry is enabled (lengths in nm)."""
     nodes: list[gp.BatchFilter] = []
-    intensity = augment.get("intensity")
-    if intensity:
+    if (deform := augment.get("deform", {})).get("enabled"):
+        # elastic, with in-plane rotation only: sections are 10x thicker than pixels
+        nodes.append(gp.DeformAugment(
+            control_point_spacing=gp.Coordinate(deform["control_point_spacing"]),
+            jitter_sigma=deform["jitter_sigma"], scale_interval=tuple(deform["scale"]),
+            rotate=deform["rotate"], rotation_axes=[1, 2], subsample=deform["subsample"],
+            p=deform["p"]))
+    if (misalign := augment.get("misalign", {})).get("enabled"):
+        # sections that slip (one alone) or shift (it and all after it) in y/x
+        nodes.append(gp.ShiftAugment(prob_slip=misalign["prob_slip"],
+                                     prob_shift=misalign["prob_shift"],
+                                     sigma=misalign["sigma"], shift_axis=0))
+    if augment.get("mirror_transpose", False):
+        nodes.append(gp.SimpleAugment(mirror_only=(1, 2), transpose_only=(1, 2)))
+    if (intensity := augment.get("intensity", {})).get("enabled"):
         # per section: EM sections differ in brightness and contrast
         nodes.append(gp.IntensityAugment(raw, *intensity["scale"], *intensity["shift"],
                                          slab=(1, -1, -1)))
-    if augment.get("mirror_transpose", False):
-        nodes.append(gp.SimpleAugment(mirror_only=(1, 2), transpose_only=(1, 2)))
+    if (noise := augment.get("noise", {})).get("enabled"):
+        nodes.append(gp.NoiseAugment(raw, mode="gaussian", var=noise["variance"],
+                                     p=noise["p"]))
+    if (defects := augment.get("defects", {})).get("enabled"):
+        nodes.append(gp.DefectAugment(raw, prob_missing=defects["prob_missing"],
+                                      prob_low_contrast=defects["prob_low_contrast"],
+                                      contrast_scale=defects["contrast_scale"], axis=0))
     return nodes
 
 
-def build_pipeline(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict,
-                   model: torch.nn.Module, checkpoint_basename: str):
-    """The full training pipeline, ending in gp.torch.Train."""
+def build_batches(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict) -> gp.Pipeline:
+    """The pipeline up to the model: balanced, augmented, normalised batches."""
     branches = []
     for label, nt in enumerate(cfg.classes):
         rows = synapses[synapses["nt"] == nt]
@@ -117,9 +163,16 @@ def build_pipeline(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict,
     pipeline += gp.Stack(cfg.batch_size)
     if cfg.workers > 0:
         pipeline += gp.PreCache(cache_size=4 * cfg.workers, num_workers=cfg.workers)
+    return pipeline
+
+
+def build_pipeline(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict,
+                   model: torch.nn.Module, loss: torch.nn.Module, checkpoint_basename: str):
+    """The full training pipeline, ending in gp.torch.Train."""
+    pipeline = build_batches(synapses, cfg, keys)
     pipeline += ScheduledTrain(
-        model,
-        torch.nn.CrossEntropyLoss(),
+        Autocast(model, cfg.mixed_precision),
+        loss,
         torch.optim.Adam(model.parameters(), lr=cfg.learning_rate),
         inputs={"raw": keys["raw"]},
         outputs={0: keys["logits"]},
@@ -145,8 +198,8 @@ def _latest_iteration(checkpoint_dir: Path) -> int:
     return max(found, default=0)
 
 
-def _loss_rows(path: Path, up_to: int) -> list[list[str]]:
-    """Loss rows of an earlier run up to its last checkpoint (the rest is redone)."""
+def _rows_up_to(path: Path, up_to: int) -> list[list[str]]:
+    """CSV rows of an earlier run up to its last checkpoint (the rest is redone)."""
     if not path.exists():
         return []
     with open(path, newline="") as f:
@@ -168,15 +221,104 @@ def model_record(model: torch.nn.Module, cfg: TrainConfig, iteration: int) -> di
     }
 
 
+class _LineWriter:
+    """A file for tqdm that turns its carriage-return updates into lines: a job's log is
+    a file, not a terminal."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.strip("\r\n")
+        if text:
+            self.stream.write(text + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _progress(cfg: TrainConfig, start: int) -> tqdm:
+    tty = sys.stderr.isatty()
+    return tqdm(total=cfg.iterations, initial=start, unit="it", dynamic_ncols=tty,
+                file=sys.stderr if tty else _LineWriter(sys.stderr),
+                mininterval=0.5 if tty else 30, ascii=not tty, desc="train")
+
+
+class _Validator:
+    """Validates every `validate_every` iterations; keeps the best model (highest accuracy,
+    then lowest loss) as `best.pt` in the checkpoint folder, across resumed runs."""
+
+    HEADER = ["iteration", "loss", "accuracy"]
+
+    def __init__(self, table: pd.DataFrame, cfg: TrainConfig, checkpoint_dir: Path,
+                 start: int, loss: torch.nn.Module):
+        self.cfg = cfg
+        self.loss = loss
+        self.best_path = checkpoint_dir / "best.pt"
+        self.csv_path = checkpoint_dir / "validation.csv"
+        self.rows = _rows_up_to(self.csv_path, start)
+        part = table[table["split"] == "validation"]
+        self.data = None
+        if cfg.validate_every and len(part):
+            self.data = ValidationSet(part, cfg.classes, cfg.input_shape, cfg.voxel_size,
+                                      cfg.validation_synapses, cfg.seed)
+            log.info("validating on %d synapses every %d iterations", len(self.data),
+                     cfg.validate_every)
+        self.best = self._best_so_far()
+
+    def _best_so_far(self) -> tuple[float, float] | None:
+        """The score of the kept best.pt: it may come from after the checkpoint resumed
+        from, so it is looked up among all rows the earlier run wrote."""
+        if not self.best_path.exists():
+            return None
+        iteration = torch.load(self.best_path, weights_only=True)["iteration"]
+        scores = [(float(r[2]), -float(r[1])) for r in _rows_up_to(self.csv_path, 10**12)
+                  if int(r[0]) == iteration]
+        return scores[-1] if scores else None
+
+    def due(self, iteration: int) -> bool:
+        return self.data is not None and (iteration % self.cfg.validate_every == 0
+                                          or iteration == self.cfg.iterations)
+
+    def __call__(self, model: torch.nn.Module, iteration: int, writer) -> None:
+        device = next(model.parameters()).device
+        loss, accuracy = self.data.evaluate(model, self.loss.to(device), device)
+        self.rows.append([iteration, f"{loss:.6f}", f"{accuracy:.6f}"])
+        with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows([self.HEADER, *self.rows])
+        writer.add_scalar("validation/loss", loss, iteration)
+        writer.add_scalar("validation/accuracy", accuracy, iteration)
+        log.info("validation at iteration %d: loss %.4f accuracy %.3f", iteration, loss,
+                 accuracy)
+        if self.best is None or (accuracy, -loss) > self.best:
+            self.best = (accuracy, -loss)
+            with atomic_path(self.best_path) as tmp:
+                torch.save(model_record(model, self.cfg, iteration), tmp)
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=self.HEADER).astype(
+            {"iteration": int, "loss": float, "accuracy": float})
+
+
 def train(manifest: str | os.PathLike, cfg: TrainConfig, model_out: str | os.PathLike,
-          loss_out: str | os.PathLike, checkpoint_root: str | os.PathLike) -> None:
-    """Train one model on the manifest's `train` part; write model.pt and the loss CSV."""
+          last_out: str | os.PathLike, loss_out: str | os.PathLike,
+          validation_out: str | os.PathLike, checkpoint_root: str | os.PathLike) -> None:
+    """Train one model on the manifest's `train` part, validating on its `validation` part.
+
+    Writes the best validated model to `model_out` (the last one where there is no
+    validation part), the last to `last_out`, and the loss and validation CSVs.
+    Checkpoints, the TensorBoard log and the CSVs of the run live in a folder of
+    `checkpoint_root` named by the hash of `cfg` and the manifest: a rerun of the same
+    run resumes there, a changed one starts afresh.
+    """
+    from tensorboardX import SummaryWriter
+
     table = pd.read_csv(manifest, dtype={"nt": "string", "split": "string"})
-    synapses = table[table["split"] == "train"]
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.architecture, cfg.input_shape, len(cfg.classes),
                         **cfg.model_params)
     model.train()
+    loss = build_loss(cfg.loss, cfg.classes)
 
     checkpoint_dir = Path(checkpoint_root) / cfg.digest(manifest)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -187,16 +329,17 @@ def train(manifest: str | os.PathLike, cfg: TrainConfig, model_out: str | os.Pat
     else:
         log.info("training from scratch in %s", checkpoint_dir)
     losses_path = checkpoint_dir / "loss.csv"
-    rows = _loss_rows(losses_path, start)
+    rows = _rows_up_to(losses_path, start)
+    validator = _Validator(table, cfg, checkpoint_dir, start, loss)
 
     keys = {"raw": gp.ArrayKey("RAW"), "label": gp.ArrayKey("LABEL"),
             "logits": gp.ArrayKey("LOGITS")}
-    pipeline = build_pipeline(synapses, cfg, keys, model,
+    pipeline = build_pipeline(table[table["split"] == "train"], cfg, keys, model, loss,
                               str(checkpoint_dir / "model"))
-    with open(losses_path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["iteration", "loss", "seconds"])
-        writer.writerows(rows)
+    writer = SummaryWriter(str(checkpoint_dir / "tensorboard"), purge_step=start + 1)
+    with open(losses_path, "w", newline="") as f, _progress(cfg, start) as bar:
+        loss_csv = csv.writer(f)
+        loss_csv.writerows([["iteration", "loss", "seconds"], *rows])
         f.flush()
         t0 = time.perf_counter()
         with gp.build(pipeline):
@@ -209,15 +352,28 @@ def train(manifest: str | os.PathLike, cfg: TrainConfig, model_out: str | os.Pat
                 request[keys["logits"]] = gp.ArraySpec(nonspatial=True)
                 batch = pipeline.request_batch(request)
                 iteration = batch.iteration
-                elapsed = time.perf_counter() - t0
-                writer.writerow([iteration, f"{float(batch.loss):.6f}", f"{elapsed:.3f}"])
+                value = float(batch.loss)
+                loss_csv.writerow([iteration, f"{value:.6f}",
+                                   f"{time.perf_counter() - t0:.3f}"])
+                bar.update(iteration - bar.n)
                 if iteration % cfg.log_every == 0 or iteration == cfg.iterations:
                     f.flush()
-                    rate = (iteration - start) / max(elapsed, 1e-9)
-                    log.info("iteration %d/%d loss %.4f (%.2f it/s)", iteration,
-                             cfg.iterations, float(batch.loss), rate)
+                    bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+                    writer.add_scalar("train/loss", value, iteration)
+                    writer.add_scalar("train/learning_rate",
+                                      learning_rate_at(cfg, iteration - 1), iteration)
+                if validator.due(iteration):
+                    validator(model, iteration, writer)
+    writer.close()
+    last = model_record(model, cfg, iteration)
+    with atomic_path(last_out) as tmp:
+        torch.save(last, tmp)
     with atomic_path(model_out) as tmp:
-        torch.save(model_record(model, cfg, iteration), tmp)
+        if validator.best is not None:
+            tmp.write_bytes(validator.best_path.read_bytes())
+        else:
+            torch.save(last, tmp)
+    write_csv(validator.table(), validation_out)
     write_csv(pd.read_csv(losses_path), loss_out)
 
 

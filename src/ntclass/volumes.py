@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import zarr
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .errors import NtclassError
 
@@ -164,3 +166,19 @@ def write_zarr_volume(container: str | os.PathLike, dataset: str, data: np.ndarr
         "voxel_size": list(voxel_size), "resolution": list(voxel_size),
         "offset": list(offset), "axis_names": ["z", "y", "x"], "units": ["nm", "nm", "nm"],
     })
+
+
+def crop_cubes(volume: RawVolume, locations: np.ndarray, shape: Sequence[int]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Cubes of `shape` centred on each location (voxel shape//2 holds the synapse),
+    read from the volume in one piece. Returns (N, *shape) uint8 and a padded flag each."""
+    shape = np.asarray(shape)
+    begins = volume.to_voxel(locations) - shape // 2
+    lo = begins.min(axis=0)
+    hi = begins.max(axis=0) + shape
+    region, _ = volume.read(lo, tuple(hi - lo))
+    windows = sliding_window_view(region, tuple(shape))
+    rel = begins - lo
+    cubes = windows[rel[:, 0], rel[:, 1], rel[:, 2]]
+    padded = np.any((begins < 0) | (begins + shape > np.array(volume.shape)), axis=1)
+    return cubes, padded

@@ -1,0 +1,92 @@
+"""A training job killed with SIGKILL resumes from its checkpoint, and resuming changes
+nothing: the resumed model equals one trained without interruption."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import torch
+from workflow_helpers import ROOT, SNAKEMAKE, TINY_CONFIG, planned_jobs, snakemake, write_config
+
+ITERATIONS = 120
+
+
+def two_model_config() -> dict:
+    config = copy.deepcopy(TINY_CONFIG)
+    config["training"].update({"iterations": ITERATIONS, "save_every": 20, "log_every": 20,
+                               "validate_every": 40})
+    # the same model twice: b is the uninterrupted twin of a
+    config["models"] = {"a": config["models"]["tiny"], "b": copy.deepcopy(config["models"]["tiny"])}
+    return config
+
+
+def start_training(directory, model: str) -> subprocess.Popen:
+    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(directory),
+           "--configfile", str(directory / "config.yaml"), "--cores", "2",
+           f"results/models/{model}/model.pt"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def wait_for_checkpoint(directory, model: str, iteration: int, proc, timeout=600) -> None:
+    pattern = f"results/models/{model}/checkpoints/*/model_checkpoint_{iteration}"
+    deadline = time.monotonic() + timeout
+    while not list(directory.glob(pattern)):
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline, f"no checkpoint {iteration} after {timeout} s"
+        time.sleep(0.2)
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_killed_training_resumes_and_a_changed_rate_retrains_only_that_model(tmp_path):
+    config = two_model_config()
+    write_config(tmp_path, config)
+    snakemake(tmp_path, "results/split/manifest.csv")
+
+    proc = start_training(tmp_path, "a")
+    wait_for_checkpoint(tmp_path, "a", 60, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and its job, mid-training
+    proc.wait()
+    assert not (tmp_path / "results/models/a/model.pt").exists()
+
+    snakemake(tmp_path, "--rerun-incomplete", "results/models/a/model.pt",
+              "results/models/b/model.pt")
+    log = (tmp_path / "logs/train/a.log").read_text()
+    resumed = [int(n) for n in re.findall(r"resuming from iteration (\d+)", log)]
+    assert resumed and resumed[-1] >= 60, log[-2000:]
+    losses = pd.read_csv(tmp_path / "results/models/a/training_log.csv")
+    assert list(losses["iteration"]) == list(range(1, ITERATIONS + 1))
+    validation = pd.read_csv(tmp_path / "results/models/a/validation.csv")
+    assert list(validation["iteration"]) == [40, 80, 120]
+
+    # resuming is exact: a equals its uninterrupted twin b, loss curve and weights
+    twin_losses = pd.read_csv(tmp_path / "results/models/b/training_log.csv")
+    assert losses["loss"].tolist() == twin_losses["loss"].tolist()
+    for name in ("model.pt", "model_last.pt"):
+        a = weights(tmp_path / "results/models/a" / name)
+        b = weights(tmp_path / "results/models/b" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+    # a new learning rate for a: a retrains from scratch, b is left alone
+    config["models"]["a"]["training"] = {"learning_rate": 0.002}
+    write_config(tmp_path, config)
+    targets = ["results/models/a/model.pt", "results/models/b/model.pt"]
+    assert planned_jobs(tmp_path, *targets) == {"train": 1}
+    b_before = (tmp_path / "results/models/b/model.pt").stat().st_mtime_ns
+    log_before = len((tmp_path / "logs/train/a.log").read_text())
+    snakemake(tmp_path, *targets)
+    assert (tmp_path / "results/models/b/model.pt").stat().st_mtime_ns == b_before
+    new_log = (tmp_path / "logs/train/a.log").read_text()[log_before:]
+    assert "training from scratch" in new_log and "resuming" not in new_log
+    assert len(list((tmp_path / "results/models/a/checkpoints").iterdir())) == 2
+    a, b = (weights(tmp_path / f"results/models/{m}/model_last.pt") for m in "ab")
+    assert not all(torch.equal(a[k], b[k]) for k in a)
