@@ -2,13 +2,13 @@
 import re
 
 from ntclass.config import model_training
-from ntclass.workflow import canonical, source_paths
+from ntclass.workflow import canonical, source_paths, synapse_files
 
 MODELS = list(config["models"])
 TARGETS = list(config["targets"])
 N_SHARDS = config["prediction"]["shards"]
 SCHEMA = workflow.source_path("../config/config.schema.yaml")
-ENV = "../envs/workstation.yaml"  
+ENV = "../envs/workstation.yaml"  # used with --sdm conda
 # checked now, while the config is read, so that a bad override stops before any job
 MODEL_TRAINING = {m: model_training(config, m, SCHEMA) for m in MODELS}
 
@@ -27,6 +27,21 @@ def source_inputs(wildcards=None):
 def raw_inputs(wildcards=None):
     """The raw volume alone (prediction reads raw, the manifest lists the synapses)."""
     return {k: v for k, v in source_paths(config).items() if k in ("raw", "cremi")}
+
+
+def target_inputs(wildcards):
+    """What a target's synapse list is made from: the manifest, or its own source."""
+    target = config["targets"][wildcards.target]
+    if target["type"] == "split":
+        return {"manifest": "results/split/manifest.csv"}
+    return synapse_files(target)
+
+
+def target_raw(wildcards):
+    """The raw a target's cubes are read from."""
+    target = config["targets"][wildcards.target]
+    files = raw_inputs() if target["type"] == "split" else synapse_files(target)
+    return {k: v for k, v in files.items() if k in ("raw", "cremi")}
 
 
 def training_params(wildcards):

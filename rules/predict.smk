@@ -1,13 +1,30 @@
+rule target_synapses:
+    """The synapses of one target, read once for all its shards."""
+    input:
+        unpack(target_inputs),
+    output:
+        synapses="results/targets/{target}.parquet",
+    params:
+        target=lambda wc: canonical(config["targets"][wc.target]),
+        classes=config["classes"],
+        voxel_size=config["voxel_size"],
+    log:
+        "logs/targets/{target}.log",
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/target_synapses.py"
+
+
 rule predict_shard:
     """Predict one shard of a target blockwise with daisy."""
     input:
+        unpack(target_raw),
         model="results/models/{model}/model.pt",
-        manifest="results/split/manifest.csv",
-        **raw_inputs(),
+        synapses="results/targets/{target}.parquet",
     output:
         shard="results/predictions/{model}/{target}/shards/{shard}.csv",
     params:
-        target=lambda wc: canonical(config["targets"][wc.target]),
         shards=N_SHARDS,
         shard=lambda wc: int(wc.shard),
         classes=config["classes"],
@@ -28,12 +45,10 @@ rule merge_predictions:
     """One prediction table per model and target: every synapse exactly once."""
     input:
         shards=shard_paths,
-        manifest="results/split/manifest.csv",
+        synapses="results/targets/{target}.parquet",
     output:
         csv="results/predictions/{model}/{target}/predictions.csv",
         parquet="results/predictions/{model}/{target}/predictions.parquet",
-    params:
-        target=lambda wc: canonical(config["targets"][wc.target]),
     log:
         "logs/predict/{model}/{target}/merge.log",
     conda:

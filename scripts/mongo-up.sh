@@ -19,6 +19,14 @@ ping() {
 if [ -s "$DIR/server.pid" ] && kill -0 "$(cat "$DIR/server.pid")" 2>/dev/null && ping; then
   echo "[mongo-up] already running: mongodb://127.0.0.1:$PORT"; exit 0
 fi
+# a test server of another checkout (or a lost pid file) on our port: stop it
+if pkill -f "secantusd-py --host 127.0.0.1 --port $PORT "; then
+  for _ in $(seq 50); do ping || break; sleep 0.1; done
+  echo "[mongo-up] stopped a stray SecantusDB on port $PORT"
+fi
+if ping; then
+  echo "[mongo-up] port $PORT is taken by another MongoDB server; set MONGO_PORT"; exit 1
+fi
 setsid "$VENV/bin/secantusd-py" --host 127.0.0.1 --port "$PORT" --storage-path "$DIR/data" \
   </dev/null >"$DIR/server.log" 2>&1 &
 echo $! > "$DIR/server.pid"

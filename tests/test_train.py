@@ -77,7 +77,7 @@ def test_same_seed_same_weights(manifest, tmp_path):
 
 def test_resume_from_last_checkpoint(manifest, tmp_path, caplog):
     out = run(manifest, tmp_path, SMALL)
-    longer = replace(SMALL, iterations=9)
+    longer = replace(SMALL, iterations=9, lr_schedule="cosine")
     # a longer run is another run: it starts from scratch in its own folder
     with caplog.at_level(logging.INFO, logger="ntclass.train"):
         run(manifest, tmp_path, longer)

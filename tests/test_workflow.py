@@ -92,8 +92,8 @@ def test_changing_the_split_seed_reruns_split_and_downstream_only(finished_run, 
     changed = tmp_path / "config.yaml"
     changed.write_text(yaml.safe_dump(config))
     jobs = planned_jobs(finished_run, config=changed)
-    assert jobs == {"split": 1, "train": 1, "predict_shard": 2, "merge_predictions": 1,
-                    "evaluate": 1, "all": 1}
+    assert jobs == {"split": 1, "target_synapses": 1, "train": 1, "predict_shard": 2,
+                    "merge_predictions": 1, "evaluate": 1, "all": 1}
 
 
 def test_changing_evaluation_settings_reruns_evaluation_only(finished_run, tmp_path):
@@ -115,3 +115,32 @@ def test_cremi_source_runs_too(finished_run, tmp_path):
     original = pd.read_csv(finished_run / "results/split/manifest.csv")
     assert len(manifest) == len(original)
     assert manifest["raw_container"].str.endswith(".hdf").all()
+
+
+def test_every_kind_of_target_predicts_the_same_cubes_alike(finished_run, tmp_path):
+    """The whole table over the volume and the folder of CREMI crops as targets: every
+    synapse predicted once, and the test synapses exactly as the split target has them."""
+    config = yaml.safe_load((finished_run / "config.yaml").read_text())
+    config["targets"] = {
+        "test": {"type": "split", "part": "test"},
+        "everything": {"type": "table", "table": "data/demo/synapses.csv",
+                       "raw_container": "data/demo/volume.zarr"},
+        "crops": {"type": "cremi", "directory": "data/demo/cremi"},
+    }
+    changed = tmp_path / "config.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    assert planned_jobs(finished_run, "results/predictions/tiny/test/predictions.csv",
+                        config=changed) == {}
+    snakemake(finished_run, "results/evaluation/tiny/everything/metrics.json",
+              "results/evaluation/tiny/crops/metrics.json", config=changed)
+    table = pd.read_csv(finished_run / "data/demo/synapses.csv")
+    test = pd.read_parquet(finished_run / "results/predictions/tiny/test/predictions.parquet")
+    for target in ("everything", "crops"):
+        pred = pd.read_parquet(
+            finished_run / f"results/predictions/tiny/{target}/predictions.parquet")
+        assert sorted(pred["synapse_id"]) == sorted(table["synapse_id"]), target
+        same = pred.set_index("synapse_id").loc[test["synapse_id"], CLASSES].to_numpy()
+        assert np.allclose(same, test[CLASSES].to_numpy(), atol=1e-5), target
+        metrics = json.loads((finished_run /
+                              f"results/evaluation/tiny/{target}/metrics.json").read_text())
+        assert metrics["synapse"]["n"] == len(table)

@@ -55,7 +55,8 @@ def snakemake(directory: Path, *args: str, config: Path | None = None,
 
 def planned_jobs(directory: Path, *args: str, config: Path | None = None) -> dict[str, int]:
     """The jobs a dry run would execute, by rule."""
-    out = snakemake(directory, "-n", "--quiet", "rules", *args, config=config).stdout
+    # --quiet takes several values: targets must come before it
+    out = snakemake(directory, *args, "-n", "--quiet", "rules", config=config).stdout
     jobs = {}
     for line in out.splitlines():
         parts = line.split()

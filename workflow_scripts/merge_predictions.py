@@ -4,6 +4,6 @@ from ntclass.workflow import run_job
 sm = snakemake  # noqa: F821 (provided by Snakemake)
 run_job(
     sm.log[0],
-    lambda: merge_target(sm.input.shards, sm.input.manifest, sm.params.target, sm.output.csv,
+    lambda: merge_target(sm.input.shards, sm.input.synapses, sm.output.csv,
                          sm.output.parquet),
 )

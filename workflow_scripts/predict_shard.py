@@ -5,8 +5,8 @@ sm = snakemake  # noqa: F821 (provided by Snakemake)
 p = sm.params
 run_job(
     sm.log[0],
-    lambda: predict_target_shard(sm.input.model, sm.input.manifest, p.target, p.shard,
-                                 p.shards, p.classes, p.voxel_size, p.prediction, p.work_dir,
+    lambda: predict_target_shard(sm.input.model, sm.input.synapses, p.shard, p.shards,
+                                 p.classes, p.voxel_size, p.prediction, p.work_dir,
                                  sm.output.shard),
     threads=sm.threads,
 )

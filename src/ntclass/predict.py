@@ -26,7 +26,7 @@ from funlib.geometry import Roi
 
 from .errors import NtclassError
 from .io import write_csv, write_parquet
-from .synapses import LOCATION
+from .synapses import LOCATION, read_source
 from .train import load_model, pick_device
 from .validation import normalise_cubes
 from .volumes import crop_cubes, open_raw_cached
@@ -44,6 +44,7 @@ class PredictConfig:
     batch_size: int = 32
     workers: int = 1
     device: str = "auto"
+    mixed_precision: bool = True  # bf16 autocast on a GPU
 
 
 def is_single_volume(table: pd.DataFrame) -> bool:
@@ -149,7 +150,8 @@ class ShardPredictor:
 
     def _infer(self, model, cubes: np.ndarray) -> np.ndarray:
         out = []
-        with torch.inference_mode():
+        on_gpu = self.cfg.mixed_precision and torch.device(self._device).type == "cuda"
+        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=on_gpu):
             for start in range(0, len(cubes), self.cfg.batch_size):
                 batch = torch.from_numpy(np.ascontiguousarray(
                     cubes[start:start + self.cfg.batch_size]))
@@ -222,13 +224,27 @@ def predict_shard(model_path: str, table: pd.DataFrame, shard: int, n_shards: in
     write_csv(result.sort_values("synapse_id"), out_path)
 
 
-def load_target(manifest_path: str, target: dict) -> pd.DataFrame:
-    """The synapses a target names (for now: a part of the split manifest)."""
-    manifest = pd.read_csv(manifest_path, dtype={"nt": "string", "split": "string",
-                                                 "pre_id": "Int64", "post_id": "Int64"})
+def target_synapses(manifest_path: str | None, target: dict, classes: Sequence[str],
+                    voxel_size: Sequence[int]) -> pd.DataFrame:
+    """The synapses a target names: a part of the split manifest, or a synapse source of
+    its own (a table over a volume, a folder of CREMI files, a MongoDB database)."""
     if target["type"] == "split":
+        manifest = pd.read_csv(manifest_path, dtype={"nt": "string", "split": "string",
+                                                     "pre_id": "Int64", "post_id": "Int64"})
         return manifest[manifest["split"] == target["part"]].reset_index(drop=True)
-    raise NtclassError(f"target type '{target['type']}' is unknown; expected split")
+    return read_source(target, classes, voxel_size)
+
+
+def write_target(manifest_path: str | None, target: dict, classes: Sequence[str],
+                 voxel_size: Sequence[int], out_path: str) -> None:
+    """Write a target's synapses once, for all its shards and its merge to read."""
+    table = target_synapses(manifest_path, target, classes, voxel_size)
+    log.info("target of type %s: %d synapses", target["type"], len(table))
+    write_parquet(table, out_path)
+
+
+def load_target(path: str) -> pd.DataFrame:
+    return pd.read_parquet(path)
 
 
 def _work_dir(base: str | os.PathLike, model_path: str, rows: pd.DataFrame,
@@ -241,24 +257,25 @@ def _work_dir(base: str | os.PathLike, model_path: str, rows: pd.DataFrame,
     return Path(base) / h.hexdigest()[:16]
 
 
-def predict_target_shard(model_path: str, manifest_path: str, target: dict, shard: int,
-                         n_shards: int, classes: Sequence[str], voxel_size: Sequence[int],
-                         settings: dict, work_base: str, out_path: str) -> None:
+def predict_target_shard(model_path: str, target_path: str, shard: int, n_shards: int,
+                         classes: Sequence[str], voxel_size: Sequence[int], settings: dict,
+                         work_base: str, out_path: str) -> None:
     """Predict shard `shard` of `n_shards` of a target; the Snakemake job's entry point."""
     cfg = PredictConfig(classes=list(classes), voxel_size=list(voxel_size),
                         block_size=list(settings["block_size"]),
                         rows_per_block=settings["rows_per_block"],
                         batch_size=settings["batch_size"], workers=settings["workers"],
-                        device=settings["device"])
-    rows = load_target(manifest_path, target)
+                        device=settings["device"],
+                        mixed_precision=settings.get("mixed_precision", True))
+    rows = load_target(target_path)
     work_dir = _work_dir(work_base, model_path, rows, cfg, n_shards)
     predict_shard(model_path, rows, shard, n_shards, cfg, work_dir, out_path)
 
 
-def merge_target(shard_paths: Sequence[str], manifest_path: str, target: dict, out_csv: str,
+def merge_target(shard_paths: Sequence[str], target_path: str, out_csv: str,
                  out_parquet: str) -> pd.DataFrame:
     """Concatenate a target's shards; every synapse of the target exactly once."""
-    expected = load_target(manifest_path, target)
+    expected = load_target(target_path)
     frames = [pd.read_csv(p, dtype={"nt": "string", "predicted_nt": "string",
                                     "pre_id": "Int64", "post_id": "Int64"})
               for p in shard_paths]

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import gunpowder as gp
 import gunpowder.torch  # noqa: F401  (registers gp.torch)
-import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -70,8 +70,11 @@ def learning_rate_at(cfg: TrainConfig, iteration: int) -> float:
     """The learning rate of an iteration: a function of the iteration alone, so a resumed
     run continues exactly where the killed one was."""
     if cfg.lr_schedule == "cosine":
-        return cfg.learning_rate * 0.5 * (1 + np.cos(np.pi * min(iteration / cfg.iterations, 1)))
-    return cfg.learning_rate
+        # a Python float: a numpy scalar in the optimizer state would make the checkpoint
+        # unloadable with weights_only=True
+        return float(cfg.learning_rate * 0.5 * (1 + math.cos(
+            math.pi * min(iteration / cfg.iterations, 1))))
+    return float(cfg.learning_rate)
 
 
 class ScheduledTrain(gp.torch.Train):

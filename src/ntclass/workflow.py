@@ -72,9 +72,8 @@ def demo_outputs(config: Mapping) -> set[str]:
     return {str(out / "synapses.csv"), str(out / "volume.zarr"), str(out / "cremi")}
 
 
-def source_paths(config: Mapping) -> dict[str, str]:
-    """The files the configured synapse source reads (named as Snakemake inputs)."""
-    source = config["source"]
+def synapse_files(source: Mapping) -> dict[str, str]:
+    """The files a synapse source (the `source` section, or a target) reads, by role."""
     if source["type"] == "table":
         return {"table": source["table"], "raw": source["raw_container"]}
     if source["type"] == "cremi":
@@ -84,16 +83,23 @@ def source_paths(config: Mapping) -> dict[str, str]:
     return {}
 
 
+def source_paths(config: Mapping) -> dict[str, str]:
+    """The files the configured synapse source reads (named as Snakemake inputs)."""
+    return synapse_files(config["source"])
+
+
 def check_source_paths(config: Mapping) -> None:
     """Stop early when a configured input is neither on disk nor made by the demo rule."""
     made_by_demo = {os.path.normpath(p) for p in demo_outputs(config)}
-    for key, path in source_paths(config).items():
-        if os.path.normpath(path) in made_by_demo or os.path.exists(path):
-            continue
-        name = {"table": "source.table", "raw": "source.raw_container",
-                "cremi": "source.directory"}[key]
-        kind = "folder" if key == "cremi" else "file"
-        raise NtclassError(f"{kind} '{path}' given as {name} does not exist")
+    sections = [("source", config["source"])] + [
+        (f"targets.{name}", target) for name, target in config.get("targets", {}).items()]
+    for section, source in sections:
+        for key, path in synapse_files(source).items():
+            if os.path.normpath(path) in made_by_demo or os.path.exists(path):
+                continue
+            name = {"table": "table", "raw": "raw_container", "cremi": "directory"}[key]
+            kind = "folder" if key == "cremi" else "file"
+            raise NtclassError(f"{kind} '{path}' given as {section}.{name} does not exist")
     source = config["source"]
     if source["type"] == "cremi" and os.path.isdir(source["directory"]) and source.get(
             "labelled", True):

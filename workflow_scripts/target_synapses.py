@@ -1,0 +1,10 @@
+from ntclass.predict import write_target
+from ntclass.workflow import run_job
+
+sm = snakemake  # noqa: F821 (provided by Snakemake)
+p = sm.params
+manifest = getattr(sm.input, "manifest", None)  # split targets only
+run_job(
+    sm.log[0],
+    lambda: write_target(manifest, p.target, p.classes, p.voxel_size, sm.output.synapses),
+)
