@@ -40,3 +40,4 @@ rule all:
     default_target: True
     input:
         evaluation_targets(),
+        write_back_targets(),

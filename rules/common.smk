@@ -71,3 +71,13 @@ def evaluation_targets():
     return expand(
         "results/evaluation/{model}/{target}/metrics.json", model=MODELS, target=TARGETS
     )
+
+
+def write_back_targets():
+    """Receipts of the MongoDB targets whose predictions go back into the database."""
+    chosen = [t for t in TARGETS if config["targets"][t].get("write_back")]
+    return expand(
+        "results/predictions/{model}/{target}/mongo_write_back.json",
+        model=MODELS,
+        target=chosen,
+    )

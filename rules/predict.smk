@@ -55,3 +55,21 @@ rule merge_predictions:
         ENV
     script:
         "../workflow_scripts/merge_predictions.py"
+
+
+rule mongo_write_back:
+    """A model's predictions of a MongoDB target, written into its synapse documents."""
+    input:
+        predictions="results/predictions/{model}/{target}/predictions.parquet",
+    output:
+        receipt="results/predictions/{model}/{target}/mongo_write_back.json",
+    params:
+        target=lambda wc: canonical(config["targets"][wc.target]),
+        model=lambda wc: wc.model,
+        classes=config["classes"],
+    log:
+        "logs/predict/{model}/{target}/mongo_write_back.log",
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/mongo_write_back.py"

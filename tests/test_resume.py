@@ -26,10 +26,9 @@ def two_model_config() -> dict:
     return config
 
 
-def start_training(directory, model: str) -> subprocess.Popen:
+def start_snakemake(directory, target: str) -> subprocess.Popen:
     cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(directory),
-           "--configfile", str(directory / "config.yaml"), "--cores", "2",
-           f"results/models/{model}/model.pt"]
+           "--configfile", str(directory / "config.yaml"), "--cores", "2", target]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
 
@@ -52,7 +51,7 @@ def test_killed_training_resumes_and_a_changed_rate_retrains_only_that_model(tmp
     write_config(tmp_path, config)
     snakemake(tmp_path, "results/split/manifest.csv")
 
-    proc = start_training(tmp_path, "a")
+    proc = start_snakemake(tmp_path, "results/models/a/model.pt")
     wait_for_checkpoint(tmp_path, "a", 60, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and its job, mid-training
     proc.wait()
@@ -90,3 +89,37 @@ def test_killed_training_resumes_and_a_changed_rate_retrains_only_that_model(tmp
     assert len(list((tmp_path / "results/models/a/checkpoints").iterdir())) == 2
     a, b = (weights(tmp_path / f"results/models/{m}/model_last.pt") for m in "ab")
     assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_killed_prediction_shard_resumes_and_predicts_every_synapse_once(tmp_path):
+    config = copy.deepcopy(TINY_CONFIG)
+    config["training"].update({"iterations": 4, "save_every": 4, "validate_every": 4})
+    config["targets"] = {"all": {"type": "table", "table": "data/demo/synapses.csv",
+                                 "raw_container": "data/demo/volume.zarr"}}
+    # one shard of many small blocks, so that the kill lands between blocks
+    config["prediction"] = {"shards": 1, "block_size": [320, 256, 256], "batch_size": 4}
+    write_config(tmp_path, config)
+    snakemake(tmp_path, "results/models/tiny/model.pt", "results/targets/all.parquet")
+    blocks = "results/predictions/tiny/all/work/0/*/blocks/*.parquet"
+
+    proc = start_snakemake(tmp_path, "results/predictions/tiny/all/predictions.csv")
+    deadline = time.monotonic() + 600
+    while len(list(tmp_path.glob(blocks))) < 5:
+        assert proc.poll() is None, "the shard finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = {p: p.stat().st_mtime_ns for p in tmp_path.glob(blocks)}
+    assert not (tmp_path / "results/predictions/tiny/all/shards/0.csv").exists()
+    assert not (tmp_path / "results/predictions/tiny/all/predictions.csv").exists()
+
+    snakemake(tmp_path, "--unlock")
+    snakemake(tmp_path, "--rerun-incomplete", "results/predictions/tiny/all/predictions.csv")
+    # the finished blocks were kept, not redone
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items())
+    assert len(list(tmp_path.glob(blocks))) > len(done)
+    table = pd.read_csv(tmp_path / "data/demo/synapses.csv")
+    predictions = pd.read_csv(tmp_path / "results/predictions/tiny/all/predictions.csv")
+    assert not predictions["synapse_id"].duplicated().any()
+    assert sorted(predictions["synapse_id"]) == sorted(table["synapse_id"])

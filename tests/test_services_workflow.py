@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -26,7 +27,7 @@ def mongo_config(uri: str, database: str) -> dict:
                        "raw_container": "data/volume.zarr", "raw_dataset": "volumes/raw/s0"}}
 
 
-def test_split_and_training_from_mongodb(mongo_uri, tmp_path):
+def test_mongodb_as_source_and_as_target_with_write_back(mongo_uri, tmp_path):
     demo = {**TINY_CONFIG["demo"], "out_dir": "data"}
     write_config(tmp_path, {**TINY_CONFIG, "demo": demo,
                             "source": {"type": "table", "table": "data/synapses.csv",
@@ -37,14 +38,31 @@ def test_split_and_training_from_mongodb(mongo_uri, tmp_path):
     import_table(table, {"uri": mongo_uri, "database": database})
     config = mongo_config(mongo_uri, database)
     config["demo"] = demo
+    config["targets"] = {"db": {**config["source"], "write_back": True}}
     write_config(tmp_path, config)
-    snakemake(tmp_path, "results/models/tiny/model.pt")
+    snakemake(tmp_path)  # split, training, prediction of the whole database, write-back
+
     manifest = pd.read_csv(tmp_path / "results/split/manifest.csv")
     assert sorted(manifest["synapse_id"]) == sorted(table["synapse_id"])
     merged = manifest.merge(table, on="synapse_id", suffixes=("", "_t"))
     assert (merged["nt"] == merged["nt_t"]).all() and (merged["pre_id"] == merged["pre_id_t"]).all()
     losses = pd.read_csv(tmp_path / "results/models/tiny/training_log.csv")
     assert len(losses) == 20
+
+    predictions = pd.read_parquet(tmp_path / "results/predictions/tiny/db/predictions.parquet")
+    assert sorted(predictions["synapse_id"]) == sorted(table["synapse_id"])
+    receipt = json.loads(
+        (tmp_path / "results/predictions/tiny/db/mongo_write_back.json").read_text())
+    assert receipt["synapses"] == len(table) and receipt["field"] == "ntclass.tiny"
+    import pymongo
+    docs = pymongo.MongoClient(mongo_uri)[database].synapses.find(
+        {}, {"_id": 0, "synapse_id": 1, "ntclass": 1})
+    stored = {d["synapse_id"]: d["ntclass"]["tiny"] for d in docs}
+    expected = predictions.set_index("synapse_id")
+    assert set(stored) == set(expected.index)
+    for sid, doc in stored.items():
+        assert doc["predicted_nt"] == expected.at[sid, "predicted_nt"]
+        assert abs(doc["probabilities"]["gaba"] - expected.at[sid, "gaba"]) < 1e-6
 
 
 def test_wrong_mongodb_port_stops_within_seconds(tmp_path, monkeypatch):

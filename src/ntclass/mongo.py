@@ -154,3 +154,39 @@ def read_mongo_source(source: Mapping, classes: Sequence[str],
     check_inside(df, voxel_size)
     return df
 
+
+
+def write_predictions(predictions: pd.DataFrame, source: Mapping, field: str,
+                      classes: Sequence[str], chunk: int = 10_000) -> int:
+    """Store each synapse's prediction in its document of `synapses` under `field` (a
+    dotted path, one per model): predicted NT, confidence and the class probabilities."""
+    from pymongo import UpdateOne
+
+    db = connect(source)
+    records = predictions[["synapse_id", "predicted_nt", "confidence", *classes]].to_dict(
+        "records")
+    matched = 0
+    for start in range(0, len(records), chunk):
+        ops = [UpdateOne({"synapse_id": int(r["synapse_id"])}, {"$set": {field: {
+            "predicted_nt": str(r["predicted_nt"]), "confidence": float(r["confidence"]),
+            "probabilities": {c: float(r[c]) for c in classes}}}})
+            for r in records[start:start + chunk]]
+        if ops:
+            matched += db.synapses.bulk_write(ops, ordered=False).matched_count
+    if matched != len(records):
+        raise NtclassError(f"{len(records) - matched} predicted synapses have no document in "
+                           f"collection 'synapses' of MongoDB database '{source['database']}'")
+    return matched
+
+
+def write_back(predictions_path: str, target: Mapping, model: str, classes: Sequence[str],
+               receipt_path: str) -> None:
+    """The workflow step: predictions of `model` into the target's database, then a
+    receipt file (database, field, count; never the address's password)."""
+    from .io import write_json
+
+    field = f"ntclass.{model}"
+    n = write_predictions(pd.read_parquet(predictions_path), target, field, classes)
+    write_json({"database": target["database"], "collection": "synapses", "field": field,
+                "synapses": n, "uri": redact_uri(target.get("uri") or
+                                                 os.environ.get(URI_ENV, ""))}, receipt_path)
