@@ -29,6 +29,9 @@ try:
 except NtclassError as error:
     sys.exit(f"ntclass: {error}")
 
+report: "report/workflow.rst"
+
+
 include: "rules/data.smk"
 include: "rules/split.smk"
 include: "rules/train.smk"
@@ -40,4 +43,6 @@ rule all:
     default_target: True
     input:
         evaluation_targets(),
+        "results/evaluation/comparison.csv",
+        expand("results/models/{model}/training_curves.png", model=MODELS),
         write_back_targets(),

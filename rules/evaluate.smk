@@ -1,11 +1,25 @@
 rule evaluate:
-    """Synapse- and neuron-level metrics and the text report of one model and target."""
+    """Synapse- and neuron-level metrics, calibration, the signed edges and the report of
+    one model and target."""
     input:
         predictions="results/predictions/{model}/{target}/predictions.csv",
     output:
         metrics="results/evaluation/{model}/{target}/metrics.json",
         report="results/evaluation/{model}/{target}/report.txt",
         neurons="results/evaluation/{model}/{target}/neurons.csv",
+        edges="results/evaluation/{model}/{target}/edges.csv",
+        confusion=report(
+            "results/evaluation/{model}/{target}/confusion.png",
+            caption="../report/confusion.rst",
+            category="Confusion matrices",
+            labels={"model": "{model}", "target": "{target}"},
+        ),
+        calibration=report(
+            "results/evaluation/{model}/{target}/calibration.png",
+            caption="../report/calibration.rst",
+            category="Calibration",
+            labels={"model": "{model}", "target": "{target}"},
+        ),
     params:
         classes=config["classes"],
         evaluation=canonical(config["evaluation"]),
@@ -16,3 +30,25 @@ rule evaluate:
         ENV
     script:
         "../workflow_scripts/evaluate.py"
+
+
+rule compare:
+    """One table over all models and targets."""
+    input:
+        metrics=evaluation_targets(),
+    output:
+        csv="results/evaluation/comparison.csv",
+        html=report(
+            "results/evaluation/comparison.html",
+            caption="../report/comparison.rst",
+            category="Comparison",
+        ),
+    params:
+        runs=[{"model": m, "target": t} for m in MODELS for t in TARGETS],
+        classes=config["classes"],
+    log:
+        "logs/evaluate/compare.log",
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/compare.py"

@@ -19,3 +19,25 @@ rule train:
         ENV
     script:
         "../workflow_scripts/train.py"
+
+
+rule training_curves:
+    """Loss and validation curves of one model, for the report."""
+    input:
+        losses="results/models/{model}/training_log.csv",
+        validation="results/models/{model}/validation.csv",
+    output:
+        png=report(
+            "results/models/{model}/training_curves.png",
+            caption="../report/training.rst",
+            category="Training",
+            labels={"model": "{model}"},
+        ),
+    params:
+        title=lambda wc: f"model {wc.model}",
+    log:
+        "logs/train/{model}_curves.log",
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/training_curves.py"

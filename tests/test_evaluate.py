@@ -64,3 +64,58 @@ def test_unlabelled_predictions_give_no_accuracy():
     metrics, neurons = evaluate(table, CLASSES)
     assert metrics["synapse"]["n"] == 0 and metrics["synapse"]["accuracy"] is None
     assert len(neurons) == 3
+
+
+def test_row_normalised_confusion_is_recall_per_true_class():
+    metrics, _ = evaluate(HAND_MADE, CLASSES)
+    rows = metrics["synapse"]["confusion_matrix"]["row_normalised"]
+    assert rows[1] == pytest.approx([1 / 3, 2 / 3, 0])
+    assert [rows[i][i] for i in range(3)] == pytest.approx(
+        [metrics["synapse"]["per_class"][c]["recall"] for c in CLASSES])
+
+
+def test_expected_calibration_error():
+    from ntclass.calibration import reliability
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.3, 1.0, 200_000)
+    calibrated = rng.uniform(0, 1, confidence.size) < confidence  # right with p = confidence
+    assert reliability(confidence, calibrated)["ece"] < 0.01
+    overconfident = rng.uniform(0, 1, confidence.size) < confidence - 0.2
+    assert reliability(confidence, overconfident)["ece"] == pytest.approx(0.2, abs=0.01)
+    # two hand-computed bins: 0.95 confident, half right -> |0.5 - 0.95| on half the data
+    bins = reliability(np.array([0.95, 0.95, 0.15, 0.15]), np.array([1, 0, 0, 0]))
+    assert bins["ece"] == pytest.approx(0.5 * 0.45 + 0.5 * 0.15)
+    assert [b["n"] for b in bins["bins"]] == [0, 2, 0, 0, 0, 0, 0, 0, 0, 2]
+
+
+def test_signed_edges_follow_the_presynaptic_neurons_call():
+    from ntclass.circuit import FLY_SIGNS, signed_edges
+    table = predictions([
+        (1, "acetylcholine", [0.9, 0.05, 0.05]), (1, "acetylcholine", [0.8, 0.1, 0.1]),
+        (2, "gaba", [0.1, 0.8, 0.1]), (3, "serotonin", [0.1, 0.1, 0.8]),
+        (4, None, [0.4, 0.3, 0.3]),
+    ])
+    classes = ["acetylcholine", "gaba", "serotonin"]
+    table = table.rename(columns=dict(zip(CLASSES, classes)))
+    table["predicted_nt"] = np.array(classes)[table[classes].to_numpy().argmax(axis=1)]
+    table["post_id"] = pd.array([2, 2, 3, 1, 1], dtype="Int64")
+    neurons = neuron_calls(table, classes, "mean", min_confidence=0.5)
+    edges = signed_edges(table, neurons, FLY_SIGNS).set_index(["pre_id", "post_id"])
+    assert edges.loc[(1, 2), "n_synapses"] == 2 and edges.loc[(1, 2), "sign"] == 1
+    assert edges.loc[(2, 3), "pre_nt"] == "gaba" and edges.loc[(2, 3), "sign"] == -1
+    assert edges.loc[(3, 1), "sign"] == 0  # serotonin: modulatory
+    # neuron 4's only synapse is 0.4 confident: 'unclear', so its edge has no sign
+    assert edges.loc[(4, 1), "pre_nt"] == "unclear" and edges.loc[(4, 1), "sign"] == 0
+    assert len(edges) == 4
+
+
+def test_comparison_table_has_one_row_per_run():
+    from ntclass.evaluate import comparison_table
+    metrics, _ = evaluate(HAND_MADE, CLASSES)
+    table = comparison_table([metrics, metrics], [{"model": "a", "target": "test"},
+                                                  {"model": "b", "target": "test"}], CLASSES)
+    assert list(table["model"]) == ["a", "b"]
+    assert table["accuracy"].iloc[0] == pytest.approx(5 / 6)
+    assert table["neuron_accuracy"].iloc[1] == 1.0
+    assert table["f1_glu"].iloc[0] == pytest.approx(1.0)
+    assert table["ece"].notna().all()

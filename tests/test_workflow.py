@@ -34,6 +34,11 @@ def test_outputs_exist(finished_run):
                  "results/evaluation/tiny/test/metrics.json",
                  "results/evaluation/tiny/test/report.txt",
                  "results/evaluation/tiny/test/neurons.csv",
+                 "results/evaluation/tiny/test/edges.csv",
+                 "results/evaluation/tiny/test/confusion.png",
+                 "results/evaluation/tiny/test/calibration.png",
+                 "results/evaluation/comparison.csv", "results/evaluation/comparison.html",
+                 "results/models/tiny/training_curves.png",
                  "logs/split.log", "logs/train/tiny.log"]:
         assert (finished_run / path).is_file(), path
 
@@ -92,8 +97,9 @@ def test_changing_the_split_seed_reruns_split_and_downstream_only(finished_run, 
     changed = tmp_path / "config.yaml"
     changed.write_text(yaml.safe_dump(config))
     jobs = planned_jobs(finished_run, config=changed)
-    assert jobs == {"split": 1, "target_synapses": 1, "train": 1, "predict_shard": 2,
-                    "merge_predictions": 1, "evaluate": 1, "all": 1}
+    assert jobs == {"split": 1, "target_synapses": 1, "train": 1, "training_curves": 1,
+                    "predict_shard": 2, "merge_predictions": 1, "evaluate": 1, "compare": 1,
+                    "all": 1}
 
 
 def test_changing_evaluation_settings_reruns_evaluation_only(finished_run, tmp_path):
@@ -101,7 +107,8 @@ def test_changing_evaluation_settings_reruns_evaluation_only(finished_run, tmp_p
     config["evaluation"] = {"neuron_rule": "mean"}
     changed = tmp_path / "config.yaml"
     changed.write_text(yaml.safe_dump(config))
-    assert planned_jobs(finished_run, config=changed) == {"evaluate": 1, "all": 1}
+    assert planned_jobs(finished_run, config=changed) == {"evaluate": 1, "compare": 1,
+                                                          "all": 1}
 
 
 def test_cremi_source_runs_too(finished_run, tmp_path):
@@ -144,3 +151,27 @@ def test_every_kind_of_target_predicts_the_same_cubes_alike(finished_run, tmp_pa
         metrics = json.loads((finished_run /
                               f"results/evaluation/tiny/{target}/metrics.json").read_text())
         assert metrics["synapse"]["n"] == len(table)
+
+
+def test_signed_edges_and_comparison(finished_run):
+    edges = pd.read_csv(finished_run / "results/evaluation/tiny/test/edges.csv")
+    neurons = pd.read_csv(finished_run / "results/evaluation/tiny/test/neurons.csv")
+    pred = pd.read_csv(finished_run / "results/predictions/tiny/test/predictions.csv")
+    assert edges["n_synapses"].sum() == pred["post_id"].notna().sum()
+    calls = neurons.set_index("pre_id")["predicted_nt"]
+    assert (edges["pre_nt"] == edges["pre_id"].map(calls)).all()
+    signs = {"acetylcholine": 1, "gaba": -1, "serotonin": 0, "octopamine": 0}
+    assert (edges["sign"] == edges["pre_nt"].map(signs).fillna(0)).all()
+    comparison = pd.read_csv(finished_run / "results/evaluation/comparison.csv")
+    metrics = json.loads((finished_run / "results/evaluation/tiny/test/metrics.json").read_text())
+    assert comparison.loc[0, "accuracy"] == pytest.approx(metrics["synapse"]["accuracy"])
+    assert 0 <= comparison.loc[0, "ece"] <= 1
+
+
+def test_report_holds_the_comparison_and_the_figures(finished_run, tmp_path):
+    report = tmp_path / "report.html"
+    snakemake(finished_run, "--report", str(report))
+    html = report.read_text()
+    for name in ("comparison.html", "confusion.png", "calibration.png", "training_curves.png"):
+        assert name in html, name
+    assert "Confusion matrices" in html and "Comparison" in html

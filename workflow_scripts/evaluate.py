@@ -6,5 +6,6 @@ p, out = sm.params, sm.output
 run_job(
     sm.log[0],
     lambda: evaluate_predictions(sm.input.predictions, p.classes, p.evaluation, p.title,
-                                 out.metrics, out.report, out.neurons),
+                                 out.metrics, out.report, out.neurons, out.edges,
+                                 out.confusion, out.calibration),
 )

@@ -1,4 +1,4 @@
-"""Metrics at synapse and neuron level, and the text report."""
+"""Metrics at synapse and neuron level, calibration, the signed circuit, the report."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from .calibration import reliability
+from .circuit import FLY_SIGNS, signed_edges
 from .errors import NtclassError
 
 NEURON_RULES = ("majority", "mean", "sum")
@@ -37,10 +39,16 @@ def classification_metrics(truth: Sequence[str], predicted: Sequence[str],
             c: {"precision": float(precision[i]), "recall": float(recall[i]),
                 "f1": float(f1[i]), "support": int(support[i])}
             for i, c in enumerate(classes)},
-        "confusion_matrix": {
-            "classes": list(classes),
-            "counts": confusion_matrix(truth, predicted, labels=list(classes)).tolist()},
+        "confusion_matrix": _confusion(truth, predicted, classes),
     }
+
+
+def _confusion(truth: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> dict:
+    counts = confusion_matrix(truth, predicted, labels=list(classes))
+    rows = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    return {"classes": list(classes), "counts": counts.tolist(),
+            "row_normalised": np.round(normalised, 6).tolist()}
 
 
 def neuron_calls(predictions: pd.DataFrame, classes: Sequence[str], rule: str = "majority",
@@ -91,6 +99,10 @@ def evaluate(predictions: pd.DataFrame, classes: Sequence[str], rule: str = "maj
     """Metrics over the labelled synapses and neurons of a prediction table."""
     labelled = predictions[predictions["nt"].notna()]
     synapse = classification_metrics(labelled["nt"], labelled["predicted_nt"], classes)
+    correct = (labelled["predicted_nt"] == labelled["nt"]).to_numpy(dtype=bool)
+    confidence = labelled[list(classes)].to_numpy(dtype=float).max(axis=1)
+    synapse["calibration"] = reliability(confidence, correct)
+    synapse["ece"] = synapse["calibration"]["ece"]
     neurons = neuron_calls(predictions, classes, rule, min_synapses, min_confidence)
     known = neurons[neurons["nt"].notna() & (neurons["predicted_nt"] != "unclear")]
     neuron = classification_metrics(known["nt"], known["predicted_nt"], classes)
@@ -129,6 +141,7 @@ def report_text(metrics: dict, title: str) -> str:
     if syn["n"]:
         lines += ["", "  confusion matrix (rows: true, columns: predicted)",
                   _table(syn["confusion_matrix"]["counts"], classes)]
+    lines += ["", f"  expected calibration error  {_fmt(syn.get('ece'))}"]
     lines += ["", f"Neuron level ({neu['n']} neurons with a known NT, rule {neu['rule']}, "
                   f"{neu['unclear']} unclear)",
               f"  accuracy           {_fmt(neu['accuracy'])}"]
@@ -139,16 +152,59 @@ def report_text(metrics: dict, title: str) -> str:
 
 
 def evaluate_predictions(predictions_path: str, classes: Sequence[str], settings: dict,
-                         title: str, metrics_out: str, report_out: str,
-                         neurons_out: str) -> dict:
-    """Evaluate one prediction table; write metrics.json, report.txt and neurons.csv."""
+                         title: str, metrics_out: str, report_out: str, neurons_out: str,
+                         edges_out: str, confusion_png: str, calibration_png: str) -> dict:
+    """Evaluate one prediction table: metrics.json, report.txt, the neuron calls, the
+    signed edge list and the figures."""
     from .io import write_csv, write_json, write_text
+    from .plots import confusion_figure, reliability_figure
 
     predictions = pd.read_csv(predictions_path, dtype={"nt": "string",
-                                                       "predicted_nt": "string"})
+                                                       "predicted_nt": "string",
+                                                       "pre_id": "Int64", "post_id": "Int64"})
     metrics, neurons = evaluate(predictions, classes, settings["neuron_rule"],
                                 settings["min_synapses"], settings["min_confidence"])
+    signs = settings.get("signs") or FLY_SIGNS
+    write_csv(signed_edges(predictions, neurons, signs), edges_out)
     write_csv(neurons, neurons_out)
+    syn = metrics["synapse"]
+    confusion_figure(syn["confusion_matrix"]["counts"] or np.zeros((len(classes),) * 2),
+                     classes, "synapses", confusion_png)
+    reliability_figure(syn["calibration"], title, calibration_png)
     write_text(report_text(metrics, title), report_out)
     write_json(metrics, metrics_out)
     return metrics
+
+
+def comparison_table(metrics: Sequence[dict], runs: Sequence[dict],
+                     classes: Sequence[str]) -> pd.DataFrame:
+    """One row per model and target: accuracy, balanced accuracy, neuron-level accuracy,
+    ECE and the F1 of each class."""
+    rows = []
+    for m, run in zip(metrics, runs):
+        syn, neu = m["synapse"], m["neuron"]
+        row = {"model": run["model"], "target": run["target"], "synapses": syn["n"],
+               "accuracy": syn["accuracy"], "balanced_accuracy": syn["balanced_accuracy"],
+               "neurons": neu["n"], "neuron_accuracy": neu["accuracy"], "ece": syn.get("ece")}
+        for c in classes:
+            row[f"f1_{c}"] = syn["per_class"].get(c, {}).get("f1")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def compare_runs(metrics_paths: Sequence[str], runs: Sequence[dict], classes: Sequence[str],
+                 csv_out: str, html_out: str) -> pd.DataFrame:
+    """The comparison table as CSV and as an HTML page (for the Snakemake report)."""
+    import json
+
+    from .io import write_csv, write_text
+
+    metrics = [json.loads(open(p).read()) for p in metrics_paths]
+    table = comparison_table(metrics, runs, classes)
+    write_csv(table, csv_out)
+    html = table.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="n/a",
+                         border=0, classes="comparison")
+    write_text("<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+               "<title>ntclass: model comparison</title></head><body>\n"
+               "<h1>ntclass: model comparison</h1>\n" + html + "\n</body></html>\n", html_out)
+    return table
