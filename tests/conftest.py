@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -54,3 +55,28 @@ def slurm_cluster() -> None:
     if os.geteuid() != 0 and not in_ci():
         pytest.skip("starting SLURM daemons needs root")
     service_or_skip("slurm-up.sh", "the local SLURM cluster")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's headless-capable Chromium, installed with apt when missing (needs root)."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        if in_ci():
+            pytest.fail("chromium is missing and cannot be installed without root")
+        pytest.skip("chromium is not installed (Debian package 'chromium')")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
+    result = subprocess.run(install, capture_output=True, text=True, env=env)
+    if result.returncode != 0:  # the package lists may be stale or absent
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
+        result = subprocess.run(install, capture_output=True, text=True, env=env)
+    found = shutil.which("chromium")
+    if not found:
+        message = f"chromium could not be installed: {result.stderr[-800:]}"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -175,3 +176,27 @@ def test_report_holds_the_comparison_and_the_figures(finished_run, tmp_path):
     for name in ("comparison.html", "confusion.png", "calibration.png", "training_curves.png"):
         assert name in html, name
     assert "Confusion matrices" in html and "Comparison" in html
+
+
+def test_report_in_a_browser_shows_the_comparison_and_a_confusion_matrix(
+        finished_run, chromium, tmp_path):
+    import html as html_lib
+
+    from report_browser import data_uri_payload, shown_after_clicking
+
+    report = tmp_path / "report.html"
+    snakemake(finished_run, "--report", str(report))
+
+    dom = shown_after_clicking(chromium, report, "Comparison", "comparison.html", tmp_path)
+    assert "<title>clicked</title>" in dom, dom[:300]
+    frame = re.search(r'<iframe[^>]*src="(data:[^"]+)"', dom)
+    assert frame, "the comparison is not shown"
+    table = data_uri_payload(html_lib.unescape(frame.group(1))).decode()
+    assert "<table" in table and "balanced_accuracy" in table and "tiny" in table
+
+    # results with labels are listed by their labels (model, target), not by file name
+    dom = shown_after_clicking(chromium, report, "Confusion matrices", "tiny", tmp_path)
+    assert "<title>clicked</title>" in dom, dom[:300]
+    image = re.search(r'<img[^>]*src="(data:image/png[^"]+)"', dom)
+    assert image, "the confusion matrix is not shown"
+    assert data_uri_payload(html_lib.unescape(image.group(1)))[:8] == b"\x89PNG\r\n\x1a\n"
