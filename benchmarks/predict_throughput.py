@@ -137,7 +137,7 @@ def main() -> None:
         write_volume(volume, tuple(args.volume_shape))
         write_model(model, params, shape, classes)
         model_only = forward_rate(params, shape, classes, args.batch_size, args.device,
-                                  max(3, args.synapses // args.batch_size // 4))
+                                  max(3, args.synapses // args.batch_size))
         small = run_child(args, volume, model, args.synapses, classes)
         large = run_child(args, volume, model, 10 * args.synapses, classes)
     print(f"device {pick_device(args.device)}, torch threads {torch.get_num_threads()}")
