@@ -5,7 +5,12 @@ rule evaluate:
         predictions="results/predictions/{model}/{target}/predictions.csv",
     output:
         metrics="results/evaluation/{model}/{target}/metrics.json",
-        report="results/evaluation/{model}/{target}/report.txt",
+        report=report(
+            "results/evaluation/{model}/{target}/report.txt",
+            caption="../report/metrics.rst",
+            category="Metrics",
+            labels={"model": "{model}", "target": "{target}"},
+        ),
         neurons="results/evaluation/{model}/{target}/neurons.csv",
         edges="results/evaluation/{model}/{target}/edges.csv",
         confusion=report(

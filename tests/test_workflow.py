@@ -173,9 +173,11 @@ def test_report_holds_the_comparison_and_the_figures(finished_run, tmp_path):
     report = tmp_path / "report.html"
     snakemake(finished_run, "--report", str(report))
     html = report.read_text()
-    for name in ("comparison.html", "confusion.png", "calibration.png", "training_curves.png"):
+    for name in ("comparison.html", "confusion.png", "calibration.png", "training_curves.png",
+                 "report.txt"):
         assert name in html, name
-    assert "Confusion matrices" in html and "Comparison" in html
+    for category in ("Confusion matrices", "Comparison", "Calibration", "Training", "Metrics"):
+        assert f'"{category}"' in html, category
 
 
 def test_report_in_a_browser_shows_the_comparison_and_a_confusion_matrix(
