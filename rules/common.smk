@@ -24,6 +24,12 @@ def source_inputs(wildcards=None):
     return source_paths(config)
 
 
+def split_inputs(wildcards=None):
+    """A given split's file, when the split is not computed."""
+    split = config["split"]
+    return {"assignment": split["assignment"]} if split["method"] == "given" else {}
+
+
 def raw_inputs(wildcards=None):
     """The raw volume alone (prediction reads raw, the manifest lists the synapses)."""
     return {k: v for k, v in source_paths(config).items() if k in ("raw", "cremi")}

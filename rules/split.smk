@@ -2,6 +2,7 @@ rule split:
     """Read the synapse source into one table and assign train / validation / test."""
     input:
         **source_inputs(),
+        **split_inputs(),
     output:
         manifest="results/split/manifest.csv",
         summary="results/split/summary.csv",

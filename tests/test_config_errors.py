@@ -40,6 +40,9 @@ def with_(path: str, value):
      "folder 'no/such/folder' given as source.directory does not exist"),
     (with_("source.table", "missing.csv"),
      "file 'missing.csv' given as source.table does not exist"),
+    (with_("split", {"method": "given"}), "config key 'split.assignment' is missing"),
+    (with_("split", {"method": "given", "assignment": "old_split.csv"}),
+     "file 'old_split.csv' given as split.assignment does not exist"),
 ])
 def test_bad_config_is_one_clear_sentence(tmp_path, config, sentence):
     output = run_with(tmp_path, config)

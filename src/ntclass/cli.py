@@ -40,6 +40,17 @@ def mongo_import(table: str, uri: str | None, database: str, replace: bool) -> i
     return 0
 
 
+def import_split(legacy: str, out: str) -> int:
+    from .io import write_csv
+    from .legacy import read_legacy_split
+
+    table = read_legacy_split(legacy)
+    write_csv(table, out)
+    counts = ", ".join(f"{n} {part}" for part, n in table["split"].value_counts().items())
+    print(f"wrote {out}: {counts}; use it with split: {{method: given, assignment: {out}}}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ntclass", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,12 +63,19 @@ def main(argv: list[str] | None = None) -> int:
                    "NTCLASS_MONGO_URI)")
     p.add_argument("--database", required=True)
     p.add_argument("--replace", action="store_true", help="overwrite existing collections")
+    p = sub.add_parser("import-split", help="convert a split pickled by an older tool "
+                       "(part -> synapse ids) into a split file for split.method 'given'; "
+                       "nothing but plain lists, dicts and strings is unpickled")
+    p.add_argument("legacy", help="the .pkl file")
+    p.add_argument("out", help="the CSV to write: synapse_id, split")
     args = parser.parse_args(argv)
     try:
         if args.command == "summary":
             return summary(args.evaluation_dir)
         if args.command == "mongo-import":
             return mongo_import(args.table, args.uri, args.database, args.replace)
+        if args.command == "import-split":
+            return import_split(args.legacy, args.out)
     except NtclassError as e:
         print(f"ntclass: {e}", file=sys.stderr)
         return 1

@@ -202,6 +202,9 @@ def predict_shard(model_path: str, table: pd.DataFrame, shard: int, n_shards: in
         total = Roi((0,), (len(rows),))
     predictor = ShardPredictor(model_path, rows.reset_index(drop=True), cfg, blocks_dir,
                                spatial)
+    # daisy's worker logs default to ./daisy_logs/<task_id>, shared by every model and
+    # target running at once; this shard's work folder is its own
+    daisy.logging.set_log_basedir(work_dir / "daisy_logs")
     task = daisy.Task(
         task_id=f"predict_shard_{shard}",
         total_roi=total, read_roi=block, write_roi=block,

@@ -155,6 +155,48 @@ def make_split(table: pd.DataFrame, method: str, fractions: Mapping[str, float],
     return out
 
 
+def apply_given_split(table: pd.DataFrame, assignment_path: str) -> pd.DataFrame:
+    """Return `table` with the parts of a split file (`synapse_id`, `split`), which must
+    name every labelled synapse of the table and nothing else."""
+    from .synapses import read_table_file
+
+    origin = f"split file '{assignment_path}'"
+    given = read_table_file(assignment_path)
+    for col in ("synapse_id", "split"):
+        if col not in given:
+            raise NtclassError(f"{origin} has no column '{col}'; expected columns "
+                               "synapse_id and split")
+    ids = pd.to_numeric(given["synapse_id"], errors="coerce")
+    if ids.isna().any() or (ids != ids.round()).any():
+        raise NtclassError(f"{origin}: column 'synapse_id' must hold integers")
+    given = pd.DataFrame({"synapse_id": ids.astype(np.int64),
+                          "split": given["split"].astype("string")})
+    bad = ~given["split"].isin(PARTS)
+    if bad.any():
+        row = given[bad].iloc[0]
+        raise NtclassError(f"{origin}: synapse {row.synapse_id} is in part '{row.split}'; "
+                           f"expected one of {', '.join(PARTS)}")
+    dup = given["synapse_id"].duplicated()
+    if dup.any():
+        raise NtclassError(f"{origin}: synapse_id {given['synapse_id'][dup].iloc[0]} occurs "
+                           "more than once")
+    labelled = table.loc[table["nt"].notna(), "synapse_id"]
+    unknown = given.loc[~given["synapse_id"].isin(labelled), "synapse_id"]
+    if len(unknown):
+        raise NtclassError(
+            f"{origin} does not match the data: synapse {unknown.iloc[0]} (and "
+            f"{len(unknown) - 1} more) is not a labelled synapse of the synapse source")
+    missing = labelled[~labelled.isin(given["synapse_id"])]
+    if len(missing):
+        raise NtclassError(
+            f"{origin} does not match the data: labelled synapse {missing.iloc[0]} (and "
+            f"{len(missing) - 1} more) of the synapse source has no part in it")
+    parts = given.set_index("synapse_id")["split"]
+    out = table.copy()
+    out["split"] = pd.array(out["synapse_id"].map(parts), dtype="string")
+    return out
+
+
 def summarise(manifest: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     """Synapses per NT and part, with each part's fraction of the NT."""
     labelled = manifest[manifest["split"].notna()]
@@ -175,9 +217,12 @@ def split_source(source: dict, classes: Sequence[str], voxel_size: Sequence[int]
     from .synapses import read_source
 
     table = read_source(source, classes, voxel_size)
-    manifest = make_split(table, split["method"], split["fractions"], split["seed"],
-                          split.get("group_by", "pre_id"), split["max_deviation"],
-                          split.get("time_limit", 60.0))
+    if split["method"] == "given":
+        manifest = apply_given_split(table, split["assignment"])
+    else:
+        manifest = make_split(table, split["method"], split["fractions"], split["seed"],
+                              split.get("group_by", "pre_id"), split["max_deviation"],
+                              split.get("time_limit", 60.0))
     summary = summarise(manifest, classes)
     write_csv(manifest, manifest_out)
     write_csv(summary, summary_out)

@@ -100,6 +100,10 @@ def check_source_paths(config: Mapping) -> None:
             name = {"table": "table", "raw": "raw_container", "cremi": "directory"}[key]
             kind = "folder" if key == "cremi" else "file"
             raise NtclassError(f"{kind} '{path}' given as {section}.{name} does not exist")
+    split = config.get("split", {})
+    if split.get("method") == "given" and not os.path.isfile(split["assignment"]):
+        raise NtclassError(f"file '{split['assignment']}' given as split.assignment does not "
+                           "exist")
     source = config["source"]
     if source["type"] == "cremi" and os.path.isdir(source["directory"]) and source.get(
             "labelled", True):
