@@ -1,0 +1,216 @@
+"""Every stage killed with SIGKILL at a random point and rerun with --rerun-incomplete ends
+with the outputs of an uninterrupted run; jobs running at once never write the same file."""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from workflow_helpers import ROOT, SNAKEMAKE, TINY_CONFIG, planned_jobs, snakemake, write_config
+
+PRED = "results/predictions/{model}/test"
+EVAL = "results/evaluation/{model}/test"
+
+
+def stage(rule, target, outputs, log, scratch=()):
+    return {"rule": rule, "target": target, "outputs": outputs, "log": log, "scratch": scratch}
+
+
+STAGES = {
+    "split": stage("split", "results/split/manifest.csv",
+                   ["results/split/manifest.csv", "results/split/summary.csv"],
+                   "logs/split.log"),
+    "train": stage("train", "results/models/a/model.pt",
+                   [f"results/models/a/{n}" for n in
+                    ("model.pt", "model_last.pt", "training_log.csv", "validation.csv")],
+                   "logs/train/a.log", scratch=["results/models/a/checkpoints"]),
+    "predict_shard": stage("predict_shard", f"{PRED}/shards/0.csv".format(model="a"),
+                           [f"{PRED}/shards/0.csv".format(model="a")],
+                           "logs/predict/a/test/0.log",
+                           scratch=[f"{PRED}/work/0".format(model="a")]),
+    "merge": stage("merge_predictions", f"{PRED}/predictions.csv".format(model="a"),
+                   [f"{PRED}/predictions.{ext}".format(model="a") for ext in ("csv", "parquet")],
+                   "logs/predict/a/test/merge.log"),
+    "evaluate": stage("evaluate", f"{EVAL}/metrics.json".format(model="a"),
+                      [f"{EVAL}/{name}".format(model="a") for name in
+                       ("metrics.json", "report.txt", "neurons.csv", "edges.csv",
+                        "confusion.png", "calibration.png")],
+                      "logs/evaluate/a/test.log"),
+}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """Two small models, two shards: the uninterrupted reference."""
+    config = copy.deepcopy(TINY_CONFIG)
+    config["training"].update({"iterations": 40, "save_every": 10, "log_every": 10,
+                               "validate_every": 20})
+    config["models"] = {"a": config["models"]["tiny"],
+                        "b": {**config["models"]["tiny"], "training": {"seed": 1}}}
+    directory = tmp_path_factory.mktemp("reference")
+    write_config(directory, config)
+    snakemake(directory)
+    return directory
+
+
+def copy_without(reference: Path, destination: Path, paths) -> Path:
+    """A copy of the reference run (times kept, so Snakemake sees it as finished) without
+    `paths`."""
+    shutil.copytree(reference, destination, symlinks=True)
+    for path in paths:
+        target = destination / path
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    return destination
+
+
+def start_snakemake(directory: Path, *targets: str) -> subprocess.Popen:
+    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(directory),
+           "--configfile", str(directory / "config.yaml"), "--cores", "2", *targets]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> float:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"snakemake ended before {path} appeared"
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
+        time.sleep(0.01)
+    return time.monotonic()
+
+
+def job_seconds(directory: Path, spec: dict) -> float:
+    """How long the stage's job runs, from its log's appearance to Snakemake's end."""
+    proc = start_snakemake(directory, spec["target"])
+    started = wait_for(directory / spec["log"], proc)
+    assert proc.wait() == 0, proc.stdout.read()[-3000:]
+    return time.monotonic() - started
+
+
+def same_file(a: Path, b: Path) -> bool:
+    if a.suffix == ".pt":
+        x, y = (torch.load(p, weights_only=True) for p in (a, b))
+        return x.keys() == y.keys() and all(
+            all(torch.equal(x[k][n], y[k][n]) for n in x[k]) if k == "state_dict"
+            else x[k] == y[k] for k in x)
+    if a.name == "training_log.csv":  # its `seconds` column is wall-clock time
+        x, y = (pd.read_csv(p).drop(columns="seconds") for p in (a, b))
+        return x.equals(y)
+    if a.suffix == ".parquet":
+        return pd.read_parquet(a).equals(pd.read_parquet(b))
+    return a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_a_stage_killed_at_a_random_point_reruns_to_the_same_outputs(
+        finished_run, tmp_path, name):
+    spec = STAGES[name]
+    removed = [*spec["outputs"], *spec["scratch"], spec["log"]]
+    timing = copy_without(finished_run, tmp_path / "timing", removed)
+    seconds = job_seconds(timing, spec)
+
+    run = copy_without(finished_run, tmp_path / "run", removed)
+    proc = start_snakemake(run, spec["target"])
+    wait_for(run / spec["log"], proc)
+    time.sleep(random.Random(name).uniform(0.05, 0.8) * seconds)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    snakemake(run, "--unlock")  # a killed Snakemake leaves its lock behind
+    assert planned_jobs(run, "--rerun-incomplete", spec["target"]) == {spec["rule"]: 1}, \
+        "the kill did not interrupt the job"
+    snakemake(run, "--rerun-incomplete", spec["target"])
+    for output in spec["outputs"]:
+        assert same_file(run / output, finished_run / output), output
+    assert planned_jobs(run, spec["target"]) == {}
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file outside Snakemake's own bookkeeping, with its inode, time and size."""
+    stamps = {}
+    for path in directory.rglob("*"):
+        rel = path.relative_to(directory).as_posix()
+        if path.is_file() and not rel.startswith(".snakemake/"):
+            st = path.stat()
+            stamps[rel] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return stamps
+
+
+def inputs_only(reference: Path, destination: Path, keep) -> Path:
+    """A run folder holding the config and `keep` alone (times kept)."""
+    destination.mkdir()
+    shutil.copy2(reference / "config.yaml", destination)
+    for path in keep:
+        if (reference / path).is_dir():
+            shutil.copytree(reference / path, destination / path)
+        else:
+            (destination / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(reference / path, destination / path)
+    return destination
+
+
+CONCURRENT_JOBS = {
+    "train a": ["results/models/a/model.pt"],
+    "train b": ["results/models/b/model.pt"],
+    **{f"shard {m}/{s}": [f"{PRED}/shards/{s}.csv".format(model=m)]
+       for m in "ab" for s in (0, 1)},
+}
+
+
+def concurrent_scratch() -> list[str]:
+    """Everything the jobs of CONCURRENT_JOBS write, declared or not."""
+    paths = [f"results/models/{m}/{n}" for m in "ab" for n in
+             ("model.pt", "model_last.pt", "training_log.csv", "validation.csv", "checkpoints")]
+    paths += [f"{PRED}/{kind}/{s}{ext}".format(model=m) for m in "ab" for s in (0, 1)
+              for kind, ext in (("shards", ".csv"), ("work", ""))]
+    return paths
+
+
+def job_inputs(job: str) -> list[str]:
+    kept = ["data", "results/split", "results/targets"]
+    return kept + ([f"results/models/{job[6]}"] if job.startswith("shard") else [])
+
+
+def test_jobs_of_two_models_and_two_shards_never_write_the_same_file(finished_run, tmp_path):
+    """Each job alone, from its inputs only: the files it writes, declared or not (logs,
+    checkpoints, daisy's markers and worker logs), are disjoint from every other job's."""
+    written = {}
+    for i, (job, targets) in enumerate(CONCURRENT_JOBS.items()):
+        run = inputs_only(finished_run, tmp_path / str(i), job_inputs(job))
+        before = snapshot(run)
+        snakemake(run, *targets)
+        written[job] = {p for p, stamp in snapshot(run).items() if before.get(p) != stamp}
+        assert set(targets) <= written[job], job
+    jobs = list(written)
+    for i, first in enumerate(jobs):
+        for second in jobs[i + 1:]:
+            assert not written[first] & written[second], (first, second)
+
+
+def test_two_models_and_two_shards_run_at_once_give_the_reference_outputs(
+        finished_run, tmp_path):
+    run = copy_without(finished_run, tmp_path / "run", concurrent_scratch())
+    for together in ([["train a"], ["train b"]],
+                     [["shard a/0", "shard b/1"], ["shard a/1", "shard b/0"]]):
+        procs = [start_snakemake(run, *(t for job in group for t in CONCURRENT_JOBS[job]))
+                 for group in together]
+        with ThreadPoolExecutor(len(procs)) as pool:  # drain both outputs while they run
+            outputs = list(pool.map(lambda p: p.communicate()[0], procs))
+        for proc, out in zip(procs, outputs):
+            assert proc.returncode == 0, out[-3000:]
+    for job, targets in CONCURRENT_JOBS.items():
+        for target in targets:
+            assert same_file(run / target, finished_run / target), job
