@@ -6,7 +6,7 @@ from snakemake.utils import min_version, validate
 
 from ntclass.config import check_config
 from ntclass.errors import NtclassError
-from ntclass.workflow import check_source_paths
+from ntclass.workflow import check_source_paths, check_temperature_scaling
 
 min_version("9.0")
 
@@ -23,6 +23,7 @@ try:
     check_config(config, workflow.source_path("config/config.schema.yaml"))
     validate(config, "config/config.schema.yaml")
     check_source_paths(config)
+    check_temperature_scaling(config)
 
     include: "rules/common.smk"
 

@@ -73,6 +73,16 @@ def shard_paths(wildcards):
     )
 
 
+def evaluation_inputs(wildcards):
+    """A model's predictions, and its fitted temperature when temperature scaling is on."""
+    inputs = {
+        "predictions": f"results/predictions/{wildcards.model}/{wildcards.target}/predictions.csv"
+    }
+    if config["evaluation"]["temperature_scaling"]["enabled"]:
+        inputs["temperature"] = f"results/models/{wildcards.model}/temperature.json"
+    return inputs
+
+
 def evaluation_targets():
     return expand(
         "results/evaluation/{model}/{target}/metrics.json", model=MODELS, target=TARGETS

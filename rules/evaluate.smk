@@ -2,7 +2,7 @@ rule evaluate:
     """Synapse- and neuron-level metrics, calibration, the signed edges and the report of
     one model and target."""
     input:
-        predictions="results/predictions/{model}/{target}/predictions.csv",
+        unpack(evaluation_inputs),
     output:
         metrics="results/evaluation/{model}/{target}/metrics.json",
         report=report(
@@ -35,6 +35,26 @@ rule evaluate:
         ENV
     script:
         "../workflow_scripts/evaluate.py"
+
+
+rule fit_temperature:
+    """One temperature per model, fitted on the predictions of a labelled split part."""
+    input:
+        predictions=lambda wc: (
+            f"results/predictions/{wc.model}/"
+            f"{config['evaluation']['temperature_scaling']['fit_on']}/predictions.csv"
+        ),
+    output:
+        temperature="results/models/{model}/temperature.json",
+    params:
+        classes=config["classes"],
+        fit_on=config["evaluation"]["temperature_scaling"]["fit_on"],
+    log:
+        "logs/evaluate/{model}_temperature.log",
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/fit_temperature.py"
 
 
 rule compare:

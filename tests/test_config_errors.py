@@ -41,6 +41,9 @@ def with_(path: str, value):
     (with_("source.table", "missing.csv"),
      "file 'missing.csv' given as source.table does not exist"),
     (with_("split", {"method": "given"}), "config key 'split.assignment' is missing"),
+    (with_("evaluation", {"temperature_scaling": {"enabled": True}}),
+     "evaluation.temperature_scaling.fit_on 'validation' is not a target of type split; "
+     "add one to targets, e.g. validation: {type: split, part: validation}"),
     (with_("split", {"method": "given", "assignment": "old_split.csv"}),
      "file 'old_split.csv' given as split.assignment does not exist"),
 ])

@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ntclass.calibration import reliability
 from ntclass.evaluate import evaluate, neuron_calls
 
 CLASSES = ["ach", "gaba", "glu"]
@@ -75,7 +76,6 @@ def test_row_normalised_confusion_is_recall_per_true_class():
 
 
 def test_expected_calibration_error():
-    from ntclass.calibration import reliability
     rng = np.random.default_rng(0)
     confidence = rng.uniform(0.3, 1.0, 200_000)
     calibrated = rng.uniform(0, 1, confidence.size) < confidence  # right with p = confidence
@@ -119,3 +119,77 @@ def test_comparison_table_has_one_row_per_run():
     assert table["neuron_accuracy"].iloc[1] == 1.0
     assert table["f1_glu"].iloc[0] == pytest.approx(1.0)
     assert table["ece"].notna().all()
+
+
+def overconfident_predictions(n=4000, sharpen=3.0, seed=0):
+    """Labels drawn from softmax(z); the 'model' reports softmax(sharpen * z)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1.5, size=(n, 3))
+    truth = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(3, p=p) for p in truth])
+    shown = np.exp(sharpen * logits)
+    return shown / shown.sum(axis=1, keepdims=True), labels, truth
+
+
+def test_temperature_scaling_undoes_overconfidence():
+    from ntclass.calibration import apply_temperature, fit_temperature
+    probabilities, labels, truth = overconfident_predictions()
+    temperature = fit_temperature(probabilities, labels)
+    assert temperature == pytest.approx(3.0, rel=0.1)
+    scaled = apply_temperature(probabilities, temperature)
+    assert (scaled.argmax(axis=1) == probabilities.argmax(axis=1)).all()
+    correct = probabilities.argmax(axis=1) == labels
+    before = reliability(probabilities.max(axis=1), correct)["ece"]
+    after = reliability(scaled.max(axis=1), correct)["ece"]
+    assert after < 0.03 < 0.1 < before
+    # already calibrated probabilities keep a temperature near 1
+    assert fit_temperature(truth, labels) == pytest.approx(1.0, rel=0.1)
+
+
+def temperature_table(probabilities, labels):
+    df = pd.DataFrame(probabilities, columns=CLASSES)
+    df["nt"] = pd.array(np.array(CLASSES)[labels], dtype="string")
+    df["pre_id"] = pd.array(np.arange(len(df)) // 10, dtype="Int64")
+    df["post_id"] = pd.array(np.arange(len(df)) // 10 + 1000, dtype="Int64")
+    df["synapse_id"] = np.arange(len(df))
+    df["predicted_nt"] = np.array(CLASSES)[probabilities.argmax(axis=1)]
+    df["confidence"] = probabilities.max(axis=1)
+    return df
+
+
+def test_fitted_temperature_is_applied_in_evaluation(tmp_path):
+    import json
+
+    from ntclass.evaluate import evaluate_predictions, fit_temperature_file
+    probabilities, labels, _ = overconfident_predictions(n=1000)
+    temperature_table(probabilities, labels).to_csv(tmp_path / "validation.csv", index=False)
+    record = fit_temperature_file(str(tmp_path / "validation.csv"), CLASSES, "validation",
+                                  str(tmp_path / "temperature.json"))
+    assert json.loads((tmp_path / "temperature.json").read_text()) == record
+    assert record["temperature"] > 2 and record["nll_after"] < record["nll_before"]
+    assert record["ece_after"] < record["ece_before"]
+
+    test_probabilities, test_labels, _ = overconfident_predictions(n=1000, seed=1)
+    temperature_table(test_probabilities, test_labels).to_csv(tmp_path / "test.csv",
+                                                              index=False)
+    settings = {"neuron_rule": "mean", "min_synapses": 1, "min_confidence": 0.0}
+    outs = [str(tmp_path / n) for n in ("m.json", "r.txt", "n.csv", "e.csv", "c.png", "k.png")]
+    raw = evaluate_predictions(str(tmp_path / "test.csv"), CLASSES, settings, "t", *outs)
+    scaled = evaluate_predictions(str(tmp_path / "test.csv"), CLASSES, settings, "t", *outs,
+                                  str(tmp_path / "temperature.json"))
+    assert scaled["temperature"] == record["temperature"]
+    assert scaled["synapse"]["accuracy"] == raw["synapse"]["accuracy"]
+    assert scaled["synapse"]["ece_uncalibrated"] == raw["synapse"]["ece"]
+    assert scaled["synapse"]["ece"] < raw["synapse"]["ece"] / 2
+    assert "after temperature scaling, T = " in (tmp_path / "r.txt").read_text()
+
+
+def test_temperature_needs_labelled_synapses(tmp_path):
+    from ntclass.errors import NtclassError
+    from ntclass.evaluate import fit_temperature_file
+    probabilities, labels, _ = overconfident_predictions(n=20)
+    table = temperature_table(probabilities, labels).assign(nt=pd.NA)
+    table.to_csv(tmp_path / "v.csv", index=False)
+    with pytest.raises(NtclassError, match="target 'v' given as evaluation.temperature_scaling"):
+        fit_temperature_file(str(tmp_path / "v.csv"), CLASSES, "v", str(tmp_path / "t.json"))
+    assert not (tmp_path / "t.json").exists()

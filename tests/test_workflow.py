@@ -169,6 +169,33 @@ def test_signed_edges_and_comparison(finished_run):
     assert 0 <= comparison.loc[0, "ece"] <= 1
 
 
+def test_temperature_fitted_on_the_validation_part_and_applied(finished_run, tmp_path):
+    from ntclass.calibration import fit_temperature
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, symlinks=True)  # times kept: the run stays finished
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["targets"]["validation"] = {"type": "split", "part": "validation"}
+    config["evaluation"] = {"temperature_scaling": {"enabled": True, "fit_on": "validation"}}
+    write_config(run, config)
+    assert planned_jobs(run) == {"target_synapses": 1, "predict_shard": 2,
+                                 "merge_predictions": 1, "fit_temperature": 1, "evaluate": 2,
+                                 "compare": 1, "all": 1}
+    snakemake(run)
+    record = json.loads((run / "results/models/tiny/temperature.json").read_text())
+    validation = pd.read_csv(run / "results/predictions/tiny/validation/predictions.csv")
+    labels = validation["nt"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    assert record["temperature"] == pytest.approx(
+        fit_temperature(validation[CLASSES].to_numpy(), labels), rel=1e-6)
+    assert record["synapses"] == len(validation) and record["nll_after"] <= record["nll_before"]
+    before = json.loads((finished_run / "results/evaluation/tiny/test/metrics.json").read_text())
+    after = json.loads((run / "results/evaluation/tiny/test/metrics.json").read_text())
+    assert after["temperature"] == record["temperature"]
+    assert after["synapse"]["accuracy"] == before["synapse"]["accuracy"]
+    assert after["synapse"]["ece_uncalibrated"] == pytest.approx(before["synapse"]["ece"])
+    comparison = pd.read_csv(run / "results/evaluation/comparison.csv").set_index("target")
+    assert comparison.loc["test", "temperature"] == pytest.approx(record["temperature"])
+
+
 def test_report_holds_the_comparison_and_the_figures(finished_run, tmp_path):
     report = tmp_path / "report.html"
     snakemake(finished_run, "--report", str(report))

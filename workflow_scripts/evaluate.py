@@ -7,5 +7,6 @@ run_job(
     sm.log[0],
     lambda: evaluate_predictions(sm.input.predictions, p.classes, p.evaluation, p.title,
                                  out.metrics, out.report, out.neurons, out.edges,
-                                 out.confusion, out.calibration),
+                                 out.confusion, out.calibration,
+                                 getattr(sm.input, "temperature", None)),
 )

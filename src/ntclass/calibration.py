@@ -1,4 +1,4 @@
-"""Calibration: reliability bins, expected calibration error, temperature."""
+"""Calibration: reliability bins, expected calibration error, temperature scaling."""
 
 from __future__ import annotations
 
@@ -25,3 +25,35 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10) -
         bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": n,
                      "confidence": conf, "accuracy": acc})
     return {"ece": float(ece) if len(confidence) else None, "bins": bins}
+
+
+def _log_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(np.asarray(probabilities, dtype=float), 1e-12, None))
+
+
+def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Softmax of the logits divided by `temperature`: log-probabilities are the logits up
+    to a constant per row, so the model's probabilities suffice. The argmax is unchanged."""
+    scaled = _log_probabilities(probabilities) / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    e = np.exp(scaled)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    p = np.asarray(probabilities, dtype=float)[np.arange(len(labels)), labels]
+    return float(-np.log(np.clip(p, 1e-12, None)).mean())
+
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising the negative log-likelihood of `labels` (class indices)
+    (Guo et al. 2017), searched over log T in [ln 0.05, ln 20]."""
+    from scipy.optimize import minimize_scalar
+
+    labels = np.asarray(labels, dtype=int)
+    result = minimize_scalar(
+        lambda log_t: negative_log_likelihood(
+            apply_temperature(probabilities, np.exp(log_t)), labels),
+        bounds=(np.log(0.05), np.log(20.0)), method="bounded",
+        options={"xatol": 1e-5})
+    return float(np.exp(result.x))

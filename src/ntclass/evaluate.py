@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,12 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from .calibration import reliability
+from .calibration import (
+    apply_temperature,
+    fit_temperature,
+    negative_log_likelihood,
+    reliability,
+)
 from .circuit import FLY_SIGNS, signed_edges
 from .errors import NtclassError
 
@@ -142,6 +148,9 @@ def report_text(metrics: dict, title: str) -> str:
         lines += ["", "  confusion matrix (rows: true, columns: predicted)",
                   _table(syn["confusion_matrix"]["counts"], classes)]
     lines += ["", f"  expected calibration error  {_fmt(syn.get('ece'))}"]
+    if "temperature" in metrics:
+        lines.append(f"  (after temperature scaling, T = {metrics['temperature']:.3f}; "
+                     f"before: {_fmt(syn.get('ece_uncalibrated'))})")
     lines += ["", f"Neuron level ({neu['n']} neurons with a known NT, rule {neu['rule']}, "
                   f"{neu['unclear']} unclear)",
               f"  accuracy           {_fmt(neu['accuracy'])}"]
@@ -151,19 +160,71 @@ def report_text(metrics: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_predictions(path: str) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"nt": "string", "predicted_nt": "string",
+                                    "pre_id": "Int64", "post_id": "Int64"})
+
+
+def calibrated(predictions: pd.DataFrame, classes: Sequence[str],
+               temperature: float) -> pd.DataFrame:
+    """`predictions` with temperature-scaled probabilities and confidence."""
+    out = predictions.copy()
+    scaled = apply_temperature(out[list(classes)].to_numpy(dtype=float), temperature)
+    out[list(classes)] = scaled
+    out["confidence"] = scaled.max(axis=1) if len(scaled) else np.zeros(0)
+    return out
+
+
+def _labelled_arrays(predictions: pd.DataFrame, classes: Sequence[str]):
+    labelled = predictions[predictions["nt"].notna()]
+    index = {c: i for i, c in enumerate(classes)}
+    return (labelled[list(classes)].to_numpy(dtype=float),
+            labelled["nt"].map(index).to_numpy(dtype=int))
+
+
+def fit_temperature_file(predictions_path: str, classes: Sequence[str], fitted_on: str,
+                         out_path: str) -> dict:
+    """Fit a model's temperature on the labelled synapses of one prediction table (its
+    validation part); write the temperature with the NLL and ECE before and after."""
+    from .io import write_json
+
+    probabilities, labels = _labelled_arrays(read_predictions(predictions_path), classes)
+    if not len(labels):
+        raise NtclassError(f"target '{fitted_on}' given as evaluation.temperature_scaling."
+                           "fit_on has no labelled synapse to fit a temperature on")
+    temperature = fit_temperature(probabilities, labels)
+    after = apply_temperature(probabilities, temperature)
+    record = {"temperature": temperature, "fitted_on": fitted_on, "synapses": len(labels)}
+    for name, p in (("before", probabilities), ("after", after)):
+        record[f"nll_{name}"] = negative_log_likelihood(p, labels)
+        record[f"ece_{name}"] = reliability(p.max(axis=1), p.argmax(axis=1) == labels)["ece"]
+    write_json(record, out_path)
+    return record
+
+
 def evaluate_predictions(predictions_path: str, classes: Sequence[str], settings: dict,
                          title: str, metrics_out: str, report_out: str, neurons_out: str,
-                         edges_out: str, confusion_png: str, calibration_png: str) -> dict:
+                         edges_out: str, confusion_png: str, calibration_png: str,
+                         temperature_path: str | None = None) -> dict:
     """Evaluate one prediction table: metrics.json, report.txt, the neuron calls, the
-    signed edge list and the figures."""
+    signed edge list and the figures. With a fitted temperature, every probability used
+    (neuron calls, confidences, calibration) is temperature-scaled first."""
+    import json
+
     from .io import write_csv, write_json, write_text
     from .plots import confusion_figure, reliability_figure
 
-    predictions = pd.read_csv(predictions_path, dtype={"nt": "string",
-                                                       "predicted_nt": "string",
-                                                       "pre_id": "Int64", "post_id": "Int64"})
+    predictions = read_predictions(predictions_path)
+    temperature = None
+    if temperature_path:
+        temperature = json.loads(Path(temperature_path).read_text())["temperature"]
+        raw_ece = evaluate(predictions, classes)[0]["synapse"]["ece"]
+        predictions = calibrated(predictions, classes, temperature)
     metrics, neurons = evaluate(predictions, classes, settings["neuron_rule"],
                                 settings["min_synapses"], settings["min_confidence"])
+    if temperature is not None:
+        metrics["temperature"] = temperature
+        metrics["synapse"]["ece_uncalibrated"] = raw_ece
     signs = settings.get("signs") or FLY_SIGNS
     write_csv(signed_edges(predictions, neurons, signs), edges_out)
     write_csv(neurons, neurons_out)
@@ -185,7 +246,8 @@ def comparison_table(metrics: Sequence[dict], runs: Sequence[dict],
         syn, neu = m["synapse"], m["neuron"]
         row = {"model": run["model"], "target": run["target"], "synapses": syn["n"],
                "accuracy": syn["accuracy"], "balanced_accuracy": syn["balanced_accuracy"],
-               "neurons": neu["n"], "neuron_accuracy": neu["accuracy"], "ece": syn.get("ece")}
+               "neurons": neu["n"], "neuron_accuracy": neu["accuracy"], "ece": syn.get("ece"),
+               "temperature": m.get("temperature")}
         for c in classes:
             row[f"f1_{c}"] = syn["per_class"].get(c, {}).get("f1")
         rows.append(row)

@@ -113,3 +113,16 @@ def check_source_paths(config: Mapping) -> None:
                 raise NtclassError(
                     f"class folder '{entry.path}' is not one of the configured classes "
                     f"{list(config['classes'])}")
+
+
+def check_temperature_scaling(config: Mapping) -> None:
+    """Temperature scaling is fitted on a labelled part of the split, named as a target."""
+    scaling = config["evaluation"]["temperature_scaling"]
+    if not scaling["enabled"]:
+        return
+    name = scaling["fit_on"]
+    target = config["targets"].get(name)
+    if target is None or target["type"] != "split":
+        raise NtclassError(
+            f"evaluation.temperature_scaling.fit_on '{name}' is not a target of type split; "
+            f"add one to targets, e.g. {name}: {{type: split, part: validation}}")
