@@ -17,6 +17,17 @@ TINY = DemoSpec(classes=CLASSES, shape=(32, 512, 512), neurons_per_class=6,
                 synapses_per_neuron=(3, 6), hemilineages_per_class=2, seed=3)
 
 
+class CodeRunningPayload:
+    """Pickled, this object would create `marker` when unpickled: safe loaders must refuse
+    it without running it."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> dict[str, str]:
     """volume.zarr, synapses.csv and cremi/ of a small 4-class demo dataset."""

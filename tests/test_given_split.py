@@ -7,6 +7,7 @@ import pickle
 
 import pandas as pd
 import pytest
+from conftest import CodeRunningPayload
 from test_split import synthetic_table
 
 from ntclass.cli import main
@@ -34,19 +35,11 @@ def test_legacy_split_of_lists_and_strings(tmp_path, protocol):
     assert parts_of(by_id) == {"test": [7], "train": [8]}
 
 
-class _Payload:
-    """Unpickling this would create a file: the loader must never call it."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
 
 def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "was-run"
-    path = legacy_pickle(tmp_path / "evil.pkl", {"train": [1], "test": _Payload(str(marker))})
+    payload = {"train": [1], "test": CodeRunningPayload(str(marker))}
+    path = legacy_pickle(tmp_path / "evil.pkl", payload)
     with pytest.raises(NtclassError, match=r"holds a Python object \(.*open\), not plain"):
         read_legacy_split(path)
     assert not marker.exists()

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from conftest import CodeRunningPayload
 from workflow_helpers import ROOT
 
 from ntclass.errors import NtclassError
@@ -19,18 +20,12 @@ WORKFLOW_SOURCES = sorted([ROOT / "Snakefile", *ROOT.glob("rules/*.smk")])
 PICKLE_LOADER = ROOT / "src/ntclass/legacy.py"
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
 
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "was-run"
     path = tmp_path / "model.pt"
-    torch.save({"format": "ntclass-model-1", "payload": _Payload(str(marker))}, path)
+    torch.save({"format": "ntclass-model-1", "payload": CodeRunningPayload(str(marker))},
+               path)
     with pytest.raises(NtclassError, match="cannot load model checkpoint"):
         load_model(path)
     assert not marker.exists()
