@@ -16,7 +16,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from workflow_helpers import ROOT, SNAKEMAKE, TINY_CONFIG, planned_jobs, snakemake, write_config
+from workflow_helpers import (
+    TINY_CONFIG,
+    planned_jobs,
+    snakemake,
+    start_snakemake,
+    write_config,
+)
 
 PRED = "results/predictions/{model}/test"
 EVAL = "results/evaluation/{model}/test"
@@ -76,13 +82,6 @@ def copy_without(reference: Path, destination: Path, paths) -> Path:
     return destination
 
 
-def start_snakemake(directory: Path, *targets: str) -> subprocess.Popen:
-    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(directory),
-           "--configfile", str(directory / "config.yaml"), "--cores", "2", *targets]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-
-
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> float:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -94,7 +93,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> float:
 
 def job_seconds(directory: Path, spec: dict) -> float:
     """How long the stage's job runs, from its log's appearance to Snakemake's end."""
-    proc = start_snakemake(directory, spec["target"])
+    proc = start_snakemake(directory, spec["target"], output=subprocess.PIPE)
     started = wait_for(directory / spec["log"], proc)
     assert proc.wait() == 0, proc.stdout.read()[-3000:]
     return time.monotonic() - started
@@ -205,7 +204,8 @@ def test_two_models_and_two_shards_run_at_once_give_the_reference_outputs(
     run = copy_without(finished_run, tmp_path / "run", concurrent_scratch())
     for together in ([["train a"], ["train b"]],
                      [["shard a/0", "shard b/1"], ["shard a/1", "shard b/0"]]):
-        procs = [start_snakemake(run, *(t for job in group for t in CONCURRENT_JOBS[job]))
+        procs = [start_snakemake(run, *(t for job in group for t in CONCURRENT_JOBS[job]),
+                                 output=subprocess.PIPE)
                  for group in together]
         with ThreadPoolExecutor(len(procs)) as pool:  # drain both outputs while they run
             outputs = list(pool.map(lambda p: p.communicate()[0], procs))

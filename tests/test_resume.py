@@ -7,12 +7,17 @@ import copy
 import os
 import re
 import signal
-import subprocess
 import time
 
 import pandas as pd
 import torch
-from workflow_helpers import ROOT, SNAKEMAKE, TINY_CONFIG, planned_jobs, snakemake, write_config
+from workflow_helpers import (
+    TINY_CONFIG,
+    planned_jobs,
+    snakemake,
+    start_snakemake,
+    write_config,
+)
 
 ITERATIONS = 120
 
@@ -24,13 +29,6 @@ def two_model_config() -> dict:
     # the same model twice: b is the uninterrupted twin of a
     config["models"] = {"a": config["models"]["tiny"], "b": copy.deepcopy(config["models"]["tiny"])}
     return config
-
-
-def start_snakemake(directory, target: str) -> subprocess.Popen:
-    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(directory),
-           "--configfile", str(directory / "config.yaml"), "--cores", "2", target]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
 
 
 def wait_for_checkpoint(directory, model: str, iteration: int, proc, timeout=600) -> None:

@@ -39,14 +39,30 @@ def write_config(directory: Path, config: dict) -> Path:
     return path
 
 
+def snakemake_command(directory: Path, *args: str, config: Path | None = None) -> list[str]:
+    """snakemake on the project's Snakefile inside `directory`, on 2 cores."""
+    # --configfile takes several values: the option after it ends the list
+    return [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(directory),
+            "--configfile", str(config or directory / "config.yaml"), "--cores", "2", *args]
+
+
+SNAKEMAKE_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def start_snakemake(directory: Path, *targets: str, output=subprocess.DEVNULL
+                    ) -> subprocess.Popen:
+    """Snakemake in the background, in a session of its own so that os.killpg(proc.pid)
+    kills it together with its jobs."""
+    return subprocess.Popen(snakemake_command(directory, *targets), stdout=output,
+                            stderr=subprocess.STDOUT, text=True, env=SNAKEMAKE_ENV,
+                            start_new_session=True)
+
+
 def snakemake(directory: Path, *args: str, config: Path | None = None,
               check: bool = True, timeout: float = 1500) -> subprocess.CompletedProcess:
     """Run snakemake on the project's Snakefile inside `directory`."""
-    # --configfile takes several values: the option after it ends the list
-    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(directory),
-           "--configfile", str(config or directory / "config.yaml"), "--cores", "2", *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    result = subprocess.run(snakemake_command(directory, *args, config=config),
+                            capture_output=True, text=True, timeout=timeout, env=SNAKEMAKE_ENV)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}"
                              f"\n{result.stderr[-6000:]}")

@@ -27,6 +27,15 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10) -
     return {"ece": float(ece) if len(confidence) else None, "bins": bins}
 
 
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray) -> float | None:
+    """ECE of class probabilities (N, C) against class indices: confidence is the largest
+    probability, correct where its class is the label."""
+    probabilities = np.asarray(probabilities, dtype=float)
+    if not len(probabilities):
+        return None
+    return reliability(probabilities.max(axis=1), probabilities.argmax(axis=1) == labels)["ece"]
+
+
 def _log_probabilities(probabilities: np.ndarray) -> np.ndarray:
     return np.log(np.clip(np.asarray(probabilities, dtype=float), 1e-12, None))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,12 +17,14 @@ from sklearn.metrics import (
 
 from .calibration import (
     apply_temperature,
+    expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
     reliability,
 )
 from .circuit import FLY_SIGNS, signed_edges
 from .errors import NtclassError
+from .io import read_synapse_csv
 
 NEURON_RULES = ("majority", "mean", "sum")
 
@@ -160,11 +163,6 @@ def report_text(metrics: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_predictions(path: str) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"nt": "string", "predicted_nt": "string",
-                                    "pre_id": "Int64", "post_id": "Int64"})
-
-
 def calibrated(predictions: pd.DataFrame, classes: Sequence[str],
                temperature: float) -> pd.DataFrame:
     """`predictions` with temperature-scaled probabilities and confidence."""
@@ -188,7 +186,7 @@ def fit_temperature_file(predictions_path: str, classes: Sequence[str], fitted_o
     validation part); write the temperature with the NLL and ECE before and after."""
     from .io import write_json
 
-    probabilities, labels = _labelled_arrays(read_predictions(predictions_path), classes)
+    probabilities, labels = _labelled_arrays(read_synapse_csv(predictions_path), classes)
     if not len(labels):
         raise NtclassError(f"target '{fitted_on}' given as evaluation.temperature_scaling."
                            "fit_on has no labelled synapse to fit a temperature on")
@@ -197,7 +195,7 @@ def fit_temperature_file(predictions_path: str, classes: Sequence[str], fitted_o
     record = {"temperature": temperature, "fitted_on": fitted_on, "synapses": len(labels)}
     for name, p in (("before", probabilities), ("after", after)):
         record[f"nll_{name}"] = negative_log_likelihood(p, labels)
-        record[f"ece_{name}"] = reliability(p.max(axis=1), p.argmax(axis=1) == labels)["ece"]
+        record[f"ece_{name}"] = expected_calibration_error(p, labels)
     write_json(record, out_path)
     return record
 
@@ -209,16 +207,14 @@ def evaluate_predictions(predictions_path: str, classes: Sequence[str], settings
     """Evaluate one prediction table: metrics.json, report.txt, the neuron calls, the
     signed edge list and the figures. With a fitted temperature, every probability used
     (neuron calls, confidences, calibration) is temperature-scaled first."""
-    import json
-
     from .io import write_csv, write_json, write_text
     from .plots import confusion_figure, reliability_figure
 
-    predictions = read_predictions(predictions_path)
+    predictions = read_synapse_csv(predictions_path)
     temperature = None
     if temperature_path:
         temperature = json.loads(Path(temperature_path).read_text())["temperature"]
-        raw_ece = evaluate(predictions, classes)[0]["synapse"]["ece"]
+        raw_ece = expected_calibration_error(*_labelled_arrays(predictions, classes))
         predictions = calibrated(predictions, classes, temperature)
     metrics, neurons = evaluate(predictions, classes, settings["neuron_rule"],
                                 settings["min_synapses"], settings["min_confidence"])
@@ -257,11 +253,9 @@ def comparison_table(metrics: Sequence[dict], runs: Sequence[dict],
 def compare_runs(metrics_paths: Sequence[str], runs: Sequence[dict], classes: Sequence[str],
                  csv_out: str, html_out: str) -> pd.DataFrame:
     """The comparison table as CSV and as an HTML page (for the Snakemake report)."""
-    import json
-
     from .io import write_csv, write_text
 
-    metrics = [json.loads(open(p).read()) for p in metrics_paths]
+    metrics = [json.loads(Path(p).read_text()) for p in metrics_paths]
     table = comparison_table(metrics, runs, classes)
     write_csv(table, csv_out)
     html = table.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="n/a",

@@ -38,6 +38,17 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
         raise
 
 
+# the workflow's own CSVs (manifest, prediction shards and tables): text columns stay
+# strings and neuron ids stay integers where some are missing
+SYNAPSE_CSV_DTYPES = {"nt": "string", "split": "string", "predicted_nt": "string",
+                      "pre_id": "Int64", "post_id": "Int64"}
+
+
+def read_synapse_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """A synapse table the workflow wrote: the manifest, a shard, a prediction table."""
+    return pd.read_csv(path, dtype=SYNAPSE_CSV_DTYPES)
+
+
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)

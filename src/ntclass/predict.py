@@ -25,7 +25,7 @@ import torch
 from funlib.geometry import Roi
 
 from .errors import NtclassError
-from .io import write_csv, write_parquet
+from .io import read_synapse_csv, write_csv, write_parquet
 from .synapses import LOCATION, read_source
 from .train import load_model, pick_device
 from .validation import normalise_cubes
@@ -232,8 +232,7 @@ def target_synapses(manifest_path: str | None, target: dict, classes: Sequence[s
     """The synapses a target names: a part of the split manifest, or a synapse source of
     its own (a table over a volume, a folder of CREMI files, a MongoDB database)."""
     if target["type"] == "split":
-        manifest = pd.read_csv(manifest_path, dtype={"nt": "string", "split": "string",
-                                                     "pre_id": "Int64", "post_id": "Int64"})
+        manifest = read_synapse_csv(manifest_path)
         return manifest[manifest["split"] == target["part"]].reset_index(drop=True)
     return read_source(target, classes, voxel_size)
 
@@ -279,9 +278,7 @@ def merge_target(shard_paths: Sequence[str], target_path: str, out_csv: str,
                  out_parquet: str) -> pd.DataFrame:
     """Concatenate a target's shards; every synapse of the target exactly once."""
     expected = load_target(target_path)
-    frames = [pd.read_csv(p, dtype={"nt": "string", "predicted_nt": "string",
-                                    "pre_id": "Int64", "post_id": "Int64"})
-              for p in shard_paths]
+    frames = [read_synapse_csv(p) for p in shard_paths]
     merged = pd.concat(frames, ignore_index=True).sort_values("synapse_id", kind="stable")
     dup = merged["synapse_id"].duplicated()
     if dup.any():

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .errors import NtclassError
 from .gp_nodes import AddClassLabel, SynapseCubeSource, centred_roi
-from .io import atomic_path, write_csv
+from .io import atomic_path, read_synapse_csv, write_csv
 from .losses import build_loss
 from .models import build_model
 from .validation import ValidationSet
@@ -316,7 +316,7 @@ def train(manifest: str | os.PathLike, cfg: TrainConfig, model_out: str | os.Pat
     """
     from tensorboardX import SummaryWriter
 
-    table = pd.read_csv(manifest, dtype={"nt": "string", "split": "string"})
+    table = read_synapse_csv(manifest)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.architecture, cfg.input_shape, len(cfg.classes),
                         **cfg.model_params)
