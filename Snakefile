@@ -4,7 +4,7 @@ import sys
 
 from snakemake.utils import min_version, validate
 
-from ntclass.config import check_config
+from ntclass.config import check_config, check_unique_keys
 from ntclass.errors import NtclassError
 from ntclass.workflow import check_source_paths, check_temperature_scaling
 
@@ -20,6 +20,7 @@ if not workflow.overwrite_configfiles:
 
 # A bad config or input stops here with one sentence; Snakemake's validate() fills defaults.
 try:
+    check_unique_keys(workflow.configfiles)
     check_config(config, workflow.source_path("config/config.schema.yaml"))
     validate(config, "config/config.schema.yaml")
     check_source_paths(config)

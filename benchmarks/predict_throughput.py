@@ -32,11 +32,12 @@ import yaml
 from ntclass.models import build_model
 from ntclass.predict import PredictConfig, predict_shard
 from ntclass.train import TrainConfig, model_record, pick_device
-from ntclass.validation import normalise_cubes
-from ntclass.volumes import write_zarr_volume
+from ntclass.validation import to_network
+from ntclass.volumes import intensity_of, write_zarr_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 VOXEL = (40, 4, 4)
+UINT8 = intensity_of("uint8", None, "the benchmark volume")
 FAFB_VGG = {"fmaps": 12, "fmap_increase": 2, "fc_size": 4096, "dropout": 0.5,
             "downsample_factors": [[1, 2, 2], [1, 2, 2], [1, 2, 2], [2, 2, 2]]}
 
@@ -94,10 +95,10 @@ def forward_rate(params: dict, shape: list[int], classes: list[str], batch: int,
     on_gpu = device.type == "cuda"
     with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=on_gpu):
         for _ in range(3):
-            torch.softmax(model(normalise_cubes(cubes)), dim=1).float().cpu()
+            torch.softmax(model(to_network(cubes, UINT8)), dim=1).float().cpu()
         start = time.perf_counter()
         for _ in range(iterations):
-            torch.softmax(model(normalise_cubes(cubes)), dim=1).float().cpu()
+            torch.softmax(model(to_network(cubes, UINT8)), dim=1).float().cpu()
     return iterations * batch / (time.perf_counter() - start)
 
 

@@ -41,8 +41,8 @@ def demo_manifest(directory: Path, classes: list[str], shape: tuple[int, ...]) -
     paths = write_demo(directory / "demo", spec)
     table = read_table_source(paths["table"], paths["volume"], "volumes/raw/s0", classes,
                               (40, 4, 4))
-    manifest = make_split(table, "random", {"train": 0.8, "validation": 0.1, "test": 0.1},
-                          seed=0)
+    manifest, _ = make_split(table, "random", {"train": 0.8, "validation": 0.1, "test": 0.1},
+                             seed=0)
     path = directory / "manifest.csv"
     manifest.to_csv(path, index=False)
     return path

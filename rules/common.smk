@@ -50,6 +50,13 @@ def target_raw(wildcards):
     return {k: v for k, v in files.items() if k in ("raw", "cremi")}
 
 
+def target_intensity_range(wildcards):
+    """The intensity range of a target's raw: a split part's is the source's."""
+    target = config["targets"][wildcards.target]
+    section = config["source"] if target["type"] == "split" else target
+    return section.get("intensity_range")
+
+
 def training_params(wildcards):
     """Everything a training job depends on: a change retrains only that model."""
     model = config["models"][wildcards.model]
@@ -58,7 +65,8 @@ def training_params(wildcards):
             "architecture": model["architecture"],
             "model_params": model.get("params", {}),
             "classes": config["classes"],
-            "voxel_size": config["voxel_size"],
+            "voxel_size": config.get("voxel_size"),
+            "intensity_range": config["source"].get("intensity_range"),
             **MODEL_TRAINING[wildcards.model],
         }
     )

@@ -7,7 +7,7 @@ rule target_synapses:
     params:
         target=lambda wc: canonical(config["targets"][wc.target]),
         classes=config["classes"],
-        voxel_size=config["voxel_size"],
+        voxel_size=config.get("voxel_size"),
     log:
         "logs/targets/{target}.log",
     conda:
@@ -28,7 +28,8 @@ rule predict_shard:
         shards=N_SHARDS,
         shard=lambda wc: int(wc.shard),
         classes=config["classes"],
-        voxel_size=config["voxel_size"],
+        voxel_size=config.get("voxel_size"),
+        intensity_range=target_intensity_range,
         prediction=canonical(config["prediction"]),
         # daisy's done markers: outside the declared outputs so a killed shard resumes
         work_dir=lambda wc: f"results/predictions/{wc.model}/{wc.target}/work/{wc.shard}",

@@ -9,7 +9,7 @@ rule split:
     params:
         source=canonical(config["source"]),
         classes=config["classes"],
-        voxel_size=config["voxel_size"],
+        voxel_size=config.get("voxel_size"),
         split=canonical(config["split"]),
     log:
         "logs/split.log",

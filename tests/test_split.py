@@ -29,7 +29,7 @@ def fractions_of(manifest):
 
 @pytest.mark.parametrize("method", ["random", "grouped"])
 def test_fractions_close_to_targets(method):
-    manifest = make_split(synthetic_table(), method, FRACTIONS, seed=1)
+    manifest, _ = make_split(synthetic_table(), method, FRACTIONS, seed=1)
     assert set(manifest["split"]) == set(PARTS)
     got = fractions_of(manifest)
     for part, target in FRACTIONS.items():
@@ -37,13 +37,13 @@ def test_fractions_close_to_targets(method):
 
 
 def test_grouped_keeps_every_neuron_on_one_side():
-    manifest = make_split(synthetic_table(), "grouped", FRACTIONS, seed=2)
+    manifest, _ = make_split(synthetic_table(), "grouped", FRACTIONS, seed=2)
     assert manifest.groupby("pre_id")["split"].nunique().max() == 1
 
 
 def test_grouped_by_hemilineage():
     table = synthetic_table(n_neurons=120)
-    manifest = make_split(table, "grouped", FRACTIONS, seed=0, group_by="hemilineage",
+    manifest, _ = make_split(table, "grouped", FRACTIONS, seed=0, group_by="hemilineage",
                           max_deviation=0.1)
     assert manifest.groupby("hemilineage")["split"].nunique().max() == 1
 
@@ -51,9 +51,9 @@ def test_grouped_by_hemilineage():
 def test_same_seed_same_split_other_seed_other_split():
     table = synthetic_table()
     for method in ["random", "grouped"]:
-        a = make_split(table, method, FRACTIONS, seed=7)
-        b = make_split(table, method, FRACTIONS, seed=7)
-        c = make_split(table, method, FRACTIONS, seed=8)
+        a, _ = make_split(table, method, FRACTIONS, seed=7)
+        b, _ = make_split(table, method, FRACTIONS, seed=7)
+        c, _ = make_split(table, method, FRACTIONS, seed=8)
         assert a["split"].equals(b["split"])
         assert not a["split"].equals(c["split"])
 
@@ -71,7 +71,7 @@ def test_impossible_balanced_split_is_refused():
 def test_unlabelled_synapses_stay_out_of_the_split():
     table = synthetic_table()
     table.loc[:9, "nt"] = pd.NA
-    manifest = make_split(table, "grouped", FRACTIONS, seed=0)
+    manifest, _ = make_split(table, "grouped", FRACTIONS, seed=0)
     assert manifest.loc[:9, "split"].isna().all()
     assert manifest.loc[10:, "split"].notna().all()
 
@@ -80,13 +80,15 @@ def test_bad_settings():
     table = synthetic_table()
     with pytest.raises(NtclassError, match="add up to 0.9"):
         make_split(table, "random", {"train": 0.7, "test": 0.2}, seed=0)
-    with pytest.raises(NtclassError, match="'neuropil' is not a column"):
+    with pytest.raises(NtclassError, match="has no column 'neuropil'"):
         make_split(table, "grouped", FRACTIONS, seed=0, group_by="neuropil")
 
 
 def test_summary_counts():
-    manifest = make_split(synthetic_table(), "random", FRACTIONS, seed=0)
+    manifest, _ = make_split(synthetic_table(), "random", FRACTIONS, seed=0)
     summary = summarise(manifest, ["ach", "gaba", "glu", "ser"]).set_index("nt")
+    assert summary.loc["unlabelled", "total"] == 0
+    summary = summary.drop(["unlabelled", "unlabelled_several_nts"])
     assert (summary[list(PARTS)].sum(axis=1) == summary["total"]).all()
     assert summary["total"].sum() == len(manifest)
     assert np.allclose(summary[[f"{p}_fraction" for p in PARTS]].sum(axis=1), 1.0, atol=1e-3)

@@ -26,7 +26,7 @@ def manifest(tiny_demo, tmp_path_factory):
                               CLASSES, (40, 4, 4))
     path = tmp_path_factory.mktemp("split") / "manifest.csv"
     make_split(table, "random", {"train": 0.7, "validation": 0.15, "test": 0.15},
-               seed=0).to_csv(path, index=False)
+               seed=0)[0].to_csv(path, index=False)
     return path
 
 

@@ -6,7 +6,8 @@ p = sm.params
 run_job(
     sm.log[0],
     lambda: predict_target_shard(sm.input.model, sm.input.synapses, p.shard, p.shards,
-                                 p.classes, p.voxel_size, p.prediction, p.work_dir,
+                                 p.classes, p.voxel_size, p.intensity_range,
+                                 p.prediction, p.work_dir,
                                  sm.output.shard),
     threads=sm.threads,
 )

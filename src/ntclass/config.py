@@ -58,6 +58,34 @@ def _sentence(error: jsonschema.ValidationError) -> str:
     return (f"config key '{where}' is {error.instance!r}, expected {_expected(error)}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (plain YAML keeps the
+    last one silently: a model defined twice would lose its first definition)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise NtclassError(
+                    f"key '{key}' is given twice in config file '{self.name}' (lines "
+                    f"{seen[key] + 1} and {key_node.start_mark.line + 1}); give each key once")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def check_unique_keys(paths) -> None:
+    """Refuse a config file in which some mapping repeats a key."""
+    for path in paths:
+        with open(path) as f:
+            loader = _UniqueKeyLoader(f)
+            loader.name = str(path)
+            try:
+                loader.get_single_data()
+            finally:
+                loader.dispose()
+
+
 def check_config(config: Mapping, schema_path: str | os.PathLike) -> None:
     """Raise NtclassError for the first problem of `config` against the schema."""
     with open(schema_path) as f:
@@ -72,6 +100,9 @@ def check_config(config: Mapping, schema_path: str | os.PathLike) -> None:
                 error = max(e.context, key=lambda c: len(c.absolute_path))
                 break
         raise NtclassError(_sentence(error))
+    if "time_limit" in config.get("split", {}):
+        raise NtclassError("config key 'split.time_limit' is replaced by split.node_limit: a "
+                           "wall-clock limit gave different splits on different machines")
 
 
 def model_training(config: Mapping, model: str, schema_path: str | os.PathLike) -> dict:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .synapses import LOCATION
-from .volumes import open_raw_cached
+from .volumes import intensity_of, open_raw_cached
 
 # The synapse-centred frame is unbounded in practice; a finite box keeps gunpowder's
 # ROI arithmetic simple. Multiples of any voxel size we meet.
@@ -22,13 +22,16 @@ class SynapseCubeSource(gp.BatchProvider):
     A request for ROI r returns raw at (synapse voxel) + r, so downstream augmentations
     work as usual while every sample is centred on a synapse. Synapses may live in one
     large volume or in many CREMI crops: each row names its own raw container. Reads past
-    a volume's edge are padded. Volumes up to `cache_bytes` are held in memory.
+    a volume's edge are padded. Volumes up to `cache_bytes` are held in memory. Raw of any
+    supported dtype comes out as float32 in [0, 1], mapped by its intensity range.
     """
 
     def __init__(self, key: gp.ArrayKey, synapses: pd.DataFrame,
-                 voxel_size: Sequence[int], cache_bytes: int = 0):
+                 voxel_size: Sequence[int], intensity_range: Sequence[float] | None = None,
+                 cache_bytes: int = 0):
         self.key = key
         self.cache_bytes = cache_bytes
+        self.intensity_range = intensity_range
         self.voxel_size = gp.Coordinate(voxel_size)
         self.containers = synapses["raw_container"].to_numpy()
         self.datasets = synapses["raw_dataset"].to_numpy()
@@ -39,7 +42,7 @@ class SynapseCubeSource(gp.BatchProvider):
     def setup(self):
         frame = gp.Roi((-_FRAME,) * 3, (2 * _FRAME,) * 3)
         self.provides(self.key, gp.ArraySpec(roi=frame, voxel_size=self.voxel_size,
-                                             dtype=np.uint8, interpolatable=True))
+                                             dtype=np.float32, interpolatable=True))
 
     def provide(self, request: gp.BatchRequest) -> gp.Batch:
         # gunpowder seeds numpy's global RNG from the request before calling provide
@@ -51,6 +54,7 @@ class SynapseCubeSource(gp.BatchProvider):
         begin = centre + np.array(roi.begin) // np.array(self.voxel_size)
         shape = tuple(np.array(roi.shape) // np.array(self.voxel_size))
         data, _ = volume.read(begin, shape)
+        data = intensity_of(volume.dtype, self.intensity_range, volume.name).to_unit(data)
         spec = self.spec[self.key].copy()
         spec.roi = roi
         batch = gp.Batch()

@@ -11,6 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .ids import ID_COLUMNS, ID_DTYPE
 
 
 @contextmanager
@@ -39,14 +43,29 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
 
 
 # the workflow's own CSVs (manifest, prediction shards and tables): text columns stay
-# strings and neuron ids stay integers where some are missing
+# strings and ids stay exact unsigned 64-bit integers, also where some are missing
 SYNAPSE_CSV_DTYPES = {"nt": "string", "split": "string", "predicted_nt": "string",
-                      "pre_id": "Int64", "post_id": "Int64"}
+                      "nt_candidates": "string",
+                      **{c: ID_DTYPE for c in ID_COLUMNS}}
 
 
 def read_synapse_csv(path: str | os.PathLike) -> pd.DataFrame:
     """A synapse table the workflow wrote: the manifest, a shard, a prediction table."""
     return pd.read_csv(path, dtype=SYNAPSE_CSV_DTYPES)
+
+
+# Arrow integers as pandas' nullable integers: a uint64 column with a missing value would
+# otherwise become float64 and round every id above 2^53
+_NULLABLE_INTEGERS = {
+    pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
+    pa.int64(): pd.Int64Dtype(), pa.uint8(): pd.UInt8Dtype(), pa.uint16(): pd.UInt16Dtype(),
+    pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype(),
+}
+
+
+def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
+    """A Parquet table with its integer columns exact (nullable), whoever wrote it."""
+    return pq.read_table(path).to_pandas(types_mapper=_NULLABLE_INTEGERS.get)
 
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:

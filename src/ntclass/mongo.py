@@ -12,6 +12,7 @@ never reaches a config file, Snakemake's records, a log or an error message.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,11 @@ from urllib.parse import quote_plus
 import pandas as pd
 
 from .errors import NtclassError
+from .ids import to_ids
+
+log = logging.getLogger(__name__)
+BSON_MAX_INT = 2**63 - 1
+LOCATION = ["z", "y", "x"]
 
 URI_ENV = "NTCLASS_MONGO_URI"
 PASSWORD_ENV = "NTCLASS_MONGO_PASSWORD"
@@ -74,6 +80,13 @@ def import_table(table: pd.DataFrame, source: Mapping, replace: bool = False) ->
     from .synapses import normalise
 
     table = normalise(table.assign(raw_container="", raw_dataset=""), "the synapse table")
+    for col in ("synapse_id", "pre_id", "post_id"):
+        too_big = (table[col] > BSON_MAX_INT).fillna(False).to_numpy(dtype=bool)
+        if too_big.any():
+            raise NtclassError(
+                f"the synapse table's {col} {int(table[col][too_big].iloc[0])} is above "
+                "2^63 - 1, the largest integer MongoDB stores; keep such ids in a CSV or "
+                "Parquet source")
     db = connect(source)
     names = ("synapses", "skeletons", "hemi_lineages")
     existing = [n for n in names if db[n].estimated_document_count()]
@@ -118,42 +131,80 @@ def _int_or_none(value):
     return None if value is None or pd.isna(value) else int(value)
 
 
+def _columns(cursor, fields: Sequence[str]) -> dict[str, list]:
+    """Documents as one list per field (None where absent): ids stay Python ints, never
+    floats, which a DataFrame of documents with some missing ids would make them."""
+    columns: dict[str, list] = {f: [] for f in fields}
+    for doc in cursor:
+        for f in fields:
+            columns[f].append(doc.get(f))
+    return columns
+
+
+def _skeleton_labels(db) -> pd.DataFrame:
+    """Per skeleton: its NT when exactly one is known, the candidates when several."""
+    skeletons = _columns(db.skeletons.find({}, {"_id": 0}), ["skeleton_id", "nt_known",
+                                                             "hemi_lineage_id"])
+    hemis = _columns(db.hemi_lineages.find({}, {"_id": 0}), ["hemi_lineage_id",
+                                                             "hemi_lineage_name"])
+    names = dict(zip(hemis["hemi_lineage_id"], hemis["hemi_lineage_name"]))
+    known = [sorted(set(v)) if isinstance(v, list) else [] for v in skeletons["nt_known"]]
+    return pd.DataFrame({
+        "pre_id": to_ids(pd.Series(skeletons["skeleton_id"], dtype=object), "skeleton_id",
+                         "collection 'skeletons'"),
+        "nt": pd.array([k[0] if len(k) == 1 else pd.NA for k in known], dtype="string"),
+        "nt_candidates": pd.array([";".join(k) if len(k) > 1 else pd.NA for k in known],
+                                  dtype="string"),
+        "hemilineage": pd.array([names.get(h, pd.NA) for h in skeletons["hemi_lineage_id"]],
+                                dtype="string"),
+    }).dropna(subset=["pre_id"]).drop_duplicates("pre_id")
+
+
+# Synister's schema marks each synapse document as a pre- or post-synaptic site; only
+# pre-synaptic sites are synapses to classify (documents without the field all are)
+PRE_SYNAPTIC = {"$or": [{"prepost": "pre"}, {"prepost": {"$exists": False}}]}
+
+
 def read_mongo_source(source: Mapping, classes: Sequence[str],
                       voxel_size: Sequence[int] | None = None) -> pd.DataFrame:
-    """The synapse table of a MongoDB source; the NT of a synapse is its skeleton's single
-    known NT (skeletons with none or several are unlabelled)."""
-    from .synapses import check_classes, check_inside, normalise
+    """The synapse table of a MongoDB source: its pre-synaptic sites, each labelled with
+    its skeleton's single known NT. Skeletons with several known NTs stay unlabelled, their
+    candidates kept in `nt_candidates` and counted in the log."""
+    from .synapses import check_classes, check_locations, normalise
 
     db = connect(source)
-    fields = {"_id": 0, "synapse_id": 1, "x": 1, "y": 1, "z": 1, "skeleton_id": 1,
-              "post_skeleton_id": 1, "brain_region": 1}
-    synapses = pd.DataFrame(list(db.synapses.find({}, fields)))
     origin = f"MongoDB database '{source['database']}'"
-    if synapses.empty:
-        raise NtclassError(f"{origin} has no document in collection 'synapses'")
-    skeletons = pd.DataFrame(list(db.skeletons.find(
-        {}, {"_id": 0, "skeleton_id": 1, "nt_known": 1, "hemi_lineage_id": 1})))
-    hemis = pd.DataFrame(list(db.hemi_lineages.find(
-        {}, {"_id": 0, "hemi_lineage_id": 1, "hemi_lineage_name": 1})))
-    if not skeletons.empty:
-        skeletons["nt"] = [v[0] if isinstance(v, list) and len(v) == 1 else None
-                           for v in skeletons.get("nt_known", [None] * len(skeletons))]
-        if not hemis.empty and "hemi_lineage_id" in skeletons:
-            skeletons = skeletons.merge(hemis, on="hemi_lineage_id", how="left")
-        keep = [c for c in ["skeleton_id", "nt", "hemi_lineage_name"] if c in skeletons]
-        synapses = synapses.merge(skeletons[keep], on="skeleton_id", how="left")
-    synapses = synapses.rename(columns={"skeleton_id": "pre_id", "post_skeleton_id": "post_id",
-                                        "hemi_lineage_name": "hemilineage"})
+    fields = ["synapse_id", "z", "y", "x", "skeleton_id", "post_skeleton_id", "brain_region"]
+    columns = _columns(db.synapses.find(PRE_SYNAPTIC, {"_id": 0, **dict.fromkeys(fields, 1)},
+                                        batch_size=10_000), fields)
+    if not columns["synapse_id"]:
+        raise NtclassError(f"{origin} has no pre-synaptic site in collection 'synapses'")
+    synapses = pd.DataFrame({
+        "synapse_id": pd.Series(columns["synapse_id"], dtype=object),
+        **{c: columns[c] for c in LOCATION},
+        "pre_id": to_ids(pd.Series(columns["skeleton_id"], dtype=object), "skeleton_id",
+                         f"{origin}, collection 'synapses'"),
+        "post_id": to_ids(pd.Series(columns["post_skeleton_id"], dtype=object),
+                          "post_skeleton_id", f"{origin}, collection 'synapses'"),
+        "brain_region": pd.array(columns["brain_region"], dtype="string"),
+    })
+    labels = _skeleton_labels(db)
+    synapses = synapses.merge(labels, on="pre_id", how="left")
+    several = int(synapses["nt_candidates"].notna().sum())
+    if several:
+        log.warning("%s: %d synapses of %d skeletons with several known NTs stay unlabelled",
+                    origin, several, synapses.loc[synapses["nt_candidates"].notna(),
+                                                  "pre_id"].nunique())
     synapses["raw_container"] = source["raw_container"]
     synapses["raw_dataset"] = source.get("raw_dataset", "volumes/raw/s0")
-    for col in ("brain_region", "hemilineage"):
-        if col in synapses and synapses[col].isna().all():
+    for col in ("brain_region", "hemilineage", "nt_candidates"):
+        if synapses[col].isna().all():
             synapses = synapses.drop(columns=col)
-    df = normalise(synapses.sort_values("synapse_id", kind="stable"), origin)
+    df = normalise(synapses, origin)
+    df = df.sort_values("synapse_id", kind="stable").reset_index(drop=True)
     check_classes(df, classes, origin)
-    check_inside(df, voxel_size)
+    check_locations(df, voxel_size, source.get("intensity_range"), origin)
     return df
-
 
 
 def write_predictions(predictions: pd.DataFrame, source: Mapping, field: str,
@@ -183,10 +234,10 @@ def write_back(predictions_path: str, target: Mapping, model: str, classes: Sequ
                receipt_path: str) -> None:
     """The workflow step: predictions of `model` into the target's database, then a
     receipt file (database, field, count; never the address's password)."""
-    from .io import write_json
+    from .io import read_parquet, write_json
 
     field = f"ntclass.{model}"
-    n = write_predictions(pd.read_parquet(predictions_path), target, field, classes)
+    n = write_predictions(read_parquet(predictions_path), target, field, classes)
     write_json({"database": target["database"], "collection": "synapses", "field": field,
                 "synapses": n, "uri": redact_uri(target.get("uri") or
                                                  os.environ.get(URI_ENV, ""))}, receipt_path)

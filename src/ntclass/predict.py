@@ -25,11 +25,11 @@ import torch
 from funlib.geometry import Roi
 
 from .errors import NtclassError
-from .io import read_synapse_csv, write_csv, write_parquet
+from .io import read_parquet, read_synapse_csv, write_csv, write_parquet
 from .synapses import LOCATION, read_source
 from .train import load_model, pick_device
-from .validation import normalise_cubes
-from .volumes import crop_cubes, open_raw_cached
+from .validation import to_network
+from .volumes import Intensity, RawVolume, crop_cubes, intensity_of, open_raw_cached
 
 log = logging.getLogger(__name__)
 META_COLUMNS = ["synapse_id", *LOCATION, "pre_id", "post_id", "nt"]
@@ -38,13 +38,14 @@ META_COLUMNS = ["synapse_id", *LOCATION, "pre_id", "post_id", "nt"]
 @dataclass
 class PredictConfig:
     classes: list[str]
-    voxel_size: list[int]
+    voxel_size: list[int] | None  # None: the one stored with the raw
     block_size: list[int]  # nm, for volume targets
     rows_per_block: int = 256  # for targets of many crops
     batch_size: int = 32
     workers: int = 1
     device: str = "auto"
     mixed_precision: bool = True  # bf16 autocast on a GPU
+    intensity_range: list[float] | None = None  # None: the dtype's range (8/16-bit ints)
 
 
 def is_single_volume(table: pd.DataFrame) -> bool:
@@ -141,23 +142,47 @@ class ShardPredictor:
         positions = np.arange(len(rows))
         for (container, dataset), idx in rows.groupby(
                 ["raw_container", "raw_dataset"], sort=False).indices.items():
-            volume = open_raw_cached(container, dataset, tuple(self.cfg.voxel_size))
+            volume = open_raw_cached(container, dataset, self.cfg.voxel_size)
+            intensity = model_input_mapping(volume, self._record, self.cfg.intensity_range,
+                                            self.model_path)
             locs = rows[LOCATION].to_numpy(dtype=np.float64)[idx]
             cubes, pad = crop_cubes(volume, locs, shape)
-            probs[positions[idx]] = self._infer(model, cubes)
+            probs[positions[idx]] = self._infer(model, cubes, intensity)
             padded[positions[idx]] = pad
         return assemble(rows, probs, padded, self.cfg.classes)
 
-    def _infer(self, model, cubes: np.ndarray) -> np.ndarray:
+    def _infer(self, model, cubes: np.ndarray, intensity: Intensity) -> np.ndarray:
         out = []
         on_gpu = self.cfg.mixed_precision and torch.device(self._device).type == "cuda"
         with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=on_gpu):
             for start in range(0, len(cubes), self.cfg.batch_size):
                 batch = torch.from_numpy(np.ascontiguousarray(
                     cubes[start:start + self.cfg.batch_size]))
-                x = normalise_cubes(batch.to(self._device))
+                x = to_network(batch.to(self._device), intensity)
                 out.append(torch.softmax(model(x), dim=1).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.cfg.classes)))
+
+
+# models saved before intensity mappings were recorded were all trained on uint8 raw
+_UINT8_ONLY = {"uint8": [0.0, 255.0]}
+
+
+def model_input_mapping(volume: RawVolume, record: dict, intensity_range, model_path: str
+                        ) -> Intensity:
+    """The intensity mapping of `volume`, checked against what the model was trained on:
+    the same voxel size, and for raw of a dtype it has seen, the same intensity range."""
+    if list(volume.voxel_size) != list(record["voxel_size"]):
+        raise NtclassError(f"model '{model_path}' was trained at voxel size "
+                           f"{list(record['voxel_size'])} nm, but raw '{volume.name}' has "
+                           f"{list(volume.voxel_size)} nm")
+    intensity = intensity_of(volume.dtype, intensity_range, volume.name)
+    trained = (record.get("intensity") or _UINT8_ONLY).get(intensity.dtype)
+    if trained is not None and [float(v) for v in trained] != intensity.record():
+        raise NtclassError(
+            f"model '{model_path}' was trained on {intensity.dtype} raw with intensities "
+            f"{trained} mapped to its input range, but raw '{volume.name}' would be mapped "
+            f"from {intensity.record()}; set intensity_range to {trained}")
+    return intensity
 
 
 def assemble(rows: pd.DataFrame, probs: np.ndarray, padded: np.ndarray,
@@ -184,7 +209,7 @@ def predict_shard(model_path: str, table: pd.DataFrame, shard: int, n_shards: in
     origin = (0, 0, 0)
     if spatial:
         volume = open_raw_cached(table["raw_container"].iloc[0], table["raw_dataset"].iloc[0],
-                                 tuple(cfg.voxel_size))
+                                 cfg.voxel_size)
         origin = volume.offset
     rows, shard_roi = select_shard(table, shard, n_shards, cfg, origin)
     blocks_dir = work_dir / "blocks"
@@ -216,7 +241,7 @@ def predict_shard(model_path: str, table: pd.DataFrame, shard: int, n_shards: in
     ok = daisy.run_blockwise([task], multiprocessing=cfg.workers > 1, progress=False)
     if not ok:
         raise RuntimeError(f"some blocks of shard {shard} failed; rerun to resume")
-    parts = [pd.read_parquet(p) for p in sorted(blocks_dir.glob("*.parquet"))]
+    parts = [read_parquet(p) for p in sorted(blocks_dir.glob("*.parquet"))]
     result = pd.concat(parts, ignore_index=True) if parts else assemble(
         rows.iloc[:0], np.zeros((0, len(cfg.classes))), np.zeros(0, bool), cfg.classes)
     missing = set(rows["synapse_id"]) - set(result["synapse_id"])
@@ -246,7 +271,7 @@ def write_target(manifest_path: str | None, target: dict, classes: Sequence[str]
 
 
 def load_target(path: str) -> pd.DataFrame:
-    return pd.read_parquet(path)
+    return read_parquet(path)
 
 
 def _work_dir(base: str | os.PathLike, model_path: str, rows: pd.DataFrame,
@@ -260,10 +285,14 @@ def _work_dir(base: str | os.PathLike, model_path: str, rows: pd.DataFrame,
 
 
 def predict_target_shard(model_path: str, target_path: str, shard: int, n_shards: int,
-                         classes: Sequence[str], voxel_size: Sequence[int], settings: dict,
+                         classes: Sequence[str], voxel_size: Sequence[int] | None,
+                         intensity_range: Sequence[float] | None, settings: dict,
                          work_base: str, out_path: str) -> None:
     """Predict shard `shard` of `n_shards` of a target; the Snakemake job's entry point."""
-    cfg = PredictConfig(classes=list(classes), voxel_size=list(voxel_size),
+    cfg = PredictConfig(classes=list(classes),
+                        voxel_size=list(voxel_size) if voxel_size is not None else None,
+                        intensity_range=(list(intensity_range) if intensity_range is not None
+                                         else None),
                         block_size=list(settings["block_size"]),
                         rows_per_block=settings["rows_per_block"],
                         batch_size=settings["batch_size"], workers=settings["workers"],

@@ -3,14 +3,19 @@ hemilineages or regions on one side), balanced per NT by an integer program."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import coo_array, vstack
+from scipy.sparse import coo_array
 
 from .errors import NtclassError
+from .ids import to_ids
+
+log = logging.getLogger(__name__)
 
 PARTS = ("train", "validation", "test")
 
@@ -39,54 +44,91 @@ def random_split(nts: pd.Series, fractions: Mapping[str, float], seed: int) -> n
     return parts
 
 
-def _solve_group_assignment(counts: np.ndarray, targets: np.ndarray, seed: int,
-                            time_limit: float) -> np.ndarray:
-    """Assign each group (row of `counts`, synapses per NT) to one part so that the per-NT
-    counts of each part come closest to `targets` (NT x part), relative to each NT's size.
+@dataclass(frozen=True)
+class SplitOptions:
+    """How hard the grouped split's integer program works: limits that depend on the
+    problem alone (never on the clock), so every machine finds the same split."""
 
-    Variables: x[g, p] binary, then under/over deviations d-[c, p], d+[c, p] >= 0.
-    """
-    n_groups, n_nt = counts.shape
-    n_parts = targets.shape[1]
-    n_x = n_groups * n_parts
+    node_limit: int = 20000
+    mip_gap: float = 1e-4
+
+
+# weight of the secondary objective (groups per part) against the main one (synapses per
+# part): balancing one group never outweighs a hundredth of an average group's synapses
+GROUP_BALANCE_WEIGHT = 0.01
+
+
+def _deviation_rows(counts: np.ndarray, n_parts: int, first_row: int, first_col: int):
+    """Equality rows sum_g counts[g, c] x[g, p] + under[c, p] - over[c, p] = target[c, p],
+    one per (c, p); the deviations are columns from `first_col` on (under, then over)."""
+    n_nt = counts.shape[1]
     n_d = n_nt * n_parts
-    rng = np.random.default_rng(seed)
-    size = counts.sum(axis=0).astype(float)
-    # main objective: summed relative deviation; a tie-break far below one synapse of the
-    # largest NT makes the seed choose among equally balanced splits
-    tie = rng.random(n_x) * 0.5 / (n_x * size.max())
-    weights = np.repeat(1.0 / size, n_parts)
-    cost = np.concatenate([tie, weights, weights])
-
-    # each group in exactly one part
-    g = np.repeat(np.arange(n_groups), n_parts)
-    one_part = coo_array((np.ones(n_x), (g, np.arange(n_x))), shape=(n_groups, n_x + 2 * n_d))
-    # per NT and part: sum_g counts[g, c] x[g, p] + d-[c, p] - d+[c, p] = target[c, p]
     rows, cols, vals = [], [], []
     for c in range(n_nt):
         nz = np.flatnonzero(counts[:, c])
         for p in range(n_parts):
             r = c * n_parts + p
-            rows += [r] * len(nz) + [r, r]
-            cols += list(nz * n_parts + p) + [n_x + r, n_x + n_d + r]
+            rows += [first_row + r] * len(nz) + [first_row + r] * 2
+            cols += list(nz * n_parts + p) + [first_col + r, first_col + n_d + r]
             vals += list(counts[nz, c]) + [1.0, -1.0]
-    balance = coo_array((vals, (rows, cols)), shape=(n_d, n_x + 2 * n_d))
-    a = vstack([one_part, balance]).tocsr()
-    rhs = np.concatenate([np.ones(n_groups), targets.ravel()])
-    integrality = np.concatenate([np.ones(n_x), np.zeros(2 * n_d)])
-    bounds = Bounds(np.zeros(n_x + 2 * n_d),
-                    np.concatenate([np.ones(n_x), np.full(2 * n_d, np.inf)]))
+    return rows, cols, vals
+
+
+def _solve_group_assignment(counts: np.ndarray, targets: np.ndarray, seed: int,
+                            options: SplitOptions) -> tuple[np.ndarray, dict]:
+    """Assign each group (row of `counts`, synapses per NT) to one part so that the per-NT
+    synapse counts of each part come closest to `targets` (NT x part), relative to each
+    NT's size; secondarily, so that each NT's groups spread over the parts by the same
+    fractions. Returns the part of each group and the solver's report.
+
+    Variables: x[g, p] binary; deviations of synapses and of groups per (NT, part), >= 0.
+    """
+    n_groups, n_nt = counts.shape
+    n_parts = targets.shape[1]
+    n_x = n_groups * n_parts
+    n_d = n_nt * n_parts
+    n_var = n_x + 4 * n_d
+    present = (counts > 0).astype(float)
+    fractions = targets / targets.sum(axis=1, keepdims=True)
+    group_targets = present.sum(axis=0)[:, None] * fractions
+    rng = np.random.default_rng(seed)
+    size = counts.sum(axis=0).astype(float)
+    # a tie-break far below one synapse of the largest NT makes the seed choose among
+    # equally balanced splits
+    tie = rng.random(n_x) * 0.5 / (n_x * size.max())
+    synapse_weights = np.repeat(1.0 / size, n_parts)
+    group_weights = np.repeat(GROUP_BALANCE_WEIGHT / present.sum(axis=0), n_parts)
+    cost = np.concatenate([tie, synapse_weights, synapse_weights, group_weights,
+                           group_weights])
+
+    g = np.repeat(np.arange(n_groups), n_parts)
+    rows, cols, vals = list(g), list(range(n_x)), [1.0] * n_x  # each group in one part
+    for block, (table, first_col) in enumerate(((counts, n_x), (present, n_x + 2 * n_d))):
+        r, c, v = _deviation_rows(table, n_parts, n_groups + block * n_d, first_col)
+        rows, cols, vals = rows + r, cols + c, vals + v
+    a = coo_array((vals, (rows, cols)), shape=(n_groups + 2 * n_d, n_var)).tocsr()
+    rhs = np.concatenate([np.ones(n_groups), targets.ravel(), group_targets.ravel()])
+    integrality = np.concatenate([np.ones(n_x), np.zeros(4 * n_d)])
+    bounds = Bounds(np.zeros(n_var), np.concatenate([np.ones(n_x), np.full(4 * n_d, np.inf)]))
     res = milp(cost, constraints=LinearConstraint(a, rhs, rhs), integrality=integrality,
-               bounds=bounds, options={"time_limit": time_limit, "presolve": True})
+               bounds=bounds, options={"node_limit": options.node_limit,
+                                       "mip_rel_gap": options.mip_gap, "presolve": True})
     if res.x is None:
-        raise NtclassError(f"the split's integer program found no solution ({res.message})")
+        raise NtclassError(
+            f"the grouped split's integer program found no split within split.node_limit "
+            f"{options.node_limit} nodes ({res.message}); raise split.node_limit")
+    report = {"optimal": bool(res.status == 0),
+              "gap": float(getattr(res, "mip_gap", 0.0) or 0.0),
+              "nodes": int(getattr(res, "mip_node_count", 0) or 0)}
     x = res.x[:n_x].reshape(n_groups, n_parts)
-    return np.argmax(x, axis=1)
+    return np.argmax(x, axis=1), report
 
 
 def grouped_split(nts: pd.Series, groups: pd.Series, fractions: Mapping[str, float],
-                  seed: int, group_by: str, time_limit: float = 60.0) -> np.ndarray:
-    """Every group on one side, per-NT fractions as close to the targets as possible."""
+                  seed: int, group_by: str, options: SplitOptions = SplitOptions()
+                  ) -> tuple[np.ndarray, dict]:
+    """Every group on one side, per-NT fractions as close to the targets as possible.
+    Returns the part of each synapse and the solver's report."""
     classes = sorted(nts.unique())
     group_codes, group_values = pd.factorize(groups, sort=True)
     nt_codes = pd.Categorical(nts, categories=classes).codes
@@ -104,8 +146,12 @@ def grouped_split(nts: pd.Series, groups: pd.Series, fractions: Mapping[str, flo
     # the seed also permutes the groups so that different seeds explore different optima
     perm = np.random.default_rng(seed).permutation(len(group_values))
     assigned = np.empty(len(group_values), dtype=int)
-    assigned[perm] = _solve_group_assignment(counts[perm], targets, seed, time_limit)
-    return np.array(parts, dtype=object)[assigned][group_codes]
+    assigned[perm], report = _solve_group_assignment(counts[perm], targets, seed, options)
+    if not report["optimal"]:
+        log.warning("the grouped split stopped at split.node_limit %d nodes, %.2f%% from the "
+                    "best possible balance (relative gap); raise split.node_limit for a "
+                    "better one", options.node_limit, 100 * report["gap"])
+    return np.array(parts, dtype=object)[assigned][group_codes], report
 
 
 def check_balance(table: pd.DataFrame, fractions: Mapping[str, float], max_deviation: float,
@@ -126,33 +172,37 @@ def check_balance(table: pd.DataFrame, fractions: Mapping[str, float], max_devia
 
 def make_split(table: pd.DataFrame, method: str, fractions: Mapping[str, float], seed: int,
                group_by: str = "pre_id", max_deviation: float = 0.05,
-               time_limit: float = 60.0) -> pd.DataFrame:
-    """Return `table` with a `split` column: train / validation / test for labelled synapses,
-    empty for unlabelled ones."""
+               options: SplitOptions = SplitOptions(), origin: str = "the synapse source"
+               ) -> tuple[pd.DataFrame, dict]:
+    """Return `table` with a `split` column (train / validation / test for labelled
+    synapses, empty for unlabelled ones) and the grouped split solver's report."""
     fractions = _check_fractions(fractions)
     out = table.copy()
     out["split"] = pd.array([pd.NA] * len(out), dtype="string")
     labelled = out["nt"].notna().to_numpy()
     if not labelled.any():
-        raise NtclassError("the synapse source has no labelled synapse (column 'nt') to split")
+        raise NtclassError(f"{origin} has no labelled synapse (column 'nt') to split")
     nts = out.loc[labelled, "nt"].reset_index(drop=True)
+    report: dict = {}
     if method == "random":
         parts = random_split(nts, fractions, seed)
     elif method == "grouped":
-        if group_by not in out:
-            raise NtclassError(f"split.group_by '{group_by}' is not a column of the synapse "
-                               f"table (columns: {', '.join(out.columns)})")
-        groups = out.loc[labelled, group_by].reset_index(drop=True)
+        groups = out.loc[labelled, group_by].reset_index(drop=True) if group_by in out else None
+        if groups is None or groups.isna().all():
+            raise NtclassError(
+                f"{origin} has no column '{group_by}' (or no value in it), which the grouped "
+                f"split (split.group_by) needs; add the column or use split.method random")
         if groups.isna().any():
             sid = out.loc[labelled, "synapse_id"].reset_index(drop=True)[groups.isna()].iloc[0]
-            raise NtclassError(f"synapse {sid} has no '{group_by}', which the grouped split "
-                               "needs for every labelled synapse")
-        parts = grouped_split(nts, groups.astype(str), fractions, seed, group_by, time_limit)
+            raise NtclassError(f"{origin}: labelled synapse {sid} has no '{group_by}', which "
+                               "the grouped split needs for every labelled synapse")
+        parts, report = grouped_split(nts, groups.astype(str), fractions, seed, group_by,
+                                      options)
     else:
         raise NtclassError(f"split.method '{method}' is unknown; expected random or grouped")
     out.loc[labelled, "split"] = parts
     check_balance(out[labelled], fractions, max_deviation, method)
-    return out
+    return out, report
 
 
 def apply_given_split(table: pd.DataFrame, assignment_path: str) -> pd.DataFrame:
@@ -161,16 +211,16 @@ def apply_given_split(table: pd.DataFrame, assignment_path: str) -> pd.DataFrame
     from .synapses import read_table_file
 
     origin = f"split file '{assignment_path}'"
-    given = read_table_file(assignment_path)
+    given = read_table_file(assignment_path, "split file")
     for col in ("synapse_id", "split"):
         if col not in given:
             raise NtclassError(f"{origin} has no column '{col}'; expected columns "
                                "synapse_id and split")
-    ids = pd.to_numeric(given["synapse_id"], errors="coerce")
-    if ids.isna().any() or (ids != ids.round()).any():
-        raise NtclassError(f"{origin}: column 'synapse_id' must hold integers")
-    given = pd.DataFrame({"synapse_id": ids.astype(np.int64),
-                          "split": given["split"].astype("string")})
+    ids = to_ids(given["synapse_id"], "synapse_id", origin)
+    if ids.isna().any():
+        raise NtclassError(f"{origin}: column 'synapse_id' has an empty value at row "
+                           f"{int(np.flatnonzero(ids.isna().to_numpy())[0])}")
+    given = pd.DataFrame({"synapse_id": ids, "split": given["split"].astype("string")})
     bad = ~given["split"].isin(PARTS)
     if bad.any():
         row = given[bad].iloc[0]
@@ -197,8 +247,11 @@ def apply_given_split(table: pd.DataFrame, assignment_path: str) -> pd.DataFrame
     return out
 
 
-def summarise(manifest: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
-    """Synapses per NT and part, with each part's fraction of the NT."""
+def summarise(manifest: pd.DataFrame, classes: Sequence[str], group_by: str = "pre_id",
+              report: Mapping | None = None) -> pd.DataFrame:
+    """Synapses per NT and part with each part's fraction of the NT; groups (`group_by`,
+    e.g. neurons) per NT and part; the grouped split's optimality gap; and two rows that
+    count the unlabelled synapses, and among them those of neurons with several known NTs."""
     labelled = manifest[manifest["split"].notna()]
     counts = pd.crosstab(labelled["nt"], labelled["split"]).reindex(
         index=list(classes), columns=list(PARTS), fill_value=0)
@@ -206,24 +259,50 @@ def summarise(manifest: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     summary = counts.copy()
     for part in PARTS:
         summary[f"{part}_fraction"] = (counts[part] / total.where(total > 0)).round(4)
+    if group_by in labelled and labelled[group_by].notna().any():
+        groups = labelled.groupby(["nt", "split"], observed=True)[group_by].nunique()
+        groups = groups.unstack(fill_value=0).reindex(index=list(classes), columns=list(PARTS),
+                                                      fill_value=0)
+        for part in PARTS:
+            summary[f"{part}_groups"] = groups[part].astype(int)
     summary.insert(0, "total", total)
-    return summary.rename_axis("nt").reset_index()
+    summary = summary.rename_axis("nt").reset_index()
+    unlabelled = manifest["nt"].isna()
+    several = (manifest["nt_candidates"].notna() & unlabelled if "nt_candidates" in manifest
+               else pd.Series(False, index=manifest.index))
+    extra = pd.DataFrame({"nt": ["unlabelled", "unlabelled_several_nts"],
+                          "total": [int(unlabelled.sum()), int(several.sum())]})
+    summary = pd.concat([summary, extra], ignore_index=True)
+    summary["optimality_gap"] = round(report["gap"], 6) if report else pd.NA
+    return summary
 
 
-def split_source(source: dict, classes: Sequence[str], voxel_size: Sequence[int],
+def split_source(source: dict, classes: Sequence[str], voxel_size: Sequence[int] | None,
                  split: Mapping, manifest_out: str, summary_out: str) -> pd.DataFrame:
     """Read the configured source, split it, write the manifest and its summary."""
     from .io import write_csv
-    from .synapses import read_source
+    from .synapses import read_source, source_name
 
     table = read_source(source, classes, voxel_size)
+    report: dict = {}
     if split["method"] == "given":
         manifest = apply_given_split(table, split["assignment"])
     else:
-        manifest = make_split(table, split["method"], split["fractions"], split["seed"],
-                              split.get("group_by", "pre_id"), split["max_deviation"],
-                              split.get("time_limit", 60.0))
-    summary = summarise(manifest, classes)
+        options = SplitOptions(node_limit=split.get("node_limit", SplitOptions.node_limit),
+                               mip_gap=split.get("mip_gap", SplitOptions.mip_gap))
+        manifest, report = make_split(table, split["method"], split["fractions"],
+                                      split["seed"], split.get("group_by", "pre_id"),
+                                      split["max_deviation"], options, source_name(source))
+    group_by = split.get("group_by", "pre_id")
+    summary = summarise(manifest, classes, group_by, report)
+    unlabelled = int(manifest["nt"].isna().sum())
+    several = int(summary.loc[summary["nt"] == "unlabelled_several_nts", "total"].iloc[0])
+    log.info("%d synapses: %d labelled, %d unlabelled (%d of neurons with several known "
+             "NTs)", len(manifest), len(manifest) - unlabelled, unlabelled, several)
+    if report:
+        log.info("grouped split: %s after %d nodes, relative gap %.4g",
+                 "optimal" if report["optimal"] else "node limit reached", report["nodes"],
+                 report["gap"])
     write_csv(manifest, manifest_out)
     write_csv(summary, summary_out)
     return manifest

@@ -17,34 +17,61 @@ import numpy as np
 import pandas as pd
 
 from .errors import NtclassError
-from .volumes import HDF5_SUFFIXES, open_raw
+from .ids import ID_COLUMNS, missing_ids, to_ids
+from .io import read_parquet
+from .volumes import HDF5_SUFFIXES, intensity_of, open_raw
 
 LOCATION = ["z", "y", "x"]
 CORE_COLUMNS = ["synapse_id", *LOCATION, "raw_container", "raw_dataset", "nt", "pre_id",
                 "post_id"]
-OPTIONAL_COLUMNS = ["hemilineage", "brain_region"]
+# `nt_candidates`: the known NTs of a neuron with several, whose synapses stay unlabelled
+OPTIONAL_COLUMNS = ["hemilineage", "brain_region", "nt_candidates"]
 
 
-def read_table_file(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a CSV or Parquet table."""
+def read_table_file(path: str | os.PathLike, what: str = "synapse table") -> pd.DataFrame:
+    """Read a CSV or Parquet table; id columns are read as text (CSV) or exact nullable
+    integers (Parquet) so that no id is ever rounded through a float."""
     path = str(path)
     if not os.path.exists(path):
-        raise NtclassError(f"synapse table '{path}' does not exist")
+        raise NtclassError(f"{what} '{path}' does not exist")
     try:
         if path.endswith((".parquet", ".pq")):
-            return pd.read_parquet(path)
-        return pd.read_csv(path)
+            df = read_parquet(path)
+        else:
+            df = pd.read_csv(path, dtype={c: "string" for c in ID_COLUMNS})
+    except pd.errors.EmptyDataError:
+        raise NtclassError(f"{what} '{path}' is empty; expected a header line and one row "
+                           "per synapse") from None
     except Exception as e:  # pandas raises many types; the user needs the file name
-        raise NtclassError(f"cannot read synapse table '{path}': {e}") from None
+        raise NtclassError(f"cannot read {what} '{path}': {e}") from None
+    _check_separator(df, path, what)
+    if df.empty:
+        raise NtclassError(f"{what} '{path}' has a header but no rows")
+    return df
+
+
+def _check_separator(df: pd.DataFrame, path: str, what: str) -> None:
+    """A CSV written with ';' or tabs reads as one column named after the whole header."""
+    if path.endswith((".parquet", ".pq")) or len(df.columns) != 1:
+        return
+    header = str(df.columns[0])
+    for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "vertical bars")):
+        if sep in header:
+            raise NtclassError(
+                f"{what} '{path}' was read as comma-separated, but its header "
+                f"{header[:80]!r} looks separated by {name}; write it with commas")
 
 
 def normalise(df: pd.DataFrame, origin: str) -> pd.DataFrame:
     """Give a raw synapse frame the canonical columns and dtypes, checking its values."""
+    if df.empty:
+        raise NtclassError(f"{origin} holds no synapse")
     missing = [c for c in ["synapse_id", *LOCATION] if c not in df.columns]
     if missing:
-        raise NtclassError(f"{origin} has no column '{missing[0]}'; expected columns "
-                           f"synapse_id, z, y, x (nm) and optionally nt, pre_id, post_id")
-    df = df.copy()
+        raise NtclassError(f"{origin} has no column '{missing[0]}' (its columns: "
+                           f"{', '.join(map(str, df.columns[:12]))}); expected synapse_id, "
+                           "z, y, x (nm) and optionally nt, pre_id, post_id")
+    df = df.reset_index(drop=True).copy()
     for col in LOCATION:
         values = pd.to_numeric(df[col], errors="coerce")
         if values.isna().any():
@@ -57,17 +84,18 @@ def normalise(df: pd.DataFrame, origin: str) -> pd.DataFrame:
                 f"{origin}: column '{col}' has a negative coordinate at row {row}; "
                 "locations are expected in nm, >= 0")
         df[col] = values.astype(np.float64)
-    ids = pd.to_numeric(df["synapse_id"], errors="coerce")
+    ids = to_ids(df["synapse_id"], "synapse_id", origin)
     if ids.isna().any():
-        raise NtclassError(f"{origin}: column 'synapse_id' must hold integers")
-    df["synapse_id"] = ids.astype(np.int64)
+        row = int(np.flatnonzero(ids.isna().to_numpy())[0])
+        raise NtclassError(f"{origin}: column 'synapse_id' has no value at row {row}; every "
+                           "synapse needs an id")
+    df["synapse_id"] = ids
     dup = df["synapse_id"].duplicated()
     if dup.any():
         raise NtclassError(f"{origin}: synapse_id {int(df['synapse_id'][dup].iloc[0])} "
                            "occurs more than once; synapse ids must be unique")
     for col in ["pre_id", "post_id"]:
-        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64") if col in df \
-            else pd.array([pd.NA] * len(df), dtype="Int64")
+        df[col] = to_ids(df[col], col, origin) if col in df else missing_ids(len(df))
     if "nt" not in df:
         df["nt"] = pd.NA
     df["nt"] = df["nt"].astype("string")
@@ -75,7 +103,7 @@ def normalise(df: pd.DataFrame, origin: str) -> pd.DataFrame:
         if col in df:
             df[col] = df[col].astype("string")
     keep = CORE_COLUMNS + [c for c in OPTIONAL_COLUMNS if c in df]
-    return df[keep].reset_index(drop=True)
+    return df[keep]
 
 
 def check_classes(df: pd.DataFrame, classes: Sequence[str], origin: str) -> None:
@@ -86,11 +114,16 @@ def check_classes(df: pd.DataFrame, classes: Sequence[str], origin: str) -> None
                            f"{list(classes)}")
 
 
-def check_inside(df: pd.DataFrame, voxel_size: Sequence[int] | None) -> None:
-    """Every synapse lies inside the raw volume it is read from."""
+def check_locations(df: pd.DataFrame, voxel_size: Sequence[int] | None,
+                    intensity_range: Sequence[float] | None, origin: str) -> None:
+    """Every synapse lies inside the raw volume it is read from, the locations look like
+    nm rather than voxels, and every volume's intensities can be mapped."""
+    relative = []
     for (container, dataset), rows in df.groupby(["raw_container", "raw_dataset"], sort=False):
         vol = open_raw(container, dataset, voxel_size)
-        vox = vol.to_voxel(rows[LOCATION].to_numpy())
+        intensity_of(vol.dtype, intensity_range, vol.name)
+        locations = rows[LOCATION].to_numpy()
+        vox = vol.to_voxel(locations)
         outside = np.any((vox < 0) | (vox >= np.array(vol.shape)), axis=1)
         if outside.any():
             row = rows[outside].iloc[0]
@@ -99,23 +132,67 @@ def check_inside(df: pd.DataFrame, voxel_size: Sequence[int] | None) -> None:
                 f"({row.z:g}, {row.y:g}, {row.x:g}) nm lies outside the raw volume "
                 f"'{container}/{dataset}' (offset {list(vol.offset)} nm, shape "
                 f"{list(vol.shape)} voxels of {list(vol.voxel_size)} nm)")
+        extent = np.array(vol.shape) * np.array(vol.voxel_size)
+        relative.append(((locations - vol.offset) / extent, np.array(vol.voxel_size)))
+    _check_unit(relative, origin)
+
+
+def _check_unit(relative: list[tuple[np.ndarray, np.ndarray]], origin: str) -> None:
+    """Locations given in voxels, read as nm, all fall into the corner of their volumes
+    that is a voxel size smaller than the volume on every axis. Real synapses of a source
+    (two or more) never all do."""
+    n = sum(len(r) for r, _ in relative)
+    if n < 2:
+        return
+    for rel, vs in relative:
+        axes = vs > 1
+        if not axes.any() or np.any(rel[:, axes] * vs[axes] >= 1):
+            return
+    vs = relative[0][1]
+    raise NtclassError(
+        f"{origin}: all {n} synapse locations lie within the first 1/{int(vs[0])}, "
+        f"1/{int(vs[1])}, 1/{int(vs[2])} (z, y, x) of their raw volume; locations are "
+        "expected in nm (world coordinates), and these look like voxel indices: multiply "
+        f"them by the voxel size {list(map(int, vs))} nm")
 
 
 def read_table_source(table: str, raw_container: str, raw_dataset: str,
-                      classes: Sequence[str], voxel_size: Sequence[int] | None = None
-                      ) -> pd.DataFrame:
+                      classes: Sequence[str], voxel_size: Sequence[int] | None = None,
+                      intensity_range: Sequence[float] | None = None) -> pd.DataFrame:
     """A CSV/Parquet synapse table over one raw volume."""
+    origin = f"synapse table '{table}'"
     df = read_table_file(table)
     df["raw_container"] = str(raw_container)
     df["raw_dataset"] = raw_dataset
-    df = normalise(df, f"synapse table '{table}'")
-    check_classes(df, classes, f"synapse table '{table}'")
-    check_inside(df, voxel_size)
+    df = normalise(df, origin)
+    check_classes(df, classes, origin)
+    check_locations(df, voxel_size, intensity_range, origin)
     return df
 
 
 def _strings(values: np.ndarray) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _cremi_ids(f: h5py.File, key: str, path: Path) -> pd.Series:
+    """A CREMI id dataset (uint64 in the format) as exact ids."""
+    return to_ids(pd.Series(f[key][:].reshape(-1)), key, f"CREMI file '{path}'")
+
+
+def _check_partners(path: Path, ids: pd.Series, types: list[str],
+                    partners: np.ndarray) -> None:
+    """`partners` names (pre-synaptic site, post-synaptic site) pairs: the first id of each
+    pair must be typed presynaptic_site and the second postsynaptic_site."""
+    type_of = dict(zip(ids.tolist(), types))
+    for pre, post in partners:
+        for site, expected in ((pre, "presynaptic_site"), (post, "postsynaptic_site")):
+            if type_of.get(site) != expected:
+                found = (f"calls {site} a '{type_of[site]}'" if site in type_of
+                         else f"has no annotation {site}")
+                raise NtclassError(
+                    f"CREMI file '{path}': annotations/presynaptic_site/partners pairs "
+                    f"({pre}, {post}) but annotations/types {found}; the first id of each "
+                    "pair must be a presynaptic_site and the second a postsynaptic_site")
 
 
 def read_cremi_file(path: Path, nt: str | None) -> pd.DataFrame:
@@ -133,49 +210,64 @@ def read_cremi_file(path: Path, nt: str | None) -> pd.DataFrame:
                 raise NtclassError(f"CREMI file '{path}' has no dataset '{key}'")
         raw_offset = np.asarray(f["volumes/raw"].attrs.get("offset", (0, 0, 0)), float)
         offset = np.asarray(f["annotations"].attrs.get("offset", raw_offset), float)
-        ids = f["annotations/ids"][:].astype(np.int64)
+        ids = _cremi_ids(f, "annotations/ids", path)
         locs = f["annotations/locations"][:].reshape(-1, 3) + offset
         types = _strings(f["annotations/types"][:])
-        neurons = (f["annotations/neuron_ids"][:].astype(np.int64)
+        neurons = (_cremi_ids(f, "annotations/neuron_ids", path)
                    if "annotations/neuron_ids" in f else None)
         hemis = (_strings(f["annotations/hemilineages"][:])
                  if "annotations/hemilineages" in f else None)
-        partners = (f["annotations/presynaptic_site/partners"][:].astype(np.int64)
-                    if "annotations/presynaptic_site/partners" in f else np.zeros((0, 2), int))
-    index = {a: i for i, a in enumerate(ids)}
-    post_of = {int(pre): int(post) for pre, post in partners}
-    rows = []
-    for i, (aid, kind) in enumerate(zip(ids, types)):
-        if kind != "presynaptic_site":
-            continue
-        post_idx = index.get(post_of.get(int(aid), -1))
-        rows.append({
-            "synapse_id": int(aid), "z": locs[i, 0], "y": locs[i, 1], "x": locs[i, 2],
-            "raw_container": str(path), "raw_dataset": "volumes/raw", "nt": nt,
-            "pre_id": neurons[i] if neurons is not None else pd.NA,
-            "post_id": neurons[post_idx] if neurons is not None and post_idx is not None
-            else pd.NA,
-            "hemilineage": hemis[i] if hemis is not None and hemis[i] else pd.NA,
-        })
-    if not rows:
+        partners = (_cremi_ids(f, "annotations/presynaptic_site/partners", path)
+                    .to_numpy(dtype=object).reshape(-1, 2)
+                    if "annotations/presynaptic_site/partners" in f else np.zeros((0, 2)))
+    if not len(ids) == len(locs) == len(types):
+        raise NtclassError(f"CREMI file '{path}' has {len(ids)} annotations/ids, {len(locs)} "
+                           f"locations and {len(types)} types; expected one each")
+    _check_partners(path, ids, types, partners)
+    index = {a: i for i, a in enumerate(ids.tolist())}
+    post_of: dict[int, int] = {}
+    for pre, post in partners:
+        post_of.setdefault(int(pre), int(post))  # polyadic: the first partner listed
+    pre_rows = [i for i, kind in enumerate(types) if kind == "presynaptic_site"]
+    if not pre_rows:
         raise NtclassError(f"CREMI file '{path}' holds no presynaptic_site annotation")
-    return pd.DataFrame(rows)
+    post_rows = [index.get(post_of.get(int(ids[i]), -1)) for i in pre_rows]
+    post_ids = missing_ids(len(pre_rows))
+    if neurons is not None:
+        known = [k for k, r in enumerate(post_rows) if r is not None]
+        post_ids[known] = neurons.iloc[[post_rows[k] for k in known]].array
+    return pd.DataFrame({
+        "synapse_id": ids.iloc[pre_rows].array,
+        "z": locs[pre_rows, 0], "y": locs[pre_rows, 1], "x": locs[pre_rows, 2],
+        "raw_container": str(path), "raw_dataset": "volumes/raw", "nt": nt,
+        "pre_id": (neurons.iloc[pre_rows].array if neurons is not None
+                   else missing_ids(len(pre_rows)).array),
+        "post_id": post_ids.array,
+        "hemilineage": [hemis[i] or pd.NA for i in pre_rows] if hemis is not None else pd.NA,
+    })
+
+
+def _visible(paths) -> list[Path]:
+    """Without hidden entries (.ipynb_checkpoints/, .DS_Store, macOS's ._* files)."""
+    return sorted(p for p in paths if not p.name.startswith("."))
 
 
 def _cremi_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in HDF5_SUFFIXES)
+    return [p for p in _visible(folder.iterdir()) if p.suffix.lower() in HDF5_SUFFIXES
+            and p.is_file()]
 
 
 def read_cremi_source(directory: str, classes: Sequence[str], labelled: bool = True,
-                      voxel_size: Sequence[int] | None = None) -> pd.DataFrame:
+                      voxel_size: Sequence[int] | None = None,
+                      intensity_range: Sequence[float] | None = None) -> pd.DataFrame:
     """Per-class folders of CREMI files (`directory/<class>/*.hdf`), or, when `labelled`
-    is false, one folder of unlabelled CREMI files."""
+    is false, one folder of unlabelled CREMI files. Hidden files and folders are skipped."""
     root = Path(directory)
     if not root.is_dir():
         raise NtclassError(f"CREMI folder '{directory}' does not exist")
     frames = []
     if labelled:
-        folders = sorted(p for p in root.iterdir() if p.is_dir())
+        folders = [p for p in _visible(root.iterdir()) if p.is_dir()]
         extra = [p.name for p in folders if p.name not in classes]
         if extra:
             raise NtclassError(
@@ -194,21 +286,34 @@ def read_cremi_source(directory: str, classes: Sequence[str], labelled: bool = T
         if not files:
             raise NtclassError(f"CREMI folder '{directory}' holds no CREMI files")
         frames += [read_cremi_file(p, None) for p in files]
-    df = normalise(pd.concat(frames, ignore_index=True), f"CREMI folder '{directory}'")
-    check_inside(df, voxel_size)
+    origin = f"CREMI folder '{directory}'"
+    df = normalise(pd.concat(frames, ignore_index=True), origin)
+    check_locations(df, voxel_size, intensity_range, origin)
     return df
+
+
+def source_name(source: dict) -> str:
+    """How an error names a synapse source: its file, folder or database."""
+    kind = source["type"]
+    if kind == "table":
+        return f"synapse table '{source['table']}'"
+    if kind == "cremi":
+        return f"CREMI folder '{source['directory']}'"
+    return f"MongoDB database '{source.get('database')}'"
 
 
 def read_source(source: dict, classes: Sequence[str],
                 voxel_size: Sequence[int] | None = None) -> pd.DataFrame:
-    """Dispatch on `source['type']` (the config's `source` section)."""
+    """Dispatch on `source['type']` (the config's `source` section, or a target)."""
     kind = source["type"]
+    intensity_range = source.get("intensity_range")
     if kind == "table":
         return read_table_source(source["table"], source["raw_container"],
-                                 source["raw_dataset"], classes, voxel_size)
+                                 source["raw_dataset"], classes, voxel_size, intensity_range)
     if kind == "cremi":
         return read_cremi_source(source["directory"], classes,
-                                 labelled=source.get("labelled", True), voxel_size=voxel_size)
+                                 labelled=source.get("labelled", True), voxel_size=voxel_size,
+                                 intensity_range=intensity_range)
     if kind == "mongodb":
         from .mongo import read_mongo_source
 

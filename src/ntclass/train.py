@@ -16,7 +16,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import gunpowder as gp
@@ -31,6 +31,7 @@ from .io import atomic_path, read_synapse_csv, write_csv
 from .losses import build_loss
 from .models import build_model
 from .validation import ValidationSet
+from .volumes import intensity_of, open_raw_cached
 
 log = logging.getLogger(__name__)
 MODEL_FORMAT = "ntclass-model/1"
@@ -41,7 +42,7 @@ class TrainConfig:
     architecture: str
     model_params: dict
     classes: list[str]
-    voxel_size: list[int]
+    voxel_size: list[int] | None  # None: the one stored with the raw
     input_shape: list[int]
     batch_size: int = 8
     iterations: int = 1000
@@ -58,6 +59,9 @@ class TrainConfig:
     validate_every: int = 1000
     validation_synapses: int = 1000
     mixed_precision: bool = True
+    intensity_range: list[float] | None = None  # None: the dtype's range (8/16-bit integers)
+    # filled from the data by resolve_geometry: raw dtype -> [low, high] mapped to [0, 1]
+    intensity: dict = field(default_factory=dict)
 
     def digest(self, manifest: str | os.PathLike) -> str:
         """Hash of everything that makes a run: a changed one never resumes a stale one."""
@@ -154,9 +158,8 @@ def build_batches(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict) -> gp.Pi
         rows = synapses[synapses["nt"] == nt]
         if rows.empty:
             raise NtclassError(f"class '{nt}' has no training synapse in the split manifest")
-        branch = SynapseCubeSource(keys["raw"], rows, cfg.voxel_size,
+        branch = SynapseCubeSource(keys["raw"], rows, cfg.voxel_size, cfg.intensity_range,
                                    cache_bytes=cfg.cache_raw_mb * 2**20)
-        branch += gp.Normalize(keys["raw"])
         for node in _augmentations(keys["raw"], cfg.augment):
             branch += node
         branches.append(branch + AddClassLabel(keys["label"], label))
@@ -219,6 +222,7 @@ def model_record(model: torch.nn.Module, cfg: TrainConfig, iteration: int) -> di
         "classes": list(cfg.classes),
         "input_shape": list(cfg.input_shape),
         "voxel_size": list(cfg.voxel_size),
+        "intensity": dict(cfg.intensity),
         "iteration": int(iteration),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
@@ -264,7 +268,7 @@ class _Validator:
         self.data = None
         if cfg.validate_every and len(part):
             self.data = ValidationSet(part, cfg.classes, cfg.input_shape, cfg.voxel_size,
-                                      cfg.validation_synapses, cfg.seed)
+                                      cfg.validation_synapses, cfg.seed, cfg.intensity_range)
             log.info("validating on %d synapses every %d iterations", len(self.data),
                      cfg.validate_every)
         self.best = self._best_so_far()
@@ -303,6 +307,24 @@ class _Validator:
             {"iteration": int, "loss": float, "accuracy": float})
 
 
+def resolve_geometry(table: pd.DataFrame, cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with the voxel size shared by every raw volume of the manifest's training and
+    validation synapses, and the intensity mapping of each of their raw dtypes."""
+    used = table[table["split"].isin(["train", "validation"])]
+    voxel_sizes, intensity = set(), {}
+    for container, dataset in used[["raw_container", "raw_dataset"]].drop_duplicates(
+            ).itertuples(index=False):
+        volume = open_raw_cached(container, dataset, cfg.voxel_size)
+        voxel_sizes.add(volume.voxel_size)
+        mapping = intensity_of(volume.dtype, cfg.intensity_range, volume.name)
+        intensity[mapping.dtype] = mapping.record()
+    if len(voxel_sizes) > 1:
+        found = sorted(list(v) for v in voxel_sizes)
+        raise NtclassError(f"the training synapses' raw volumes have different voxel sizes "
+                           f"({found[0]} and {found[1]} nm); train on one resolution")
+    return replace(cfg, voxel_size=list(voxel_sizes.pop()), intensity=intensity)
+
+
 def train(manifest: str | os.PathLike, cfg: TrainConfig, model_out: str | os.PathLike,
           last_out: str | os.PathLike, loss_out: str | os.PathLike,
           validation_out: str | os.PathLike, checkpoint_root: str | os.PathLike) -> None:
@@ -317,6 +339,9 @@ def train(manifest: str | os.PathLike, cfg: TrainConfig, model_out: str | os.Pat
     from tensorboardX import SummaryWriter
 
     table = read_synapse_csv(manifest)
+    cfg = resolve_geometry(table, cfg)
+    log.info("voxel size %s nm; intensities mapped to [0, 1] from %s", cfg.voxel_size,
+             cfg.intensity)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.architecture, cfg.input_shape, len(cfg.classes),
                         **cfg.model_params)

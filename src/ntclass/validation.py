@@ -9,39 +9,48 @@ import pandas as pd
 import torch
 
 from .synapses import LOCATION
-from .volumes import crop_cubes, open_raw_cached
+from .volumes import Intensity, crop_cubes, intensity_of, open_raw_cached
 
 
-def normalise_cubes(cubes: torch.Tensor) -> torch.Tensor:
-    """uint8 cubes (N, z, y, x) to the network's input: float in [-1, 1], one channel.
-
-    The same mapping as the training pipeline (Normalize, then IntensityScaleShift(2, -1)).
-    """
-    return cubes.to(torch.float32)[:, None] * (2 / 255) - 1
+def to_network(cubes: torch.Tensor, intensity: Intensity) -> torch.Tensor:
+    """Raw cubes (N, z, y, x) of any dtype, on any device, to the model's input
+    (N, 1, z, y, x) in [-1, 1]: the same floats as the training pipeline's mapping
+    (Intensity.to_unit, then IntensityScaleShift(2, -1))."""
+    span = float(np.float32(intensity.high - intensity.low))
+    unit = (cubes.to(torch.float32) - intensity.low) / span
+    return unit.clamp_(0, 1)[:, None] * 2 - 1
 
 
 class ValidationSet:
     """Un-augmented cubes centred on (a seeded sample of) the validation synapses, read
-    once and held in memory, so that every validation sees exactly the same inputs."""
+    once and held in memory in their raw dtype, so that every validation sees exactly the
+    same inputs. Cubes are grouped by the intensity mapping of the volume they come from."""
 
     def __init__(self, synapses: pd.DataFrame, classes: Sequence[str],
-                 input_shape: Sequence[int], voxel_size: Sequence[int],
-                 max_synapses: int, seed: int = 0):
+                 input_shape: Sequence[int], voxel_size: Sequence[int] | None,
+                 max_synapses: int, seed: int = 0,
+                 intensity_range: Sequence[float] | None = None):
         if len(synapses) > max_synapses:
             synapses = synapses.sample(n=max_synapses, random_state=seed)
         synapses = synapses[synapses["nt"].isin(list(classes))].reset_index(drop=True)
         index = {nt: i for i, nt in enumerate(classes)}
-        self.labels = torch.as_tensor(synapses["nt"].map(index).to_numpy(np.int64))
-        cubes = np.zeros((len(synapses), *input_shape), dtype=np.uint8)
+        labels = synapses["nt"].map(index).to_numpy(np.int64)
+        groups: dict[Intensity, tuple[list, list]] = {}
         for (container, dataset), idx in synapses.groupby(
                 ["raw_container", "raw_dataset"], sort=False).indices.items():
-            volume = open_raw_cached(container, dataset, tuple(voxel_size))
+            volume = open_raw_cached(container, dataset, voxel_size)
+            intensity = intensity_of(volume.dtype, intensity_range, volume.name)
             locations = synapses[LOCATION].to_numpy(dtype=np.float64)[idx]
-            cubes[idx], _ = crop_cubes(volume, locations, input_shape)
-        self.cubes = torch.from_numpy(cubes)
+            cubes, _ = crop_cubes(volume, locations, input_shape)
+            got = groups.setdefault(intensity, ([], []))
+            got[0].append(np.ascontiguousarray(cubes))
+            got[1].append(labels[idx])
+        self.parts = [(intensity, torch.from_numpy(np.concatenate(c)),
+                       torch.from_numpy(np.concatenate(y)))
+                      for intensity, (c, y) in groups.items()]
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return sum(len(y) for _, _, y in self.parts)
 
     def evaluate(self, model: torch.nn.Module, loss_fn: torch.nn.Module, device: torch.device,
                  batch_size: int = 32) -> tuple[float, float]:
@@ -50,11 +59,12 @@ class ValidationSet:
         model.eval()
         total_loss, correct = 0.0, 0
         with torch.inference_mode():
-            for start in range(0, len(self), batch_size):
-                x = normalise_cubes(self.cubes[start:start + batch_size].to(device))
-                y = self.labels[start:start + batch_size].to(device)
-                logits = model(x).float()
-                total_loss += float(loss_fn(logits, y)) * len(y)
-                correct += int((logits.argmax(dim=1) == y).sum())
+            for intensity, cubes, labels in self.parts:
+                for start in range(0, len(labels), batch_size):
+                    x = to_network(cubes[start:start + batch_size].to(device), intensity)
+                    y = labels[start:start + batch_size].to(device)
+                    logits = model(x).float()
+                    total_loss += float(loss_fn(logits, y)) * len(y)
+                    correct += int((logits.argmax(dim=1) == y).sum())
         model.train(was_training)
         return total_loss / len(self), correct / len(self)

@@ -1,4 +1,5 @@
-"""Opening raw EM (zarr, N5, HDF5) and reading cubes in world coordinates (nm)."""
+"""Opening raw EM (zarr, N5, HDF5), reading cubes in world coordinates (nm), and mapping
+raw intensities of any supported dtype to the network's input."""
 
 from __future__ import annotations
 
@@ -18,9 +19,56 @@ from .errors import NtclassError
 HDF5_SUFFIXES = (".h5", ".hdf", ".hdf5", ".cremi")
 
 
+# Integer dtypes whose full range is a sensible default intensity range; wider integers
+# and floats need `intensity_range` in the config (their range says nothing about the data).
+_RANGE_BY_DTYPE = ("uint8", "int8", "uint16", "int16")
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """Raw values `low`..`high` of dtype `dtype` map linearly onto the network's input
+    range, [0, 1] (then [-1, 1] before the model); values outside are clipped."""
+
+    dtype: str
+    low: float
+    high: float
+
+    def to_unit(self, data: np.ndarray) -> np.ndarray:
+        """float32 in [0, 1]. A division, not a multiplication by the reciprocal: uint16
+        raw that is uint8 raw times 257 then maps to exactly the same floats."""
+        out = (np.asarray(data).astype(np.float32) - np.float32(self.low)) / np.float32(
+            self.high - self.low)
+        return np.clip(out, 0, 1, out=out)
+
+    def record(self) -> list[float]:
+        return [self.low, self.high]
+
+
+def intensity_of(dtype, intensity_range: Sequence[float] | None, name: str) -> Intensity:
+    """The intensity mapping of raw of `dtype`: the configured range, or for 8- and 16-bit
+    integers their full range. Anything else stops with one sentence."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "uif":
+        raise NtclassError(f"raw dataset '{name}' has dtype {dtype}; expected unsigned or "
+                           "signed integers or floats")
+    if intensity_range is not None:
+        low, high = (float(v) for v in intensity_range)
+        if not high > low:
+            raise NtclassError(f"intensity_range {list(intensity_range)} for raw '{name}' "
+                               "must go from a low to a higher value")
+        return Intensity(dtype.name, low, high)
+    if dtype.name in _RANGE_BY_DTYPE:
+        info = np.iinfo(dtype)
+        return Intensity(dtype.name, float(info.min), float(info.max))
+    kind = "floating-point" if dtype.kind == "f" else "wide integer"
+    raise NtclassError(f"raw dataset '{name}' has {kind} dtype {dtype}, whose range says "
+                       "nothing about its intensities; set intensity_range: [low, high] "
+                       "(for example [0, 1] or [0, 255]) in its source or target")
+
+
 @dataclass(frozen=True)
 class RawVolume:
-    """A 3D uint8 dataset with its voxel size and offset, both in nm (z, y, x)."""
+    """A 3D dataset with its voxel size and offset, both in nm (z, y, x)."""
 
     data: object  # zarr.Array or h5py.Dataset: anything with .shape and numpy slicing
     voxel_size: tuple[int, int, int]
@@ -30,6 +78,10 @@ class RawVolume:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.data.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.data.dtype)
 
     def to_voxel(self, locations_nm: np.ndarray) -> np.ndarray:
         """Index of the voxel holding each location (N x 3 nm -> N x 3 int)."""
@@ -49,7 +101,7 @@ class RawVolume:
         padded = bool(np.any(lo != begin) or np.any(hi != end))
         if not padded:
             return np.asarray(self.data[tuple(slice(a, b) for a, b in zip(lo, hi))]), False
-        out = np.full(shape, fill, dtype=np.uint8)
+        out = np.full(shape, fill, dtype=self.dtype)
         if np.all(hi > lo):
             dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, begin))
             out[dst] = self.data[tuple(slice(a, b) for a, b in zip(lo, hi))]
@@ -77,11 +129,12 @@ def _attr(attrs, *names):
 
 
 def open_raw(container: str | os.PathLike, dataset: str,
-             voxel_size: tuple[int, ...] | None = None) -> RawVolume:
+             voxel_size: Sequence[int] | None = None) -> RawVolume:
     """Open `dataset` inside a zarr, N5 or HDF5 `container` for reading.
 
     The voxel size and offset come from the dataset's attributes (`voxel_size` or
-    `resolution`, and `offset`); `voxel_size` from the config is checked against them.
+    `resolution`, and `offset`); `voxel_size` from the config is checked against them and
+    used where they are absent.
     """
     container = str(container)
     if not os.path.exists(container):
@@ -89,42 +142,72 @@ def open_raw(container: str | os.PathLike, dataset: str,
     try:
         if Path(container).suffix.lower() in HDF5_SUFFIXES or os.path.isfile(container):
             data = _open_h5(container)[dataset]
-            attrs = dict(data.attrs)
             reverse = False
         elif _is_n5(container):
             data = zarr.open(zarr.N5FSStore(container), mode="r")[dataset]
-            attrs = dict(data.attrs)
             # N5 stores x, y, z; zarr's N5 store presents the data as z, y, x.
             reverse = True
         else:
             data = zarr.open(container, mode="r")[dataset]
-            attrs = dict(data.attrs)
             reverse = False
     except KeyError:
         raise NtclassError(f"raw container '{container}' has no dataset '{dataset}'") from None
     except OSError as e:
         raise NtclassError(f"cannot read raw container '{container}': {e}") from None
+    if not hasattr(data, "shape"):
+        members = sorted(data.keys())[:5]
+        raise NtclassError(
+            f"raw dataset '{dataset}' in '{container}' is a group, not an array; name an "
+            f"array inside it (it holds {', '.join(repr(m) for m in members) or 'nothing'})")
     if data.ndim != 3:
         raise NtclassError(
             f"raw dataset '{dataset}' in '{container}' has {data.ndim} dimensions, expected 3")
-
+    attrs = dict(data.attrs)
     stored_vs = _attr(attrs, "voxel_size", "resolution")
     stored_offset = _attr(attrs, "offset")
     if reverse:
         stored_vs = stored_vs[::-1] if stored_vs is not None else None
         stored_offset = stored_offset[::-1] if stored_offset is not None else None
-    if stored_vs is None and voxel_size is None:
+    name = f"{container}/{dataset}"
+    vs = _voxel_size(stored_vs, voxel_size, name)
+    offset = tuple(_whole(v) for v in (stored_offset if stored_offset is not None
+                                        else (0, 0, 0)))
+    if any(v is None for v in offset):
+        raise NtclassError(f"offset {_shown(stored_offset)} stored in '{name}' is not in "
+                           "whole nm; ntclass needs integer offsets")
+    return RawVolume(data=data, voxel_size=vs, offset=offset, name=name)
+
+
+def _whole(value) -> int | None:
+    """`value` as an int when it is a whole number, else None (never truncated)."""
+    number = float(value)
+    return int(number) if number.is_integer() else None
+
+
+def _shown(values) -> str:
+    """A stored list as the user wrote it: 40 for 40.0, 4.5 as 4.5."""
+    return "[" + ", ".join(f"{float(v):g}" for v in values) + "]"
+
+
+def _voxel_size(stored, configured, name: str) -> tuple[int, int, int]:
+    """The voxel size: the stored one, checked against the configured one."""
+    if stored is None and configured is None:
         raise NtclassError(
-            f"raw dataset '{dataset}' in '{container}' has no voxel_size/resolution attribute; "
-            "set voxel_size in the config")
-    if stored_vs is not None and voxel_size is not None and tuple(
-            int(v) for v in stored_vs) != tuple(int(v) for v in voxel_size):
-        raise NtclassError(
-            f"voxel_size {list(voxel_size)} in the config disagrees with "
-            f"{[int(v) for v in stored_vs]} stored in '{container}/{dataset}'")
-    vs = tuple(int(v) for v in (stored_vs if stored_vs is not None else voxel_size))
-    offset = tuple(int(v) for v in (stored_offset if stored_offset is not None else (0, 0, 0)))
-    return RawVolume(data=data, voxel_size=vs, offset=offset, name=f"{container}/{dataset}")
+            f"raw dataset '{name}' has no voxel_size/resolution attribute; set voxel_size in "
+            "the config")
+    if stored is not None and len(stored) != 3:
+        raise NtclassError(f"voxel size {list(stored)} stored in '{name}' has "
+                           f"{len(stored)} values, expected 3 (z, y, x)")
+    if stored is not None and configured is not None and [float(v) for v in stored] != [
+            float(v) for v in configured]:
+        raise NtclassError(f"voxel_size {list(configured)} in the config disagrees with "
+                           f"{_shown(stored)} stored in '{name}'")
+    chosen = stored if stored is not None else configured
+    vs = tuple(_whole(v) for v in chosen)
+    if any(v is None or v <= 0 for v in vs):
+        raise NtclassError(f"voxel size {_shown(chosen)} of '{name}' is not in whole, "
+                           "positive nm; ntclass needs integer voxel sizes")
+    return vs
 
 
 @lru_cache(maxsize=64)
@@ -171,7 +254,8 @@ def write_zarr_volume(container: str | os.PathLike, dataset: str, data: np.ndarr
 def crop_cubes(volume: RawVolume, locations: np.ndarray, shape: Sequence[int]
                ) -> tuple[np.ndarray, np.ndarray]:
     """Cubes of `shape` centred on each location (voxel shape//2 holds the synapse),
-    read from the volume in one piece. Returns (N, *shape) uint8 and a padded flag each."""
+    read from the volume in one piece. Returns (N, *shape) raw values and a padded flag
+    each."""
     shape = np.asarray(shape)
     begins = volume.to_voxel(locations) - shape // 2
     lo = begins.min(axis=0)
