@@ -46,11 +46,28 @@ def with_(path: str, value):
      "add one to targets, e.g. validation: {type: split, part: validation}"),
     (with_("split", {"method": "given", "assignment": "old_split.csv"}),
      "file 'old_split.csv' given as split.assignment does not exist"),
+    (with_("split.time_limit", 60),
+     "config key 'split.time_limit' is replaced by split.node_limit: a wall-clock limit gave "
+     "different splits on different machines"),
 ])
 def test_bad_config_is_one_clear_sentence(tmp_path, config, sentence):
     output = run_with(tmp_path, config)
     assert sentence in output
     assert "Traceback" not in output
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    """Plain YAML keeps the last of two equal keys: the first model would vanish."""
+    write_config(tmp_path, TINY_CONFIG)
+    text = (tmp_path / "config.yaml").read_text()
+    model = text[text.index("  tiny:"):text.index("targets:")]
+    (tmp_path / "config.yaml").write_text(text.replace("targets:", model + "targets:", 1))
+    result = snakemake(tmp_path, "-n", check=False, timeout=120)
+    said = [line for line in result.stderr.splitlines() if line.startswith("ntclass: ")]
+    assert result.returncode != 0 and len(said) == 1, result.stderr[-2000:]
+    assert said[0].startswith(f"ntclass: key 'tiny' is given twice in config file "
+                              f"'{tmp_path / 'config.yaml'}' (lines ")
     assert not (tmp_path / "results").exists()
 
 

@@ -20,8 +20,8 @@ ID_DTYPE = "UInt64"
 MAX_ID = 2**64 - 1
 MAX_EXACT_FLOAT = 2**53  # every integer up to here is exact in a float64
 
-_DIGITS = re.compile(r"\s*\+?(\d+)\s*")
-_WHOLE_DECIMAL = re.compile(r"\s*\+?(\d+)\.0*\s*")  # '12.0' as pandas writes floats
+_WHOLE = re.compile(r"\s*([+-]?\d+)\s*")
+_WHOLE_DECIMAL = re.compile(r"\s*([+-]?\d+)\.0*\s*")  # '12.0' as pandas writes floats
 
 
 def missing_ids(n: int) -> pd.Series:
@@ -61,9 +61,9 @@ def _from_floats(values: pd.Series, column: str, origin: str) -> pd.Series:
     if inexact.any():
         row = int(np.flatnonzero(inexact)[0])
         raise NtclassError(
-            f"{origin}: column '{column}' is stored as floating point and holds {x[row]!r} at "
-            f"row {row}; a float holds ids exactly only when whole and at most 2^53, so store "
-            "ids as integers (or text)")
+            f"{origin}: column '{column}' is stored as floating point and holds "
+            f"{float(x[row])!r} at row {row}; a float holds ids exactly only when whole and "
+            "at most 2^53, so store ids as integers (or text)")
     out = np.zeros(len(x), dtype=np.uint64)
     out[present] = x[present].astype(np.uint64)
     return pd.Series(pd.arrays.IntegerArray(out, ~present))
@@ -78,7 +78,7 @@ def _parse_one(value) -> int | None:
     if isinstance(value, int | np.integer):
         return int(value)
     if isinstance(value, float | np.floating):
-        if value != np.floor(value) or abs(value) > MAX_EXACT_FLOAT:
+        if not np.isfinite(value) or value != np.floor(value) or abs(value) > MAX_EXACT_FLOAT:
             raise ValueError("a float that is not an exact whole number")
         return int(value)
     if isinstance(value, bytes):
@@ -86,9 +86,9 @@ def _parse_one(value) -> int | None:
     text = str(value)
     if not text.strip():
         return None
-    if m := _DIGITS.fullmatch(text):
+    if m := _WHOLE.fullmatch(text):
         return int(m.group(1))
-    if (m := _WHOLE_DECIMAL.fullmatch(text)) and int(m.group(1)) <= MAX_EXACT_FLOAT:
+    if (m := _WHOLE_DECIMAL.fullmatch(text)) and abs(int(m.group(1))) <= MAX_EXACT_FLOAT:
         return int(m.group(1))
     raise ValueError("not a whole number")
 

@@ -30,8 +30,10 @@ def _redirect_output(log_path: str) -> int:
 def run_job(log_path: str, step: Callable[[], None], threads: int | None = None) -> None:
     """Run one workflow step with its output in `log_path`.
 
-    Bad input (NtclassError) ends the job with its one sentence on the terminal and in the
-    log; anything else leaves the traceback in the log.
+    Bad input (NtclassError) ends the job with its one sentence on the terminal, once, as
+    `ntclass: ...`; the log keeps it as a log record (so that a profile that prints failed
+    logs does not repeat the `ntclass:` line). Anything else leaves its traceback in the log
+    and one `ntclass:` line pointing there.
     """
     original_stderr = _redirect_output(log_path)
     logging.basicConfig(level=logging.INFO, force=True,
@@ -45,16 +47,20 @@ def run_job(log_path: str, step: Callable[[], None], threads: int | None = None)
     try:
         step()
     except NtclassError as e:
-        message = f"ntclass: {e}\n"
-        sys.stderr.write(message)
-        sys.stderr.flush()
-        os.write(original_stderr, message.encode())
+        logging.getLogger("ntclass").error("bad input: %s", e)
+        _say(original_stderr, f"ntclass: {e}\n")
         sys.exit(1)
     except Exception:
         traceback.print_exc()
-        sys.stderr.flush()
-        os.write(original_stderr, f"ntclass: the job failed; see {log_path}\n".encode())
+        _say(original_stderr, f"ntclass: the job failed; see {log_path}\n")
         sys.exit(1)
+
+
+def _say(fd: int, message: str) -> None:
+    """Write to the terminal's stderr (not the log)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.write(fd, message.encode())
 
 
 def canonical(value):
@@ -109,7 +115,7 @@ def check_source_paths(config: Mapping) -> None:
             "labelled", True):
         classes = set(config["classes"])
         for entry in sorted(os.scandir(source["directory"]), key=lambda e: e.name):
-            if entry.is_dir() and entry.name not in classes:
+            if entry.is_dir() and not entry.name.startswith(".") and entry.name not in classes:
                 raise NtclassError(
                     f"class folder '{entry.path}' is not one of the configured classes "
                     f"{list(config['classes'])}")
