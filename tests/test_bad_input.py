@@ -98,7 +98,7 @@ def cremi_in_voxels(folder: Path) -> None:
 
 def swap_types(path: Path) -> None:
     with h5py.File(path, "a") as f:
-        f["annotations/types"][...] = f["annotations/types"][::-1]
+        f["annotations/types"][...] = f["annotations/types"][:][::-1]
 
 
 def separated_by(demo, tmp_path, sep: str) -> dict:

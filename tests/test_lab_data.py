@@ -32,13 +32,14 @@ QUICK_TRAINING = {**TINY_CONFIG["training"], "iterations": 16, "batch_size": 4,
 
 def with_64bit_ids(table: pd.DataFrame) -> pd.DataFrame:
     """The demo table with ids as FlyWire-era exporters write them: synapse ids above 2^63,
-    neuron ids above 2^53 that no float64 holds (odd), a blank post_id every fifth row."""
+    neuron ids above 2^53 that no float64 holds (odd; partners' ids unsigned above 2^63),
+    a blank post_id every fifth row."""
     out = table.copy()
     out["synapse_id"] = [str(2**63 + 2 * i + 1) for i in range(len(out))]
     pre = pd.factorize(out["pre_id"])[0]
     out["pre_id"] = [str(720575940600000001 + 2 * c) for c in pre]
     post = pd.factorize(out["post_id"])[0]
-    out["post_id"] = [str(2**53 + 1 + 2 * c) if i % 5 else "" for i, c in enumerate(post)]
+    out["post_id"] = [str(2**64 - 1 - 2 * c) if i % 5 else "" for i, c in enumerate(post)]
     return out
 
 
@@ -215,7 +216,7 @@ def test_hidden_files_in_a_cremi_folder_are_skipped(tiny_demo, tmp_path):
             expected += [int(i) for i, t in zip(f["annotations/ids"], types)
                          if t == "presynaptic_site"]
     assert sorted(manifest["synapse_id"]) == sorted(expected)
-    assert not manifest["raw_container"].str.contains("/.").any()
+    assert not manifest["raw_container"].str.contains("/.", regex=False).any()
 
 
 # --- Synister's MongoDB documents --------------------------------------------------------

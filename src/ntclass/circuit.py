@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from .ids import ID_DTYPE
+
 # Dale's principle in the fly: cholinergic synapses excite, GABAergic and glutamatergic
 # ones inhibit; monoamines modulate (sign 0).
 FLY_SIGNS = {"acetylcholine": 1, "gaba": -1, "glutamate": -1, "serotonin": 0, "dopamine": 0,
@@ -26,6 +28,6 @@ def signed_edges(predictions: pd.DataFrame, neurons: pd.DataFrame,
     edges["pre_nt"] = edges["pre_id"].map(calls).astype("string")
     edges["sign"] = edges["pre_nt"].map(lambda nt: int(signs.get(nt, 0)) if isinstance(
         nt, str) else 0).astype(int)
-    edges["pre_id"] = edges["pre_id"].astype("Int64")
-    edges["post_id"] = edges["post_id"].astype("Int64")
+    edges["pre_id"] = edges["pre_id"].astype(ID_DTYPE)
+    edges["post_id"] = edges["post_id"].astype(ID_DTYPE)
     return edges[EDGE_COLUMNS]

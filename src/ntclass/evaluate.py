@@ -24,6 +24,7 @@ from .calibration import (
 )
 from .circuit import FLY_SIGNS, signed_edges
 from .errors import NtclassError
+from .ids import ID_DTYPE
 from .io import read_synapse_csv
 
 NEURON_RULES = ("majority", "mean", "sum")
@@ -88,7 +89,7 @@ def neuron_calls(predictions: pd.DataFrame, classes: Sequence[str], rule: str = 
     else:
         best = means.to_numpy().argmax(axis=1)
         confidence = means.to_numpy().max(axis=1)  # sum rule: max/total == max of the mean
-    out = pd.DataFrame({"pre_id": means.index.astype("Int64"), "n_synapses": n.to_numpy()})
+    out = pd.DataFrame({"pre_id": means.index.astype(ID_DTYPE), "n_synapses": n.to_numpy()})
     called = np.asarray(classes, dtype=object)[best]
     unclear = (out["n_synapses"].to_numpy() < min_synapses) | (confidence < min_confidence)
     out["predicted_nt"] = np.where(unclear, "unclear", called)
