@@ -92,11 +92,16 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> float:
 
 
 def job_seconds(directory: Path, spec: dict) -> float:
-    """How long the stage's job runs, from its log's appearance to Snakemake's end."""
+    """How long the stage's job runs, from its log's appearance to its last output's (not to
+    Snakemake's end, whose bookkeeping afterwards would let a late kill miss the job)."""
     proc = start_snakemake(directory, spec["target"], output=subprocess.PIPE)
     started = wait_for(directory / spec["log"], proc)
+    outputs = [directory / p for p in spec["outputs"]]
+    while not all(p.exists() for p in outputs) and proc.poll() is None:
+        time.sleep(0.01)
+    finished = time.monotonic()
     assert proc.wait() == 0, proc.stdout.read()[-3000:]
-    return time.monotonic() - started
+    return finished - started
 
 
 def same_file(a: Path, b: Path) -> bool:

@@ -35,11 +35,11 @@ def with_64bit_ids(table: pd.DataFrame) -> pd.DataFrame:
     neuron ids above 2^53 that no float64 holds (odd; partners' ids unsigned above 2^63),
     a blank post_id every fifth row."""
     out = table.copy()
-    out["synapse_id"] = [str(2**63 + 2 * i + 1) for i in range(len(out))]
+    out["synapse_id"] = [str(2**63 + 2 * int(i) + 1) for i in range(len(out))]
     pre = pd.factorize(out["pre_id"])[0]
-    out["pre_id"] = [str(720575940600000001 + 2 * c) for c in pre]
+    out["pre_id"] = [str(720575940600000001 + 2 * int(c)) for c in pre]
     post = pd.factorize(out["post_id"])[0]
-    out["post_id"] = [str(2**64 - 1 - 2 * c) if i % 5 else "" for i, c in enumerate(post)]
+    out["post_id"] = [str(2**64 - 1 - 2 * int(c)) if i % 5 else "" for i, c in enumerate(post)]
     return out
 
 

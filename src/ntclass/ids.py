@@ -12,6 +12,8 @@ import re
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import NtclassError
 
@@ -45,12 +47,34 @@ def to_ids(values: pd.Series, column: str, origin: str) -> pd.Series:
         return values.astype(ID_DTYPE)
     if pd.api.types.is_float_dtype(dtype):
         return _from_floats(values, column, origin)
-    return _from_objects(values, column, origin)
+    fast = _from_text_or_ints(values)
+    return fast if fast is not None else _from_objects(values, column, origin)
+
+
+def _from_text_or_ints(values: pd.Series) -> pd.Series | None:
+    """Arrow's exact casts for the common cases (digit strings with blanks, as CSVs hold
+    them; Python ints with None, as MongoDB gives them), tens of times faster than parsing
+    value by value. None where some value needs that careful path (and its sentence)."""
+    try:
+        array = pa.array(values, from_pandas=True)
+        if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+            array = pc.utf8_trim_whitespace(array)
+            array = pc.if_else(pc.equal(array, ""), pa.scalar(None, array.type), array)
+        elif pa.types.is_integer(array.type):
+            if array.null_count < len(array) and pc.min(array).as_py() < 0:
+                return None
+        elif not pa.types.is_null(array.type):
+            return None  # floats, booleans, mixed: checked value by value
+        ids = pc.cast(array, pa.uint64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+        return None
+    return pd.Series(ids.to_pandas(types_mapper={pa.uint64(): pd.UInt64Dtype()}.get),
+                     dtype=ID_DTYPE)
 
 
 def _refuse(origin: str, column: str, values: pd.Series, bad: np.ndarray, what: str):
     row = int(np.flatnonzero(bad)[0])
-    raise NtclassError(f"{origin}: column '{column}' holds {values.iloc[row]!r} at row {row}, "
+    raise NtclassError(f"{origin}: column '{column}' holds {int(values.iloc[row])} at row {row}, "
                        f"{what}; ids must be whole numbers from 0 to 2^64 - 1")
 
 
