@@ -281,6 +281,8 @@ def summarise(manifest: pd.DataFrame, classes: Sequence[str], group_by: str = "p
                           "total": [int(unlabelled.sum()), int(several.sum())],
                           **{part: [0, 0] for part in PARTS}})
     summary = pd.concat([summary, extra], ignore_index=True)
+    group_columns = [c for c in summary if c.endswith("_groups")]
+    summary[group_columns] = summary[group_columns].astype("Int64")
     summary["optimality_gap"] = round(report["gap"], 6) if report else pd.NA
     return summary
 
