@@ -21,11 +21,10 @@ from urllib.parse import quote_plus
 import pandas as pd
 
 from .errors import NtclassError
-from .ids import to_ids
+from .ids import ID_COLUMNS, to_ids
 
 log = logging.getLogger(__name__)
 BSON_MAX_INT = 2**63 - 1
-LOCATION = ["z", "y", "x"]
 
 URI_ENV = "NTCLASS_MONGO_URI"
 PASSWORD_ENV = "NTCLASS_MONGO_PASSWORD"
@@ -80,7 +79,7 @@ def import_table(table: pd.DataFrame, source: Mapping, replace: bool = False) ->
     from .synapses import normalise
 
     table = normalise(table.assign(raw_container="", raw_dataset=""), "the synapse table")
-    for col in ("synapse_id", "pre_id", "post_id"):
+    for col in ID_COLUMNS:
         too_big = (table[col] > BSON_MAX_INT).fillna(False).to_numpy(dtype=bool)
         if too_big.any():
             raise NtclassError(
@@ -170,7 +169,7 @@ def read_mongo_source(source: Mapping, classes: Sequence[str],
     """The synapse table of a MongoDB source: its pre-synaptic sites, each labelled with
     its skeleton's single known NT. Skeletons with several known NTs stay unlabelled, their
     candidates kept in `nt_candidates` and counted in the log."""
-    from .synapses import check_classes, check_locations, normalise
+    from .synapses import LOCATION, check_classes, check_locations, normalise
 
     db = connect(source)
     origin = f"MongoDB database '{source['database']}'"

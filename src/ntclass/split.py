@@ -310,7 +310,7 @@ def split_source(source: dict, classes: Sequence[str], voxel_size: Sequence[int]
     log.info("%d synapses: %d labelled, %d unlabelled (%d of neurons with several known "
              "NTs)", len(manifest), len(manifest) - unlabelled, unlabelled, several)
     if report:
-        log.info("grouped split: %s after %d nodes, relative gap %.4g",
+        log.info("grouped split: %s after %d nodes, gap %.4g (summed fraction deviation)",
                  "optimal" if report["optimal"] else "node limit reached", report["nodes"],
                  report["gap"])
     write_csv(manifest, manifest_out)
