@@ -15,7 +15,6 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -25,16 +24,17 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from . import modelfile
 from .errors import NtclassError
 from .gp_nodes import AddClassLabel, SynapseCubeSource, centred_roi
 from .io import atomic_path, read_synapse_csv, write_csv
 from .losses import build_loss
+from .modelfile import load_model, pick_device  # noqa: F401 (re-exported)
 from .models import build_model
 from .validation import ValidationSet
 from .volumes import intensity_of, open_raw_cached
 
 log = logging.getLogger(__name__)
-MODEL_FORMAT = "ntclass-model/1"
 
 
 @dataclass
@@ -112,12 +112,6 @@ class Autocast(torch.nn.Module):
         on_gpu = self.enabled and raw.is_cuda
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
             return self.model(raw).float()
-
-
-def pick_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def _augmentations(raw: gp.ArrayKey, augment: dict) -> list[gp.BatchFilter]:
@@ -214,18 +208,11 @@ def _rows_up_to(path: Path, up_to: int) -> list[list[str]]:
 
 
 def model_record(model: torch.nn.Module, cfg: TrainConfig, iteration: int) -> dict:
-    """What `model.pt` holds: plain types and tensors only, loadable with weights_only."""
-    return {
-        "format": MODEL_FORMAT,
-        "architecture": cfg.architecture,
-        "model_params": cfg.model_params,
-        "classes": list(cfg.classes),
-        "input_shape": list(cfg.input_shape),
-        "voxel_size": list(cfg.voxel_size),
-        "intensity": dict(cfg.intensity),
-        "iteration": int(iteration),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
+    """The model file of `model` trained with `cfg` (see `modelfile`)."""
+    return modelfile.model_record(
+        model, architecture=cfg.architecture, model_params=cfg.model_params,
+        classes=cfg.classes, input_shape=cfg.input_shape, voxel_size=cfg.voxel_size,
+        intensity=cfg.intensity, iteration=iteration)
 
 
 class _LineWriter:
@@ -403,26 +390,3 @@ def train(manifest: str | os.PathLike, cfg: TrainConfig, model_out: str | os.Pat
             torch.save(last, tmp)
     write_csv(validator.table(), validation_out)
     write_csv(pd.read_csv(losses_path), loss_out)
-
-
-def load_model(path: str | os.PathLike, classes: Sequence[str] | None = None,
-               device: str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Load a model.pt safely (weights_only); check it matches the expected classes."""
-    try:
-        record = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise NtclassError(f"cannot load model checkpoint '{path}': {e}") from None
-    if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
-        raise NtclassError(f"'{path}' is not an ntclass model checkpoint ({MODEL_FORMAT})")
-    if classes is not None and list(classes) != list(record["classes"]):
-        raise NtclassError(f"model '{path}' was trained on classes {record['classes']}, "
-                           f"but the config lists {list(classes)}")
-    model = build_model(record["architecture"], record["input_shape"], len(record["classes"]),
-                        **record["model_params"])
-    try:
-        model.load_state_dict(record["state_dict"])
-    except RuntimeError as e:
-        raise NtclassError(f"model checkpoint '{path}' does not fit architecture "
-                           f"'{record['architecture']}': {str(e).splitlines()[0]}") from None
-    model.to(device).eval()
-    return model, record

@@ -1,0 +1,63 @@
+"""The model file format (`model.pt`): what training saves and prediction loads.
+
+A plain dict of built-in types and tensors, so that it loads with `weights_only=True`
+(no pickled code runs). Prediction imports this module, never the training code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from .errors import NtclassError
+from .models import build_model
+
+MODEL_FORMAT = "ntclass-model/1"
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def model_record(model: torch.nn.Module, *, architecture: str, model_params: dict,
+                 classes: Sequence[str], input_shape: Sequence[int],
+                 voxel_size: Sequence[int], intensity: dict, iteration: int) -> dict:
+    """What `model.pt` holds: plain types and tensors only, loadable with weights_only."""
+    return {
+        "format": MODEL_FORMAT,
+        "architecture": architecture,
+        "model_params": model_params,
+        "classes": list(classes),
+        "input_shape": list(input_shape),
+        "voxel_size": list(voxel_size),
+        "intensity": dict(intensity),
+        "iteration": int(iteration),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+
+
+def load_model(path: str | os.PathLike, classes: Sequence[str] | None = None,
+               device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Load a model.pt safely (weights_only); check it matches the expected classes."""
+    try:
+        record = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise NtclassError(f"cannot load model checkpoint '{path}': {e}") from None
+    if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
+        raise NtclassError(f"'{path}' is not an ntclass model checkpoint ({MODEL_FORMAT})")
+    if classes is not None and list(classes) != list(record["classes"]):
+        raise NtclassError(f"model '{path}' was trained on classes {record['classes']}, "
+                           f"but the config lists {list(classes)}")
+    model = build_model(record["architecture"], record["input_shape"], len(record["classes"]),
+                        **record["model_params"])
+    try:
+        model.load_state_dict(record["state_dict"])
+    except RuntimeError as e:
+        raise NtclassError(f"model checkpoint '{path}' does not fit architecture "
+                           f"'{record['architecture']}': {str(e).splitlines()[0]}") from None
+    model.to(device).eval()
+    return model, record
