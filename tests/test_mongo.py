@@ -11,7 +11,8 @@ import pytest
 from conftest import CLASSES
 
 from ntclass.errors import NtclassError
-from ntclass.mongo import import_table, read_mongo_source, redact_uri, resolve_uri
+from ntclass.mongo import import_table, redact_uri, resolve_uri
+from ntclass.sources import read_source
 from ntclass.synapses import read_table_source
 
 
@@ -31,7 +32,7 @@ def test_import_and_read_back_equal_the_table(imported, tiny_demo):
     source, n = imported
     from_table = read_table_source(tiny_demo["table"], tiny_demo["volume"], "volumes/raw/s0",
                                    CLASSES, (40, 4, 4))
-    from_mongo = read_mongo_source(source, CLASSES, (40, 4, 4))
+    from_mongo = read_source(source, CLASSES, (40, 4, 4))
     assert n == len(from_table) == len(from_mongo)
     a = from_table.sort_values("synapse_id").reset_index(drop=True)
     b = from_mongo.sort_values("synapse_id").reset_index(drop=True)
@@ -65,7 +66,7 @@ def test_unreachable_server_fails_fast_without_password(monkeypatch):
     assert "s3cret-pw" in resolve_uri(source)  # the password is used to connect...
     start = time.monotonic()
     with pytest.raises(NtclassError) as err:
-        read_mongo_source({**source, "raw_container": "v.zarr"}, CLASSES)
+        read_source({**source, "type": "mongodb", "raw_container": "v.zarr"}, CLASSES)
     assert time.monotonic() - start < 10
     message = str(err.value)
     assert message.startswith("cannot reach MongoDB at mongodb://alice@127.0.0.1:1 within 5 s")
@@ -78,3 +79,19 @@ def test_password_in_the_address_is_refused_and_redacted():
     assert "hunter2" not in str(err.value)
     assert "mongodb://bob:***@db.example:27017" in str(err.value)
     assert redact_uri("mongodb://h:1") == "mongodb://h:1"
+
+
+def test_a_mongodb_target_read_in_many_batches_is_partitioned_as_in_one(imported, tmp_path):
+    """Batches of 7 documents (one query each, by _id) give the same shards as one read."""
+    from ntclass.targets import read_shard_rows, write_target
+
+    source, n = imported
+    settings = {"shards": 3, "block_size": [320, 512, 512]}
+    metas = [write_target(None, source, CLASSES, (40, 4, 4),
+                          {**settings, "read_batch_rows": rows}, str(tmp_path / str(rows)))
+             for rows in (7, 1_000_000)]
+    assert metas[0] == metas[1] and metas[0]["synapses"] == n
+    for shard in range(3):
+        batched, whole = (read_shard_rows(tmp_path / str(rows), shard) for rows in
+                          (7, 1_000_000))
+        pd.testing.assert_frame_equal(batched, whole)

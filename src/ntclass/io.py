@@ -56,7 +56,7 @@ def read_synapse_csv(path: str | os.PathLike) -> pd.DataFrame:
 
 # Arrow integers as pandas' nullable integers: a uint64 column with a missing value would
 # otherwise become float64 and round every id above 2^53
-_NULLABLE_INTEGERS = {
+NULLABLE_INTEGERS = {
     pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
     pa.int64(): pd.Int64Dtype(), pa.uint8(): pd.UInt8Dtype(), pa.uint16(): pd.UInt16Dtype(),
     pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype(),
@@ -65,7 +65,7 @@ _NULLABLE_INTEGERS = {
 
 def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
     """A Parquet table with its integer columns exact (nullable), whoever wrote it."""
-    return pq.read_table(path).to_pandas(types_mapper=_NULLABLE_INTEGERS.get)
+    return pq.read_table(path).to_pandas(types_mapper=NULLABLE_INTEGERS.get)
 
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:

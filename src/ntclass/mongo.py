@@ -15,13 +15,16 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from urllib.parse import quote_plus
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from .errors import NtclassError
 from .ids import ID_COLUMNS, to_ids
+from .io import NULLABLE_INTEGERS, write_json
+from .synapses import LOCATION, LocationCheck, check_classes, normalise
 
 log = logging.getLogger(__name__)
 BSON_MAX_INT = 2**63 - 1
@@ -76,8 +79,6 @@ def connect(source: Mapping, timeout_s: float = 5.0):
 
 def import_table(table: pd.DataFrame, source: Mapping, replace: bool = False) -> int:
     """Write a synapse table into Synister's three collections; return synapses written."""
-    from .synapses import normalise
-
     table = normalise(table.assign(raw_container="", raw_dataset=""), "the synapse table")
     for col in ID_COLUMNS:
         too_big = (table[col] > BSON_MAX_INT).fillna(False).to_numpy(dtype=bool)
@@ -164,79 +165,98 @@ def _skeleton_labels(db) -> pd.DataFrame:
 PRE_SYNAPTIC = {"$or": [{"prepost": "pre"}, {"prepost": {"$exists": False}}]}
 
 
-def read_mongo_source(source: Mapping, classes: Sequence[str],
-                      voxel_size: Sequence[int] | None = None) -> pd.DataFrame:
-    """The synapse table of a MongoDB source: its pre-synaptic sites, each labelled with
-    its skeleton's single known NT. Skeletons with several known NTs stay unlabelled, their
-    candidates kept in `nt_candidates` and counted in the log."""
-    from .synapses import LOCATION, check_classes, check_locations, normalise
+SYNAPSE_FIELDS = ["synapse_id", "z", "y", "x", "skeleton_id", "post_skeleton_id",
+                  "brain_region"]
 
+
+def mongo_batches(source: Mapping, classes: Sequence[str], check: LocationCheck,
+                  batch_rows: int = 1_000_000) -> Iterator[pd.DataFrame]:
+    """The pre-synaptic sites of a MongoDB source in checked batches, each labelled with
+    its skeleton's single known NT. Skeletons with several known NTs stay unlabelled,
+    their candidates kept in `nt_candidates` and counted in the log.
+
+    Each batch is one query for the next `batch_rows` documents by `_id` (always
+    indexed), so no cursor stays open across batches and memory is one batch's."""
     db = connect(source)
     origin = f"MongoDB database '{source['database']}'"
-    fields = ["synapse_id", "z", "y", "x", "skeleton_id", "post_skeleton_id", "brain_region"]
-    columns = _columns(db.synapses.find(PRE_SYNAPTIC, {"_id": 0, **dict.fromkeys(fields, 1)},
-                                        batch_size=10_000), fields)
-    if not columns["synapse_id"]:
+    labels = _skeleton_labels(db)
+    projection = dict.fromkeys(SYNAPSE_FIELDS, 1)
+    last, first_row, several, several_neurons = None, 0, 0, set()
+    while True:
+        query = PRE_SYNAPTIC if last is None else {"$and": [PRE_SYNAPTIC,
+                                                            {"_id": {"$gt": last}}]}
+        docs = list(db.synapses.find(query, projection).sort("_id", 1).limit(batch_rows))
+        if not docs:
+            break
+        last = docs[-1]["_id"]
+        batch = _synapse_frame(docs, labels, source, origin)
+        unclear = batch["nt_candidates"].notna()
+        several += int(unclear.sum())
+        several_neurons.update(batch.loc[unclear, "pre_id"].tolist())
+        df = normalise(batch, origin, first_row)
+        check_classes(df, classes, origin)
+        check.add(df)
+        first_row += len(df)
+        yield df
+    if first_row == 0:
         raise NtclassError(f"{origin} has no pre-synaptic site in collection 'synapses'")
+    if several:
+        log.warning("%s: %d synapses of %d skeletons with several known NTs stay unlabelled",
+                    origin, several, len(several_neurons))
+
+
+def _synapse_frame(docs: list[dict], labels: pd.DataFrame, source: Mapping, origin: str
+                   ) -> pd.DataFrame:
+    columns = _columns(docs, SYNAPSE_FIELDS)
+    where = f"{origin}, collection 'synapses'"
     synapses = pd.DataFrame({
         "synapse_id": pd.Series(columns["synapse_id"], dtype=object),
         **{c: columns[c] for c in LOCATION},
         "pre_id": to_ids(pd.Series(columns["skeleton_id"], dtype=object), "skeleton_id",
-                         f"{origin}, collection 'synapses'"),
+                         where),
         "post_id": to_ids(pd.Series(columns["post_skeleton_id"], dtype=object),
-                          "post_skeleton_id", f"{origin}, collection 'synapses'"),
+                          "post_skeleton_id", where),
         "brain_region": pd.array(columns["brain_region"], dtype="string"),
     })
-    labels = _skeleton_labels(db)
     synapses = synapses.merge(labels, on="pre_id", how="left")
-    several = int(synapses["nt_candidates"].notna().sum())
-    if several:
-        log.warning("%s: %d synapses of %d skeletons with several known NTs stay unlabelled",
-                    origin, several, synapses.loc[synapses["nt_candidates"].notna(),
-                                                  "pre_id"].nunique())
     synapses["raw_container"] = source["raw_container"]
     synapses["raw_dataset"] = source.get("raw_dataset", "volumes/raw/s0")
-    for col in ("brain_region", "hemilineage", "nt_candidates"):
-        if synapses[col].isna().all():
-            synapses = synapses.drop(columns=col)
-    df = normalise(synapses, origin)
-    df = df.sort_values("synapse_id", kind="stable").reset_index(drop=True)
-    check_classes(df, classes, origin)
-    check_locations(df, voxel_size, source.get("intensity_range"), origin)
-    return df
+    return synapses
 
 
-def write_predictions(predictions: pd.DataFrame, source: Mapping, field: str,
-                      classes: Sequence[str], chunk: int = 10_000) -> int:
+def write_predictions(batches: Iterable[pd.DataFrame], source: Mapping, field: str,
+                      classes: Sequence[str]) -> int:
     """Store each synapse's prediction in its document of `synapses` under `field` (a
-    dotted path, one per model): predicted NT, confidence and the class probabilities."""
+    dotted path, one per model): predicted NT, confidence and the class probabilities.
+    One unordered bulk write per batch of predictions."""
     from pymongo import UpdateOne
 
     db = connect(source)
-    records = predictions[["synapse_id", "predicted_nt", "confidence", *classes]].to_dict(
-        "records")
-    matched = 0
-    for start in range(0, len(records), chunk):
+    written = matched = 0
+    for predictions in batches:
+        records = predictions[["synapse_id", "predicted_nt", "confidence", *classes]
+                              ].to_dict("records")
         ops = [UpdateOne({"synapse_id": int(r["synapse_id"])}, {"$set": {field: {
             "predicted_nt": str(r["predicted_nt"]), "confidence": float(r["confidence"]),
-            "probabilities": {c: float(r[c]) for c in classes}}}})
-            for r in records[start:start + chunk]]
+            "probabilities": {c: float(r[c]) for c in classes}}}}) for r in records]
         if ops:
             matched += db.synapses.bulk_write(ops, ordered=False).matched_count
-    if matched != len(records):
-        raise NtclassError(f"{len(records) - matched} predicted synapses have no document in "
+        written += len(records)
+    if matched != written:
+        raise NtclassError(f"{written - matched} predicted synapses have no document in "
                            f"collection 'synapses' of MongoDB database '{source['database']}'")
     return matched
 
 
 def write_back(predictions_path: str, target: Mapping, model: str, classes: Sequence[str],
-               receipt_path: str) -> None:
-    """The workflow step: predictions of `model` into the target's database, then a
-    receipt file (database, field, count; never the address's password)."""
-    from .io import read_parquet, write_json
-
+               receipt_path: str, batch_rows: int = 10_000) -> None:
+    """The workflow step: predictions of `model` into the target's database, read and
+    written in batches, then a receipt file (database, field, count; never the address's
+    password)."""
     field = f"ntclass.{model}"
-    n = write_predictions(read_parquet(predictions_path), target, field, classes)
+    batches = (b.to_pandas(types_mapper=NULLABLE_INTEGERS.get) for b in
+               pq.ParquetFile(predictions_path).iter_batches(batch_size=batch_rows))
+    n = write_predictions(batches, target, field, classes)
     write_json({"database": target["database"], "collection": "synapses", "field": field,
                 "synapses": n, "uri": redact_uri(target.get("uri") or
                                                  os.environ.get(URI_ENV, ""))}, receipt_path)

@@ -291,7 +291,8 @@ def split_source(source: dict, classes: Sequence[str], voxel_size: Sequence[int]
                  split: Mapping, manifest_out: str, summary_out: str) -> pd.DataFrame:
     """Read the configured source, split it, write the manifest and its summary."""
     from .io import write_csv
-    from .synapses import read_source, source_name
+    from .sources import read_source
+    from .synapses import source_name
 
     table = read_source(source, classes, voxel_size)
     report: dict = {}

@@ -9,17 +9,18 @@ coordinates), where to read raw (`raw_container`, `raw_dataset`), `nt` (class na
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from .errors import NtclassError
 from .ids import ID_COLUMNS, missing_ids, to_ids
-from .io import read_parquet
-from .volumes import HDF5_SUFFIXES, intensity_of, open_raw
+from .io import NULLABLE_INTEGERS
+from .volumes import HDF5_SUFFIXES, intensity_of, open_raw_cached
 
 LOCATION = ["z", "y", "x"]
 CORE_COLUMNS = ["synapse_id", *LOCATION, "raw_container", "raw_dataset", "nt", "pre_id",
@@ -29,25 +30,42 @@ OPTIONAL_COLUMNS = ["hemilineage", "brain_region", "nt_candidates"]
 
 
 def read_table_file(path: str | os.PathLike, what: str = "synapse table") -> pd.DataFrame:
-    """Read a CSV or Parquet table; id columns are read as text (CSV) or exact nullable
-    integers (Parquet) so that no id is ever rounded through a float."""
+    """Read a CSV or Parquet table whole (see `iter_table_file`)."""
+    return pd.concat(list(iter_table_file(path, what)), ignore_index=True)
+
+
+def iter_table_file(path: str | os.PathLike, what: str = "synapse table",
+                    batch_rows: int = 1_000_000) -> Iterator[pd.DataFrame]:
+    """A CSV or Parquet table in batches of at most `batch_rows` rows; id columns are read
+    as text (CSV) or exact nullable integers (Parquet) so that no id is ever rounded
+    through a float."""
     path = str(path)
     if not os.path.exists(path):
         raise NtclassError(f"{what} '{path}' does not exist")
     try:
         if path.endswith((".parquet", ".pq")):
-            df = read_parquet(path)
+            batches = (b.to_pandas(types_mapper=NULLABLE_INTEGERS.get) for b in
+                       pq.ParquetFile(path).iter_batches(batch_size=batch_rows))
         else:
-            df = pd.read_csv(path, dtype={c: "string" for c in ID_COLUMNS})
+            batches = pd.read_csv(path, dtype={c: "string" for c in ID_COLUMNS},
+                                  chunksize=batch_rows)
+        first = True
+        for df in batches:
+            if first:
+                _check_separator(df, path, what)
+            if df.empty and first:
+                raise NtclassError(f"{what} '{path}' has a header but no rows")
+            first = False
+            yield df
+        if first:
+            raise NtclassError(f"{what} '{path}' has a header but no rows")
     except pd.errors.EmptyDataError:
         raise NtclassError(f"{what} '{path}' is empty; expected a header line and one row "
                            "per synapse") from None
-    except Exception as e:  # pandas raises many types; the user needs the file name
+    except NtclassError:
+        raise
+    except Exception as e:  # pandas and Arrow raise many types; the user needs the file
         raise NtclassError(f"cannot read {what} '{path}': {e}") from None
-    _check_separator(df, path, what)
-    if df.empty:
-        raise NtclassError(f"{what} '{path}' has a header but no rows")
-    return df
 
 
 def _check_separator(df: pd.DataFrame, path: str, what: str) -> None:
@@ -62,8 +80,9 @@ def _check_separator(df: pd.DataFrame, path: str, what: str) -> None:
                 f"{header[:80]!r} looks separated by {name}; write it with commas")
 
 
-def normalise(df: pd.DataFrame, origin: str) -> pd.DataFrame:
-    """Give a raw synapse frame the canonical columns and dtypes, checking its values."""
+def normalise(df: pd.DataFrame, origin: str, first_row: int = 0) -> pd.DataFrame:
+    """Give a raw synapse frame the canonical columns and dtypes, checking its values.
+    `first_row`: the row number of the frame's first row in its source (for messages)."""
     if df.empty:
         raise NtclassError(f"{origin} holds no synapse")
     missing = [c for c in ["synapse_id", *LOCATION] if c not in df.columns]
@@ -75,25 +94,22 @@ def normalise(df: pd.DataFrame, origin: str) -> pd.DataFrame:
     for col in LOCATION:
         values = pd.to_numeric(df[col], errors="coerce")
         if values.isna().any():
-            row = int(np.flatnonzero(values.isna().to_numpy())[0])
+            row = first_row + int(np.flatnonzero(values.isna().to_numpy())[0])
             raise NtclassError(
                 f"{origin}: column '{col}' has a missing or non-numeric value at row {row}")
         if (values < 0).any():
-            row = int(np.flatnonzero((values < 0).to_numpy())[0])
+            row = first_row + int(np.flatnonzero((values < 0).to_numpy())[0])
             raise NtclassError(
                 f"{origin}: column '{col}' has a negative coordinate at row {row}; "
                 "locations are expected in nm, >= 0")
         df[col] = values.astype(np.float64)
     ids = to_ids(df["synapse_id"], "synapse_id", origin)
     if ids.isna().any():
-        row = int(np.flatnonzero(ids.isna().to_numpy())[0])
+        row = first_row + int(np.flatnonzero(ids.isna().to_numpy())[0])
         raise NtclassError(f"{origin}: column 'synapse_id' has no value at row {row}; every "
                            "synapse needs an id")
     df["synapse_id"] = ids
-    dup = df["synapse_id"].duplicated()
-    if dup.any():
-        raise NtclassError(f"{origin}: synapse_id {int(df['synapse_id'][dup].iloc[0])} "
-                           "occurs more than once; synapse ids must be unique")
+    check_unique_ids(df, origin)
     for col in ["pre_id", "post_id"]:
         df[col] = to_ids(df[col], col, origin) if col in df else missing_ids(len(df))
     if "nt" not in df:
@@ -114,59 +130,96 @@ def check_classes(df: pd.DataFrame, classes: Sequence[str], origin: str) -> None
                            f"{list(classes)}")
 
 
+class LocationCheck:
+    """Checks the locations of a source batch by batch: every synapse lies inside the raw
+    volume it is read from and every volume's intensities can be mapped (`add`); and,
+    over all batches, that the locations look like nm rather than voxels (`finish`)."""
+
+    def __init__(self, voxel_size: Sequence[int] | None,
+                 intensity_range: Sequence[float] | None, origin: str):
+        self.voxel_size = voxel_size
+        self.intensity_range = intensity_range
+        self.origin = origin
+        self.n = 0
+        # per volume: its voxel size, and whether a location left the voxel-index corner
+        self.corner: dict[tuple[str, str], tuple[np.ndarray, bool]] = {}
+
+    def add(self, df: pd.DataFrame) -> None:
+        for (container, dataset), rows in df.groupby(["raw_container", "raw_dataset"],
+                                                     sort=False):
+            vol = open_raw_cached(container, dataset, self.voxel_size)
+            intensity_of(vol.dtype, self.intensity_range, vol.name)
+            locations = rows[LOCATION].to_numpy(dtype=np.float64)
+            vox = vol.to_voxel(locations)
+            outside = np.any((vox < 0) | (vox >= np.array(vol.shape)), axis=1)
+            if outside.any():
+                row = rows[outside].iloc[0]
+                raise NtclassError(
+                    f"synapse {int(row.synapse_id)} at (z, y, x) = "
+                    f"({row.z:g}, {row.y:g}, {row.x:g}) nm lies outside the raw volume "
+                    f"'{container}/{dataset}' (offset {list(vol.offset)} nm, shape "
+                    f"{list(vol.shape)} voxels of {list(vol.voxel_size)} nm)")
+            vs = np.array(vol.voxel_size)
+            extent = np.array(vol.shape) * vs
+            axes = vs > 1
+            left = (not axes.any() or bool(np.any(
+                ((locations - vol.offset) / extent)[:, axes] * vs[axes] >= 1)))
+            _, before = self.corner.get((container, dataset), (vs, False))
+            self.corner[(container, dataset)] = (vs, before or left)
+            self.n += len(rows)
+
+    def finish(self) -> None:
+        """Locations given in voxels, read as nm, all fall into the corner of their
+        volumes that is a voxel size smaller than the volume on every axis. Real synapses
+        of a source (two or more) never all do."""
+        if self.n < 2 or any(left for _, left in self.corner.values()):
+            return
+        vs = next(iter(self.corner.values()))[0]
+        raise NtclassError(
+            f"{self.origin}: all {self.n} synapse locations lie within the first "
+            f"1/{int(vs[0])}, 1/{int(vs[1])}, 1/{int(vs[2])} (z, y, x) of their raw volume; "
+            "locations are expected in nm (world coordinates), and these look like voxel "
+            f"indices: multiply them by the voxel size {list(map(int, vs))} nm")
+
+
 def check_locations(df: pd.DataFrame, voxel_size: Sequence[int] | None,
                     intensity_range: Sequence[float] | None, origin: str) -> None:
-    """Every synapse lies inside the raw volume it is read from, the locations look like
-    nm rather than voxels, and every volume's intensities can be mapped."""
-    relative = []
-    for (container, dataset), rows in df.groupby(["raw_container", "raw_dataset"], sort=False):
-        vol = open_raw(container, dataset, voxel_size)
-        intensity_of(vol.dtype, intensity_range, vol.name)
-        locations = rows[LOCATION].to_numpy()
-        vox = vol.to_voxel(locations)
-        outside = np.any((vox < 0) | (vox >= np.array(vol.shape)), axis=1)
-        if outside.any():
-            row = rows[outside].iloc[0]
-            raise NtclassError(
-                f"synapse {int(row.synapse_id)} at (z, y, x) = "
-                f"({row.z:g}, {row.y:g}, {row.x:g}) nm lies outside the raw volume "
-                f"'{container}/{dataset}' (offset {list(vol.offset)} nm, shape "
-                f"{list(vol.shape)} voxels of {list(vol.voxel_size)} nm)")
-        extent = np.array(vol.shape) * np.array(vol.voxel_size)
-        relative.append(((locations - vol.offset) / extent, np.array(vol.voxel_size)))
-    _check_unit(relative, origin)
+    """`LocationCheck` of a whole table at once."""
+    check = LocationCheck(voxel_size, intensity_range, origin)
+    check.add(df)
+    check.finish()
 
 
-def _check_unit(relative: list[tuple[np.ndarray, np.ndarray]], origin: str) -> None:
-    """Locations given in voxels, read as nm, all fall into the corner of their volumes
-    that is a voxel size smaller than the volume on every axis. Real synapses of a source
-    (two or more) never all do."""
-    n = sum(len(r) for r, _ in relative)
-    if n < 2:
-        return
-    for rel, vs in relative:
-        axes = vs > 1
-        if not axes.any() or np.any(rel[:, axes] * vs[axes] >= 1):
-            return
-    vs = relative[0][1]
-    raise NtclassError(
-        f"{origin}: all {n} synapse locations lie within the first 1/{int(vs[0])}, "
-        f"1/{int(vs[1])}, 1/{int(vs[2])} (z, y, x) of their raw volume; locations are "
-        "expected in nm (world coordinates), and these look like voxel indices: multiply "
-        f"them by the voxel size {list(map(int, vs))} nm")
+def check_unique_ids(df: pd.DataFrame, origin: str) -> None:
+    dup = df["synapse_id"].duplicated()
+    if dup.any():
+        raise NtclassError(f"{origin}: synapse_id {int(df['synapse_id'][dup].iloc[0])} "
+                           "occurs more than once; synapse ids must be unique")
+
+
+def table_batches(table: str, raw_container: str, raw_dataset: str, classes: Sequence[str],
+                  check: LocationCheck, batch_rows: int) -> Iterator[pd.DataFrame]:
+    """A CSV/Parquet synapse table over one raw volume, in checked batches."""
+    origin = f"synapse table '{table}'"
+    first_row = 0
+    for df in iter_table_file(table, batch_rows=batch_rows):
+        df["raw_container"] = str(raw_container)
+        df["raw_dataset"] = raw_dataset
+        df = normalise(df, origin, first_row)
+        check_classes(df, classes, origin)
+        check.add(df)
+        first_row += len(df)
+        yield df
 
 
 def read_table_source(table: str, raw_container: str, raw_dataset: str,
                       classes: Sequence[str], voxel_size: Sequence[int] | None = None,
                       intensity_range: Sequence[float] | None = None) -> pd.DataFrame:
-    """A CSV/Parquet synapse table over one raw volume."""
-    origin = f"synapse table '{table}'"
-    df = read_table_file(table)
-    df["raw_container"] = str(raw_container)
-    df["raw_dataset"] = raw_dataset
-    df = normalise(df, origin)
-    check_classes(df, classes, origin)
-    check_locations(df, voxel_size, intensity_range, origin)
+    """A CSV/Parquet synapse table over one raw volume, whole (see `table_batches`)."""
+    check = LocationCheck(voxel_size, intensity_range, f"synapse table '{table}'")
+    df = pd.concat(list(table_batches(table, raw_container, raw_dataset, classes, check,
+                                      1 << 62)), ignore_index=True)
+    check.finish()
     return df
 
 
@@ -257,38 +310,58 @@ def _cremi_files(folder: Path) -> list[Path]:
             and p.is_file()]
 
 
+def _cremi_files_by_class(root: Path, classes: Sequence[str], labelled: bool
+                          ) -> list[tuple[Path, str | None]]:
+    if not root.is_dir():
+        raise NtclassError(f"CREMI folder '{root}' does not exist")
+    if not labelled:
+        files = _cremi_files(root)
+        if not files:
+            raise NtclassError(f"CREMI folder '{root}' holds no CREMI files")
+        return [(p, None) for p in files]
+    folders = [p for p in _visible(root.iterdir()) if p.is_dir()]
+    extra = [p.name for p in folders if p.name not in classes]
+    if extra:
+        raise NtclassError(f"class folder '{root / extra[0]}' is not one of the configured "
+                           f"classes {list(classes)}")
+    if not folders:
+        raise NtclassError(f"CREMI folder '{root}' has no class folders")
+    found = []
+    for folder in folders:
+        files = _cremi_files(folder)
+        if not files:
+            raise NtclassError(f"class folder '{folder}' holds no CREMI files "
+                               f"(*{', *'.join(HDF5_SUFFIXES)})")
+        found += [(p, folder.name) for p in files]
+    return found
+
+
+def cremi_batches(directory: str, classes: Sequence[str], labelled: bool,
+                  check: LocationCheck, batch_rows: int) -> Iterator[pd.DataFrame]:
+    """Per-class folders of CREMI files (`directory/<class>/*.hdf`), or, when `labelled`
+    is false, one folder of unlabelled CREMI files, in checked batches of whole files.
+    Hidden files and folders are skipped."""
+    origin = f"CREMI folder '{directory}'"
+    frames, rows, first_row = [], 0, 0
+    files = _cremi_files_by_class(Path(directory), classes, labelled)
+    for i, (path, nt) in enumerate(files):
+        frames.append(read_cremi_file(path, nt))
+        rows += len(frames[-1])
+        if rows >= batch_rows or i == len(files) - 1:
+            df = normalise(pd.concat(frames, ignore_index=True), origin, first_row)
+            check.add(df)
+            first_row += len(df)
+            frames, rows = [], 0
+            yield df
+
+
 def read_cremi_source(directory: str, classes: Sequence[str], labelled: bool = True,
                       voxel_size: Sequence[int] | None = None,
                       intensity_range: Sequence[float] | None = None) -> pd.DataFrame:
-    """Per-class folders of CREMI files (`directory/<class>/*.hdf`), or, when `labelled`
-    is false, one folder of unlabelled CREMI files. Hidden files and folders are skipped."""
-    root = Path(directory)
-    if not root.is_dir():
-        raise NtclassError(f"CREMI folder '{directory}' does not exist")
-    frames = []
-    if labelled:
-        folders = [p for p in _visible(root.iterdir()) if p.is_dir()]
-        extra = [p.name for p in folders if p.name not in classes]
-        if extra:
-            raise NtclassError(
-                f"class folder '{root / extra[0]}' is not one of the configured classes "
-                f"{list(classes)}")
-        if not folders:
-            raise NtclassError(f"CREMI folder '{directory}' has no class folders")
-        for folder in folders:
-            files = _cremi_files(folder)
-            if not files:
-                raise NtclassError(f"class folder '{folder}' holds no CREMI files "
-                                   f"(*{', *'.join(HDF5_SUFFIXES)})")
-            frames += [read_cremi_file(p, folder.name) for p in files]
-    else:
-        files = _cremi_files(root)
-        if not files:
-            raise NtclassError(f"CREMI folder '{directory}' holds no CREMI files")
-        frames += [read_cremi_file(p, None) for p in files]
-    origin = f"CREMI folder '{directory}'"
-    df = normalise(pd.concat(frames, ignore_index=True), origin)
-    check_locations(df, voxel_size, intensity_range, origin)
+    """All synapses of a CREMI folder as one table (see `cremi_batches`)."""
+    check = LocationCheck(voxel_size, intensity_range, f"CREMI folder '{directory}'")
+    df = pd.concat(list(cremi_batches(directory, classes, labelled, check, 1 << 62)))
+    check.finish()
     return df
 
 
@@ -300,22 +373,3 @@ def source_name(source: dict) -> str:
     if kind == "cremi":
         return f"CREMI folder '{source['directory']}'"
     return f"MongoDB database '{source.get('database')}'"
-
-
-def read_source(source: dict, classes: Sequence[str],
-                voxel_size: Sequence[int] | None = None) -> pd.DataFrame:
-    """Dispatch on `source['type']` (the config's `source` section, or a target)."""
-    kind = source["type"]
-    intensity_range = source.get("intensity_range")
-    if kind == "table":
-        return read_table_source(source["table"], source["raw_container"],
-                                 source["raw_dataset"], classes, voxel_size, intensity_range)
-    if kind == "cremi":
-        return read_cremi_source(source["directory"], classes,
-                                 labelled=source.get("labelled", True), voxel_size=voxel_size,
-                                 intensity_range=intensity_range)
-    if kind == "mongodb":
-        from .mongo import read_mongo_source
-
-        return read_mongo_source(source, classes, voxel_size)
-    raise NtclassError(f"source type '{kind}' is unknown; expected table, cremi or mongodb")
