@@ -1,9 +1,12 @@
-"""Opening raw EM (zarr, N5, HDF5), reading cubes in world coordinates (nm), and mapping
-raw intensities of any supported dtype to the network's input."""
+"""Opening raw EM (zarr, N5, HDF5, neuroglancer precomputed), reading cubes in world
+coordinates (nm), and mapping raw intensities of any supported dtype to the network's
+input."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -11,6 +14,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import tensorstore as ts
 import zarr
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -70,10 +74,14 @@ def intensity_of(dtype, intensity_range: Sequence[float] | None, name: str) -> I
 class RawVolume:
     """A 3D dataset with its voxel size and offset, both in nm (z, y, x)."""
 
-    data: object  # zarr.Array or h5py.Dataset: anything with .shape and numpy slicing
+    data: object  # zarr.Array, h5py.Dataset, TsArray: anything with .shape, numpy slicing
     voxel_size: tuple[int, int, int]
     offset: tuple[int, int, int]
     name: str
+    # how fast readers open the same data again: "zarr", "n5", "precomputed" (TensorStore
+    # specs, see `tensorstore_spec`), "hdf5" or "memory"
+    kind: str = "memory"
+    path: str = ""  # the array's own folder (zarr, N5, precomputed scale) or HDF5 file
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -115,6 +123,89 @@ class RawVolume:
         return RawVolume(np.asarray(self.data[...]), self.voxel_size, self.offset, self.name)
 
 
+class TsArray:
+    """A TensorStore array (z, y, x from 0) with the slicing of a numpy array."""
+
+    def __init__(self, store: ts.TensorStore):
+        self.store = store
+        self.shape = tuple(store.shape)
+        self.dtype = store.dtype.numpy_dtype
+        self.ndim = len(self.shape)
+        self.attrs: dict = {}
+
+    def __getitem__(self, index) -> np.ndarray:
+        return self.store[index].read().result()
+
+
+def _is_precomputed(container: str) -> bool:
+    return os.path.isfile(os.path.join(container, "info"))
+
+
+def _open_precomputed(container: str, dataset: str, voxel_size: Sequence[int] | None
+                      ) -> RawVolume:
+    """A neuroglancer precomputed volume (a folder with an `info` file); `dataset` names
+    a scale by its key (e.g. 4_4_40) or its index (s0, s1...)."""
+    try:
+        info = json.loads(Path(container, "info").read_text())
+        scales = info["scales"]
+    except (OSError, ValueError, KeyError) as e:
+        raise NtclassError(f"'{container}/info' is not a neuroglancer precomputed info file "
+                           f"({e})") from None
+    keys = [sc["key"] for sc in scales]
+    index = (int(dataset[1:]) if re.fullmatch(r"s\d+", dataset or "") and dataset not in keys
+             else keys.index(dataset) if dataset in keys else None)
+    if index is None or index >= len(scales):
+        raise NtclassError(f"precomputed volume '{container}' has no scale '{dataset}' (its "
+                           f"scales: {', '.join(keys)}; name one by key or as s0, s1...)")
+    scale = scales[index]
+    name = f"{container}/{scale['key']}"
+    store = ts.open(precomputed_spec(container, scale["key"]), read=True).result()
+    if store.shape[3] != 1:
+        raise NtclassError(f"precomputed volume '{name}' has {store.shape[3]} channels; "
+                           "expected 1 (grey-scale EM)")
+    resolution = scale["resolution"][::-1]  # info is x, y, z
+    vs = _voxel_size(resolution, voxel_size, name)
+    offset = tuple(int(o) * v for o, v in zip(scale.get("voxel_offset", [0, 0, 0])[::-1], vs))
+    return RawVolume(TsArray(_zyx(store)), vs, offset, name, kind="precomputed",
+                     path=f"{container}|{scale['key']}")
+
+
+def _zyx(store: ts.TensorStore) -> ts.TensorStore:
+    """A precomputed store (x, y, z, channel from voxel_offset) as z, y, x from 0."""
+    return store[..., 0].T.translate_to[0]
+
+
+def precomputed_spec(container: str, key: str) -> dict:
+    return {"driver": "neuroglancer_precomputed",
+            "kvstore": {"driver": "file", "path": container}, "scale_metadata": {"key": key}}
+
+
+def tensorstore_spec(volume: RawVolume) -> dict | None:
+    """How TensorStore opens `volume`'s data (None: HDF5 and in-memory volumes)."""
+    if volume.kind == "zarr":
+        return {"driver": "zarr", "kvstore": {"driver": "file", "path": volume.path}}
+    if volume.kind == "n5":
+        return {"driver": "n5", "kvstore": {"driver": "file", "path": volume.path}}
+    if volume.kind == "precomputed":
+        container, key = volume.path.split("|")
+        return precomputed_spec(container, key)
+    return None
+
+
+def open_tensorstore(volume: RawVolume, context: ts.Context | None = None
+                     ) -> ts.TensorStore | None:
+    """`volume`'s data as a TensorStore in z, y, x from 0, or None where it cannot."""
+    spec = tensorstore_spec(volume)
+    if spec is None:
+        return None
+    store = ts.open(spec, read=True, context=context).result()
+    if volume.kind == "n5":
+        return store.T  # N5 stores x, y, z
+    if volume.kind == "precomputed":
+        return _zyx(store)
+    return store
+
+
 def _is_n5(container: str) -> bool:
     return container.rstrip("/").endswith(".n5") or os.path.exists(
         os.path.join(container, "attributes.json")) and not os.path.exists(
@@ -139,17 +230,19 @@ def open_raw(container: str | os.PathLike, dataset: str,
     container = str(container)
     if not os.path.exists(container):
         raise NtclassError(f"raw container '{container}' does not exist")
+    if _is_precomputed(container):
+        return _open_precomputed(container, dataset, voxel_size)
     try:
         if Path(container).suffix.lower() in HDF5_SUFFIXES or os.path.isfile(container):
             data = _open_h5(container)[dataset]
-            reverse = False
+            reverse, kind = False, "hdf5"
         elif _is_n5(container):
             data = zarr.open(zarr.N5FSStore(container), mode="r")[dataset]
             # N5 stores x, y, z; zarr's N5 store presents the data as z, y, x.
-            reverse = True
+            reverse, kind = True, "n5"
         else:
             data = zarr.open(container, mode="r")[dataset]
-            reverse = False
+            reverse, kind = False, "zarr"
     except KeyError:
         raise NtclassError(f"raw container '{container}' has no dataset '{dataset}'") from None
     except OSError as e:
@@ -175,7 +268,8 @@ def open_raw(container: str | os.PathLike, dataset: str,
     if any(v is None for v in offset):
         raise NtclassError(f"offset {_shown(stored_offset)} stored in '{name}' is not in "
                            "whole nm; ntclass needs integer offsets")
-    return RawVolume(data=data, voxel_size=vs, offset=offset, name=name)
+    path = container if kind == "hdf5" else os.path.join(container, dataset.strip("/"))
+    return RawVolume(data=data, voxel_size=vs, offset=offset, name=name, kind=kind, path=path)
 
 
 def _whole(value) -> int | None:
