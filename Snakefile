@@ -48,3 +48,4 @@ rule all:
         "results/evaluation/comparison.csv",
         expand("results/models/{model}/training_curves.png", model=MODELS),
         write_back_targets(),
+        csv_targets,

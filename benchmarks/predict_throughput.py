@@ -2,8 +2,8 @@
 model's forward pass alone.
 
 In one run, with the same model, batch and cube shape:
-  end to end   synapses/s of `predict_shard` (daisy blocks, one read per block, cubes
-               cropped in memory, batched inference, results written);
+  end to end   synapses/s of `predict_shard` (plan, daisy blocks, asynchronous cube reads,
+               batched inference, results written and joined into the shard's table);
   model        synapses/s of the forward pass alone on tensors already on the device;
 and the ratio. Then the peak memory (RSS) of prediction for N and 10 N synapses in the same
 volume, each in a fresh process, and their ratio: memory is bounded by the block size, not by
@@ -31,6 +31,7 @@ import yaml
 
 from ntclass.models import build_model
 from ntclass.predict import PredictConfig, predict_shard
+from ntclass.targets import shard_file, write_target
 from ntclass.train import TrainConfig, model_record, pick_device
 from ntclass.validation import to_network
 from ntclass.volumes import intensity_of, write_zarr_volume
@@ -77,11 +78,18 @@ def predict_once(args) -> dict:
     classes = json.loads(args.classes)
     shape = tuple(args.volume_shape)
     table = synapse_table(Path(args.volume), args.synapses, shape, seed=1)
-    cfg = PredictConfig(classes=classes, voxel_size=list(VOXEL), block_size=args.block_size,
-                        batch_size=args.batch_size, device=args.device)
+    cfg = PredictConfig(classes=classes, voxel_size=list(VOXEL), batch_size=args.batch_size,
+                        device=args.device)
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        table.drop(columns=["raw_container", "raw_dataset"]).to_csv(tmp / "s.csv", index=False)
+        target = {"type": "table", "table": str(tmp / "s.csv"), "raw_container": args.volume,
+                  "raw_dataset": "raw"}
+        write_target(None, target, classes, None,
+                     {"shards": 1, "block_size": args.block_size}, str(tmp / "target"))
         start = time.perf_counter()
-        predict_shard(args.model, table, 0, 1, cfg, Path(tmp) / "work", str(Path(tmp) / "o.csv"))
+        predict_shard(args.model, tmp / "target" / shard_file(0), cfg, tmp / "work",
+                      tmp / "cache", str(tmp / "o.parquet"))
         seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"synapses_per_s": args.synapses / seconds, "peak_mb": peak_mb}

@@ -2,11 +2,11 @@
 import re
 
 from ntclass.config import model_training
+from ntclass.targets import read_target_meta
 from ntclass.workflow import canonical, source_paths, synapse_files
 
 MODELS = list(config["models"])
 TARGETS = list(config["targets"])
-N_SHARDS = config["prediction"]["shards"]
 SCHEMA = workflow.source_path("../config/config.schema.yaml")
 ENV = "../envs/workstation.yaml"  # used with --sdm conda
 # checked now, while the config is read, so that a bad override stops before any job
@@ -72,19 +72,39 @@ def training_params(wildcards):
     )
 
 
+def target_meta(target):
+    """Counts of a partitioned target (known once its checkpoint job has run)."""
+    return read_target_meta(checkpoints.target_synapses.get(target=target).output.synapses)
+
+
 def shard_paths(wildcards):
     return expand(
-        "results/predictions/{model}/{target}/shards/{shard}.csv",
+        "results/predictions/{model}/{target}/shards/{shard}.parquet",
         model=wildcards.model,
         target=wildcards.target,
-        shard=range(N_SHARDS),
+        shard=range(target_meta(wildcards.target)["shards"]),
     )
+
+
+def csv_targets(wildcards=None):
+    """The prediction CSVs to write: every target's, or those of targets up to
+    prediction.csv_max_synapses synapses (csv: auto)."""
+    wanted = config["prediction"]["csv"]
+    if wanted is False:
+        return []
+    limit = config["prediction"]["csv_max_synapses"]
+    return [
+        f"results/predictions/{m}/{t}/predictions.csv"
+        for m in MODELS
+        for t in TARGETS
+        if wanted is True or target_meta(t)["synapses"] <= limit
+    ]
 
 
 def evaluation_inputs(wildcards):
     """A model's predictions, and its fitted temperature when temperature scaling is on."""
     inputs = {
-        "predictions": f"results/predictions/{wildcards.model}/{wildcards.target}/predictions.csv"
+        "predictions": f"results/predictions/{wildcards.model}/{wildcards.target}/predictions.parquet"
     }
     if config["evaluation"]["temperature_scaling"]["enabled"]:
         inputs["temperature"] = f"results/models/{wildcards.model}/temperature.json"

@@ -42,7 +42,7 @@ rule fit_temperature:
     input:
         predictions=lambda wc: (
             f"results/predictions/{wc.model}/"
-            f"{config['evaluation']['temperature_scaling']['fit_on']}/predictions.csv"
+            f"{config['evaluation']['temperature_scaling']['fit_on']}/predictions.parquet"
         ),
     output:
         temperature="results/models/{model}/temperature.json",

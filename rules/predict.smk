@@ -1,13 +1,20 @@
-rule target_synapses:
-    """The synapses of one target, read once for all its shards."""
+checkpoint target_synapses:
+    """The synapses of one target, read once in batches, partitioned by shard and sorted
+    spatially (a checkpoint: the number of shards follows from the number of synapses)."""
     input:
         unpack(target_inputs),
     output:
-        synapses="results/targets/{target}.parquet",
+        synapses=directory("results/targets/{target}"),
     params:
         target=lambda wc: canonical(config["targets"][wc.target]),
         classes=config["classes"],
         voxel_size=config.get("voxel_size"),
+        partition=canonical(
+            {
+                k: config["prediction"][k]
+                for k in ("shards", "synapses_per_shard", "block_size", "read_batch_rows")
+            }
+        ),
     log:
         "logs/targets/{target}.log",
     conda:
@@ -21,11 +28,10 @@ rule predict_shard:
     input:
         unpack(target_raw),
         model="results/models/{model}/model.pt",
-        synapses="results/targets/{target}.parquet",
+        synapses="results/targets/{target}",
     output:
-        shard="results/predictions/{model}/{target}/shards/{shard}.csv",
+        shard="results/predictions/{model}/{target}/shards/{shard}.parquet",
     params:
-        shards=N_SHARDS,
         shard=lambda wc: int(wc.shard),
         classes=config["classes"],
         voxel_size=config.get("voxel_size"),
@@ -33,7 +39,12 @@ rule predict_shard:
         prediction=canonical(config["prediction"]),
         # daisy's done markers: outside the declared outputs so a killed shard resumes
         work_dir=lambda wc: f"results/predictions/{wc.model}/{wc.target}/work/{wc.shard}",
-    threads: 2
+        # finished predictions by location, model and settings: a new release of the
+        # target predicts only its new synapses
+        cache_dir=lambda wc: f"results/predictions/{wc.model}/{wc.target}/cache",
+    threads: config["prediction"]["threads"]
+    resources:
+        mem_mb=config["prediction"]["mem_mb"],
     log:
         "logs/predict/{model}/{target}/{shard}.log",
     conda:
@@ -46,9 +57,8 @@ rule merge_predictions:
     """One prediction table per model and target: every synapse exactly once."""
     input:
         shards=shard_paths,
-        synapses="results/targets/{target}.parquet",
+        synapses="results/targets/{target}",
     output:
-        csv="results/predictions/{model}/{target}/predictions.csv",
         parquet="results/predictions/{model}/{target}/predictions.parquet",
     log:
         "logs/predict/{model}/{target}/merge.log",
@@ -56,6 +66,21 @@ rule merge_predictions:
         ENV
     script:
         "../workflow_scripts/merge_predictions.py"
+
+
+rule prediction_csv:
+    """The prediction table as one CSV (asked for by default for targets up to
+    prediction.csv_max_synapses synapses)."""
+    input:
+        parquet="results/predictions/{model}/{target}/predictions.parquet",
+    output:
+        csv="results/predictions/{model}/{target}/predictions.csv",
+    log:
+        "logs/predict/{model}/{target}/csv.log",
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/prediction_csv.py"
 
 
 rule mongo_write_back:

@@ -40,13 +40,19 @@ STAGES = {
                    [f"results/models/a/{n}" for n in
                     ("model.pt", "model_last.pt", "training_log.csv", "validation.csv")],
                    "logs/train/a.log", scratch=["results/models/a/checkpoints"]),
-    "predict_shard": stage("predict_shard", f"{PRED}/shards/0.csv".format(model="a"),
-                           [f"{PRED}/shards/0.csv".format(model="a")],
+    "target": stage("target_synapses", "results/targets/test", ["results/targets/test"],
+                    "logs/targets/test.log"),
+    "predict_shard": stage("predict_shard", f"{PRED}/shards/0.parquet".format(model="a"),
+                           [f"{PRED}/shards/0.parquet".format(model="a")],
                            "logs/predict/a/test/0.log",
-                           scratch=[f"{PRED}/work/0".format(model="a")]),
-    "merge": stage("merge_predictions", f"{PRED}/predictions.csv".format(model="a"),
-                   [f"{PRED}/predictions.{ext}".format(model="a") for ext in ("csv", "parquet")],
+                           scratch=[f"{PRED}/{d}".format(model="a") for d in
+                                    ("work/0", "cache")]),
+    "merge": stage("merge_predictions", f"{PRED}/predictions.parquet".format(model="a"),
+                   [f"{PRED}/predictions.parquet".format(model="a")],
                    "logs/predict/a/test/merge.log"),
+    "csv": stage("prediction_csv", f"{PRED}/predictions.csv".format(model="a"),
+                 [f"{PRED}/predictions.csv".format(model="a")],
+                 "logs/predict/a/test/csv.log"),
     "evaluate": stage("evaluate", f"{EVAL}/metrics.json".format(model="a"),
                       [f"{EVAL}/{name}".format(model="a") for name in
                        ("metrics.json", "report.txt", "neurons.csv", "edges.csv",
@@ -105,6 +111,10 @@ def job_seconds(directory: Path, spec: dict) -> float:
 
 
 def same_file(a: Path, b: Path) -> bool:
+    if a.is_dir():
+        names = sorted(p.name for p in a.iterdir())
+        return names == sorted(p.name for p in b.iterdir()) and all(
+            same_file(a / n, b / n) for n in names)
     if a.suffix == ".pt":
         x, y = (torch.load(p, weights_only=True) for p in (a, b))
         return x.keys() == y.keys() and all(
@@ -169,7 +179,7 @@ def inputs_only(reference: Path, destination: Path, keep) -> Path:
 CONCURRENT_JOBS = {
     "train a": ["results/models/a/model.pt"],
     "train b": ["results/models/b/model.pt"],
-    **{f"shard {m}/{s}": [f"{PRED}/shards/{s}.csv".format(model=m)]
+    **{f"shard {m}/{s}": [f"{PRED}/shards/{s}.parquet".format(model=m)]
        for m in "ab" for s in (0, 1)},
 }
 
@@ -179,8 +189,8 @@ def concurrent_scratch() -> list[str]:
     paths = [f"results/models/{m}/{n}" for m in "ab" for n in
              ("model.pt", "model_last.pt", "training_log.csv", "validation.csv", "checkpoints")]
     paths += [f"{PRED}/{kind}/{s}{ext}".format(model=m) for m in "ab" for s in (0, 1)
-              for kind, ext in (("shards", ".csv"), ("work", ""))]
-    return paths
+              for kind, ext in (("shards", ".parquet"), ("work", ""))]
+    return paths + [f"{PRED}/cache".format(model=m) for m in "ab"]
 
 
 def job_inputs(job: str) -> list[str]:

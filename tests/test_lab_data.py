@@ -127,8 +127,8 @@ def test_64bit_ids_survive_every_table_exactly(lab_runs):
     post_of = dict(zip(given["synapse_id"], given["post_id"]))
     tables = {
         MANIFEST: ("synapse_id", "pre_id", "post_id"),
-        "results/targets/test.parquet": ("synapse_id", "pre_id", "post_id"),
-        "results/targets/parquet.parquet": ("synapse_id", "pre_id", "post_id"),
+        "results/targets/test/shard-00000.parquet": ("synapse_id", "pre_id", "post_id"),
+        "results/targets/parquet/shard-00000.parquet": ("synapse_id", "pre_id", "post_id"),
         PREDICTIONS: ("synapse_id", "pre_id", "post_id"),
         "results/predictions/tiny/test/predictions.parquet": ("synapse_id", "pre_id",
                                                               "post_id"),

@@ -1,8 +1,11 @@
 import numpy as np
 import pandas as pd
 import pytest
+import zarr
 
-from ntclass.predict import shard_rois
+from ntclass.cubes import CubeReader
+from ntclass.errors import NtclassError
+from ntclass.targets import morton_cells, read_shard_rows, write_target
 from ntclass.volumes import crop_cubes, open_raw, write_zarr_volume
 
 
@@ -15,26 +18,123 @@ def random_synapses(n, seed=0, extent=(4000, 20000, 30000)):
                          "x": locs[:, 2]})
 
 
-@pytest.mark.parametrize("n_shards", [1, 2, 3, 7])
-def test_shards_cover_every_synapse_once(n_shards):
-    table = random_synapses(500)
-    rois = shard_rois(table, n_shards, (1000, 2000, 2000), (0, 0, 0))
-    assert len(rois) == n_shards
-    locs = table[["z", "y", "x"]].to_numpy()
-    owners = np.zeros(len(table), dtype=int)
-    for roi in rois:
-        begin, end = np.array(roi.begin), np.array(roi.end)
-        owners += np.all((locs >= begin) & (locs < end), axis=1)
-    assert (owners == 1).all()
+def write_table(tmp_path, table, shape=(120, 6000, 8000)):
+    """The synapses as a CSV table over an empty zarr volume holding all of them."""
+    volume = tmp_path / "v.zarr"  # no chunk written: reads give zeros
+    array = zarr.open(str(volume), mode="a").create_dataset(
+        "raw", shape=shape, chunks=(16, 256, 256), dtype=np.uint8)
+    array.attrs.update({"voxel_size": [40, 4, 4], "offset": [0, 0, 0]})
+    table.to_csv(tmp_path / "synapses.csv", index=False)
+    return {"type": "table", "table": str(tmp_path / "synapses.csv"),
+            "raw_container": str(volume), "raw_dataset": "raw"}
 
 
-def test_shards_are_balanced():
-    table = random_synapses(2000, seed=1)
-    rois = shard_rois(table, 4, (1000, 1000, 1000), (0, 0, 0))
-    locs = table[["z", "y", "x"]].to_numpy()
-    counts = [np.all((locs >= np.array(r.begin)) & (locs < np.array(r.end)), axis=1).sum()
-              for r in rois]
-    assert min(counts) > 0.6 * len(table) / 4
+@pytest.mark.parametrize("n_shards", [1, 3, 7])
+def test_a_target_is_cut_into_sorted_shards_holding_every_synapse_once(tmp_path, n_shards):
+    table = random_synapses(500, extent=(4000, 20000, 30000))
+    target = write_table(tmp_path, table, shape=(120, 6000, 8000))
+    settings = {"shards": n_shards, "block_size": [640, 2048, 2048], "read_batch_rows": 64}
+    meta = write_target(None, target, ["a", "b"], None, settings, str(tmp_path / "t"))
+    assert meta["synapses"] == 500 and meta["shards"] == n_shards
+    shards = [read_shard_rows(tmp_path / "t", i) for i in range(n_shards)]
+    assert [len(s) for s in shards] == meta["rows_per_shard"]
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1  # balanced by count
+    every = pd.concat(shards)
+    assert sorted(every["synapse_id"]) == list(range(500))
+    cells = every["cell"].to_numpy(dtype=np.uint64)
+    assert (np.diff(cells.astype(np.float64)) >= 0).all(), "sorted by the spatial key"
+    expected = morton_cells(every[["z", "y", "x"]].to_numpy(), settings["block_size"])
+    assert (cells == expected).all()
+    assert not list((tmp_path / "t").glob("unsorted")), "no scratch files left behind"
+
+
+def test_morton_cells_keep_neighbours_together():
+    corners = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0], [1, 1, 1], [2, 0, 0]])
+    codes = morton_cells(corners * 10.0 + 1, (10, 10, 10)).tolist()
+    assert codes == [0, 1, 2, 4, 7, 32]
+
+
+def test_a_target_with_auto_shards_gets_one_per_synapses_per_shard(tmp_path):
+    target = write_table(tmp_path, random_synapses(250, extent=(4000, 20000, 30000)))
+    settings = {"shards": "auto", "synapses_per_shard": 100, "block_size": [640, 2048, 2048]}
+    meta = write_target(None, target, ["a"], None, settings, str(tmp_path / "t"))
+    assert meta["shards"] == 3 and meta["rows_per_shard"] == [83, 84, 83]
+
+
+def test_a_synapse_id_in_two_batches_is_refused(tmp_path):
+    table = random_synapses(100, extent=(4000, 20000, 30000))
+    table.loc[90, "synapse_id"] = 3  # the first batch of 64 rows holds id 3 too
+    target = write_table(tmp_path, table)
+    settings = {"shards": 2, "block_size": [640, 2048, 2048], "read_batch_rows": 64}
+    with pytest.raises(NtclassError, match="synapse_id 3 occurs more than once"):
+        write_target(None, target, ["a"], None, settings, str(tmp_path / "t"))
+    assert not (tmp_path / "t").exists()
+
+
+def _cube_locations(volume, voxels):
+    return volume.offset + (np.asarray(voxels) + 0.5) * volume.voxel_size
+
+
+VOXELS = np.array([[6, 30, 30], [5, 20, 41], [1, 3, 2], [11, 62, 60]])
+
+
+def test_cube_reader_reads_what_crop_cubes_reads_and_flags_padding(tmp_path):
+    data = np.random.default_rng(0).integers(0, 255, size=(12, 64, 64), dtype=np.uint8)
+    write_zarr_volume(tmp_path / "v.zarr", "raw", data, (40, 4, 4), offset=(400, 40, 40),
+                      chunks=(4, 16, 16))
+    volume = open_raw(tmp_path / "v.zarr", "raw")
+    locations = _cube_locations(volume, VOXELS)
+    expected, expected_pad = crop_cubes(volume, locations, (4, 8, 8))
+    reader = CubeReader(volume, (4, 8, 8), threads=2)
+    assert reader.store is not None, "zarr is read through TensorStore"
+    pending, padded = reader.submit(locations)
+    cubes = np.stack([p.result() for p in pending])
+    assert np.array_equal(cubes, expected)
+    assert padded.tolist() == expected_pad.tolist() == [False, False, True, True]
+    assert reader.voxels_read < 4 * 4 * 8 * 8  # padding is not read
+
+
+def test_precomputed_raw_is_read_in_z_y_x_with_its_offset_and_resolution(tmp_path):
+    import tensorstore as ts
+
+    data = np.random.default_rng(1).integers(0, 255, size=(12, 64, 64), dtype=np.uint8)
+    path = tmp_path / "em"
+    store = ts.open({
+        "driver": "neuroglancer_precomputed", "kvstore": {"driver": "file", "path": str(path)},
+        "create": True,
+        "multiscale_metadata": {"type": "image", "data_type": "uint8", "num_channels": 1},
+        "scale_metadata": {"size": [64, 64, 12], "resolution": [4, 4, 40], "encoding": "raw",
+                           "chunk_size": [16, 16, 4], "voxel_offset": [10, 10, 10]},
+    }).result()
+    store[..., 0].write(data.transpose(2, 1, 0)).result()  # precomputed is x, y, z
+    volume = open_raw(path, "s0")
+    assert volume.voxel_size == (40, 4, 4) and volume.offset == (400, 40, 40)
+    assert volume.shape == (12, 64, 64) and volume.kind == "precomputed"
+    assert open_raw(path, "4_4_40").name == volume.name  # by key, too
+    reference = tmp_path / "v.zarr"
+    write_zarr_volume(reference, "raw", data, (40, 4, 4), offset=(400, 40, 40))
+    locations = _cube_locations(volume, VOXELS)
+    expected, _ = crop_cubes(open_raw(reference, "raw"), locations, (4, 8, 8))
+    pending, padded = CubeReader(volume, (4, 8, 8), threads=2).submit(locations)
+    assert np.array_equal(np.stack([p.result() for p in pending]), expected)
+    assert np.array_equal(crop_cubes(volume, locations, (4, 8, 8))[0], expected)
+    with pytest.raises(NtclassError, match="has no scale 's3'"):
+        open_raw(path, "s3")
+
+
+def test_hdf5_raw_is_read_by_the_thread_pool(tmp_path):
+    import h5py
+
+    data = np.random.default_rng(2).integers(0, 255, size=(12, 64, 64), dtype=np.uint8)
+    with h5py.File(tmp_path / "v.hdf", "w") as f:
+        f.create_dataset("raw", data=data).attrs["resolution"] = [40, 4, 4]
+    volume = open_raw(tmp_path / "v.hdf", "raw")
+    locations = _cube_locations(volume, VOXELS)
+    reader = CubeReader(volume, (4, 8, 8), threads=2)
+    assert reader.store is None
+    pending, _ = reader.submit(locations)
+    assert np.array_equal(np.stack([p.result() for p in pending]),
+                          crop_cubes(volume, locations, (4, 8, 8))[0])
 
 
 def test_crop_cubes_match_direct_reads_and_flag_padding(tmp_path):
@@ -51,3 +151,15 @@ def test_crop_cubes_match_direct_reads_and_flag_padding(tmp_path):
         assert np.array_equal(cube, expected)
     assert padded.tolist() == [False, False, True, True]
     assert cubes[0, 2, 4, 4] == data[6, 30, 30]  # voxel shape//2 is the synapse
+
+
+def test_a_shard_job_imports_neither_training_nor_gunpowder_nor_tensorboard():
+    import subprocess
+    import sys
+
+    code = ("import sys, ntclass.predict, ntclass.results, ntclass.targets; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('gunpowder', 'tensorboardX') or m == 'ntclass.train'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

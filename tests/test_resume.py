@@ -95,9 +95,9 @@ def test_killed_prediction_shard_resumes_and_predicts_every_synapse_once(tmp_pat
     config["targets"] = {"all": {"type": "table", "table": "data/demo/synapses.csv",
                                  "raw_container": "data/demo/volume.zarr"}}
     # one shard of many small blocks, so that the kill lands between blocks
-    config["prediction"] = {"shards": 1, "block_size": [320, 256, 256], "batch_size": 4}
+    config["prediction"] = {"shards": 1, "rows_per_block": 16, "batch_size": 4}
     write_config(tmp_path, config)
-    snakemake(tmp_path, "results/models/tiny/model.pt", "results/targets/all.parquet")
+    snakemake(tmp_path, "results/models/tiny/model.pt", "results/targets/all")
     blocks = "results/predictions/tiny/all/work/0/*/blocks/*.parquet"
 
     proc = start_snakemake(tmp_path, "results/predictions/tiny/all/predictions.csv")
@@ -109,7 +109,7 @@ def test_killed_prediction_shard_resumes_and_predicts_every_synapse_once(tmp_pat
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done = {p: p.stat().st_mtime_ns for p in tmp_path.glob(blocks)}
-    assert not (tmp_path / "results/predictions/tiny/all/shards/0.csv").exists()
+    assert not (tmp_path / "results/predictions/tiny/all/shards/0.parquet").exists()
     assert not (tmp_path / "results/predictions/tiny/all/predictions.csv").exists()
 
     snakemake(tmp_path, "--unlock")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 from workflow_helpers import ROOT, TINY_CONFIG, snakemake, write_config
 
 from ntclass.mongo import import_table
@@ -84,26 +83,8 @@ def test_wrong_mongodb_port_stops_within_seconds(tmp_path, monkeypatch):
 
 
 def slurm_test_profile(directory: Path) -> Path:
-    """profiles/slurm as shipped, with the partition and GPU lines set for the local node."""
-    profile = yaml.safe_load((ROOT / "profiles/slurm/config.v8+.yaml").read_text())
-    profile["jobs"] = 2
-    profile["latency-wait"] = 5
-    # no accounting database here: job states come from squeue (MinJobAge keeps finished
-    # jobs listed), and there is no account to guess
-    profile["slurm-status-command"] = "squeue"
-    profile["slurm-init-seconds-before-status-checks"] = 3
-    profile["slurm-no-account"] = True
-    profile["default-resources"].update({"slurm_partition": "debug", "mem_mb": 1500,
-                                         "cpus_per_task": 1})
-    for resources in profile["set-resources"].values():
-        resources.update({"slurm_partition": "debug", "mem_mb": 3000})
-        if "gpu" in resources:
-            resources.update({"gpu": 0, "cpus_per_task": 2})
-    profile["set-threads"] = {"train": 2, "predict_shard": 2}
-    folder = directory / "profile"
-    folder.mkdir()
-    (folder / "config.v8+.yaml").write_text(yaml.safe_dump(profile))
-    return folder
+    """profiles/slurm-local as shipped: the profile of scripts/slurm-up.sh's cluster."""
+    return ROOT / "profiles/slurm-local"
 
 
 def completed_jobs() -> list[str]:

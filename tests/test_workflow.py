@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,8 +30,8 @@ def test_outputs_exist(finished_run):
     for path in ["results/split/manifest.csv", "results/split/summary.csv",
                  "results/models/tiny/model.pt", "results/models/tiny/model_last.pt",
                  "results/models/tiny/training_log.csv", "results/models/tiny/validation.csv",
-                 "results/predictions/tiny/test/shards/0.csv",
-                 "results/predictions/tiny/test/shards/1.csv",
+                 "results/predictions/tiny/test/shards/0.parquet",
+                 "results/predictions/tiny/test/shards/1.parquet",
                  "results/predictions/tiny/test/predictions.csv",
                  "results/predictions/tiny/test/predictions.parquet",
                  "results/evaluation/tiny/test/metrics.json",
@@ -71,7 +72,7 @@ def test_every_test_synapse_predicted_once(finished_run):
     assert (merged["nt"] == merged["nt_m"]).all()
     parquet = pd.read_parquet(finished_run / "results/predictions/tiny/test/predictions.parquet")
     assert len(parquet) == len(pred)
-    shards = [pd.read_csv(finished_run / f"results/predictions/tiny/test/shards/{i}.csv")
+    shards = [pd.read_parquet(finished_run / f"results/predictions/tiny/test/shards/{i}.parquet")
               for i in (0, 1)]
     assert all(len(s) > 0 for s in shards), "both shards hold synapses"
 
@@ -102,9 +103,9 @@ def test_changing_the_split_seed_reruns_split_and_downstream_only(finished_run, 
     changed = tmp_path / "config.yaml"
     changed.write_text(yaml.safe_dump(config))
     jobs = planned_jobs(finished_run, config=changed)
+    # the shard jobs are planned once the target's checkpoint job has cut it into shards
     assert jobs == {"split": 1, "target_synapses": 1, "train": 1, "training_curves": 1,
-                    "predict_shard": 2, "merge_predictions": 1, "evaluate": 1, "compare": 1,
-                    "all": 1}
+                    "merge_predictions": 1, "evaluate": 1, "compare": 1, "all": 1}
 
 
 def test_changing_evaluation_settings_reruns_evaluation_only(finished_run, tmp_path):
@@ -158,6 +159,74 @@ def test_every_kind_of_target_predicts_the_same_cubes_alike(finished_run, tmp_pa
         assert metrics["synapse"]["n"] == len(table)
 
 
+def predicted_now(run, target: str) -> int:
+    """Locations the shards of `target` predicted in their last run (as their logs say)."""
+    logs = (run / f"logs/predict/tiny/{target}").glob("[0-9]*.log")
+    return sum(int(re.findall(r"(\d+) locations to predict", log.read_text())[-1])
+               for log in logs)
+
+
+def table_target(run, name: str, table: pd.DataFrame, **settings) -> Path:
+    """A config predicting `table` (written next to the run) as target `name`."""
+    table.to_csv(run / f"{name}.csv", index=False)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["targets"] = {name: {"type": "table", "table": f"{name}.csv",
+                                "raw_container": "data/demo/volume.zarr"}}
+    config["prediction"] = {**config["prediction"], **settings}
+    path = run / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def predictions_of(run, target: str) -> pd.DataFrame:
+    table = pd.read_parquet(run / f"results/predictions/tiny/{target}/predictions.parquet")
+    return table.sort_values("synapse_id").reset_index(drop=True)
+
+
+def test_a_new_release_predicts_only_its_changed_synapses(finished_run, tmp_path):
+    """Moved and new synapses are predicted again, the rest come from the cache; the
+    result equals a run from scratch."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns("predictions"))
+    table = pd.read_csv(run / "data/demo/synapses.csv")
+    wanted = "results/predictions/tiny/release/predictions.parquet"
+    snakemake(run, wanted, config=table_target(run, "release", table))
+    assert predicted_now(run, "release") == len(table)
+
+    release = table.copy()
+    release.loc[[3, 50, 100], "z"] += 40  # moved by a section
+    release = release.drop(index=[7, 8])  # gone
+    new = table.iloc[[20, 30]].assign(synapse_id=lambda t: t["synapse_id"] + 10**6,
+                                      y=lambda t: t["y"] + 8)
+    release = pd.concat([release, new], ignore_index=True)
+    snakemake(run, wanted, config=table_target(run, "release", release))
+    assert predicted_now(run, "release") == 5
+    incremental = predictions_of(run, "release")
+    assert sorted(incremental["synapse_id"]) == sorted(release["synapse_id"])
+
+    scratch = tmp_path / "scratch"
+    shutil.copytree(finished_run, scratch, ignore=shutil.ignore_patterns("predictions"))
+    snakemake(scratch, wanted, config=table_target(scratch, "release", release))
+    assert predicted_now(scratch, "release") == len(release)
+    fresh = predictions_of(scratch, "release")
+    pd.testing.assert_frame_equal(incremental.drop(columns=CLASSES + ["confidence"]),
+                                  fresh.drop(columns=CLASSES + ["confidence"]))
+    assert np.allclose(incremental[CLASSES], fresh[CLASSES], atol=1e-6)
+
+
+def test_a_target_read_in_many_batches_predicts_as_one_read(finished_run, tmp_path):
+    table = pd.read_csv(finished_run / "data/demo/synapses.csv")
+    results = []
+    for rows in (37, 10**6):
+        run = tmp_path / str(rows)
+        shutil.copytree(finished_run, run, ignore=shutil.ignore_patterns("predictions"))
+        config = table_target(run, "all", table, read_batch_rows=rows, shards=3)
+        snakemake(run, "results/predictions/tiny/all/predictions.parquet", config=config)
+        results.append(predictions_of(run, "all"))
+    pd.testing.assert_frame_equal(results[0], results[1])
+    assert len(results[0]) == len(table)
+
+
 def test_signed_edges_and_comparison(finished_run):
     edges = pd.read_csv(finished_run / "results/evaluation/tiny/test/edges.csv")
     neurons = pd.read_csv(finished_run / "results/evaluation/tiny/test/neurons.csv")
@@ -181,9 +250,9 @@ def test_temperature_fitted_on_the_validation_part_and_applied(finished_run, tmp
     config["targets"]["validation"] = {"type": "split", "part": "validation"}
     config["evaluation"] = {"temperature_scaling": {"enabled": True, "fit_on": "validation"}}
     write_config(run, config)
-    assert planned_jobs(run) == {"target_synapses": 1, "predict_shard": 2,
-                                 "merge_predictions": 1, "fit_temperature": 1, "evaluate": 2,
-                                 "compare": 1, "all": 1}
+    # (its shard jobs are planned once the new target's checkpoint job has run)
+    assert planned_jobs(run) == {"target_synapses": 1, "merge_predictions": 1,
+                                 "fit_temperature": 1, "evaluate": 2, "compare": 1, "all": 1}
     snakemake(run)
     record = json.loads((run / "results/models/tiny/temperature.json").read_text())
     validation = pd.read_csv(run / "results/predictions/tiny/validation/predictions.csv")

@@ -1,9 +1,8 @@
-from ntclass.predict import merge_target
+from ntclass.results import merge_target
 from ntclass.workflow import run_job
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)
 run_job(
     sm.log[0],
-    lambda: merge_target(sm.input.shards, sm.input.synapses, sm.output.csv,
-                         sm.output.parquet),
+    lambda: merge_target(sm.input.shards, sm.input.synapses, sm.output.parquet),
 )

@@ -1,4 +1,4 @@
-from ntclass.predict import write_target
+from ntclass.targets import write_target
 from ntclass.workflow import run_job
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)
@@ -6,5 +6,6 @@ p = sm.params
 manifest = getattr(sm.input, "manifest", None)  # split targets only
 run_job(
     sm.log[0],
-    lambda: write_target(manifest, p.target, p.classes, p.voxel_size, sm.output.synapses),
+    lambda: write_target(manifest, p.target, p.classes, p.voxel_size, p.partition,
+                         sm.output.synapses),
 )

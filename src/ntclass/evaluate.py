@@ -15,6 +15,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from . import outofcore
 from .calibration import (
     apply_temperature,
     expected_calibration_error,
@@ -22,10 +23,9 @@ from .calibration import (
     negative_log_likelihood,
     reliability,
 )
-from .circuit import FLY_SIGNS, signed_edges
+from .circuit import FLY_SIGNS
 from .errors import NtclassError
 from .ids import ID_DTYPE
-from .io import read_synapse_csv
 
 NEURON_RULES = ("majority", "mean", "sum")
 
@@ -61,9 +61,11 @@ def _confusion(truth: Sequence[str], predicted: Sequence[str], classes: Sequence
             "row_normalised": np.round(normalised, 6).tolist()}
 
 
-def neuron_calls(predictions: pd.DataFrame, classes: Sequence[str], rule: str = "majority",
-                 min_synapses: int = 1, min_confidence: float = 0.0) -> pd.DataFrame:
-    """One NT call per pre-synaptic neuron (`pre_id`).
+def neuron_calls(predictions: pd.DataFrame | str, classes: Sequence[str],
+                 rule: str = "majority", min_synapses: int = 1, min_confidence: float = 0.0,
+                 temperature: float | None = None) -> pd.DataFrame:
+    """One NT call per pre-synaptic neuron (`pre_id`), from a prediction frame or the
+    path of a prediction table (aggregated out of core, see `outofcore`).
 
     majority: most frequent per-synapse prediction, confidence = its share of votes;
     mean: argmax of the mean probabilities, confidence = that mean;
@@ -72,55 +74,61 @@ def neuron_calls(predictions: pd.DataFrame, classes: Sequence[str], rule: str = 
     """
     if rule not in NEURON_RULES:
         raise NtclassError(f"neuron rule '{rule}' is unknown; expected one of {NEURON_RULES}")
-    rows = predictions[predictions["pre_id"].notna()]
+    with outofcore.scratch() as work:
+        con = outofcore.connect(predictions, Path(work))
+        view = outofcore.scaled_view(con, classes, temperature)
+        return calls_from_aggregates(outofcore.neuron_aggregates(con, view, classes),
+                                     classes, rule, min_synapses, min_confidence)
+
+
+def calls_from_aggregates(agg: pd.DataFrame, classes: Sequence[str], rule: str,
+                          min_synapses: int, min_confidence: float) -> pd.DataFrame:
     classes = list(classes)
     columns = ["pre_id", "n_synapses", "predicted_nt", "confidence",
                *[f"mean_{c}" for c in classes], "nt"]
-    if rows.empty:
+    if agg.empty:
         return pd.DataFrame(columns=columns)
-    grouped = rows.groupby("pre_id", sort=True)
-    means = grouped[classes].mean()
-    n = grouped.size()
+    n = agg["n_synapses"].to_numpy(dtype=np.int64)
     if rule == "majority":
-        votes = pd.crosstab(rows["pre_id"], rows["predicted_nt"]).reindex(
-            columns=classes, fill_value=0).loc[means.index]
-        best = votes.to_numpy().argmax(axis=1)
-        confidence = votes.to_numpy().max(axis=1) / n.to_numpy()
+        votes = agg[[f"votes_{c}" for c in classes]].to_numpy(dtype=np.int64)
+        best = votes.argmax(axis=1)
+        confidence = votes.max(axis=1) / n
     else:
-        best = means.to_numpy().argmax(axis=1)
-        confidence = means.to_numpy().max(axis=1)  # sum rule: max/total == max of the mean
-    out = pd.DataFrame({"pre_id": means.index.astype(ID_DTYPE), "n_synapses": n.to_numpy()})
+        means = agg[[f"mean_{c}" for c in classes]].to_numpy(dtype=float)
+        best = means.argmax(axis=1)
+        confidence = means.max(axis=1)  # sum rule: max/total == max of the mean
+    out = pd.DataFrame({"pre_id": agg["pre_id"].astype(ID_DTYPE), "n_synapses": n})
     called = np.asarray(classes, dtype=object)[best]
-    unclear = (out["n_synapses"].to_numpy() < min_synapses) | (confidence < min_confidence)
+    unclear = (n < min_synapses) | (confidence < min_confidence)
     out["predicted_nt"] = np.where(unclear, "unclear", called)
     out["confidence"] = confidence
     for c in classes:
-        out[f"mean_{c}"] = means[c].to_numpy()
-    if "nt" in rows:
-        truth = grouped["nt"].agg(lambda s: s.mode().iloc[0] if s.notna().any() else pd.NA)
-        out["nt"] = truth.to_numpy()
-    else:
-        out["nt"] = pd.NA
+        out[f"mean_{c}"] = agg[f"mean_{c}"].to_numpy(dtype=float)
+    out["nt"] = agg["nt"].astype("string")
     return out[columns].reset_index(drop=True)
 
 
 def evaluate(predictions: pd.DataFrame, classes: Sequence[str], rule: str = "majority",
              min_synapses: int = 1, min_confidence: float = 0.0) -> tuple[dict, pd.DataFrame]:
     """Metrics over the labelled synapses and neurons of a prediction table."""
-    labelled = predictions[predictions["nt"].notna()]
+    neurons = neuron_calls(predictions, classes, rule, min_synapses, min_confidence)
+    return metrics_of(predictions[predictions["nt"].notna()], neurons, classes, rule), neurons
+
+
+def metrics_of(labelled: pd.DataFrame, neurons: pd.DataFrame, classes: Sequence[str],
+               rule: str) -> dict:
+    """Synapse-level metrics of the labelled synapses, neuron-level of the neuron calls."""
     synapse = classification_metrics(labelled["nt"], labelled["predicted_nt"], classes)
     correct = (labelled["predicted_nt"] == labelled["nt"]).to_numpy(dtype=bool)
     confidence = labelled[list(classes)].to_numpy(dtype=float).max(axis=1)
     synapse["calibration"] = reliability(confidence, correct)
     synapse["ece"] = synapse["calibration"]["ece"]
-    neurons = neuron_calls(predictions, classes, rule, min_synapses, min_confidence)
     known = neurons[neurons["nt"].notna() & (neurons["predicted_nt"] != "unclear")]
     neuron = classification_metrics(known["nt"], known["predicted_nt"], classes)
     neuron["rule"] = rule
     neuron["unclear"] = int((neurons["predicted_nt"] == "unclear").sum())
-    metrics = {"classes": list(classes), "chance": 1.0 / len(classes),
-               "synapse": synapse, "neuron": neuron}
-    return metrics, neurons
+    return {"classes": list(classes), "chance": 1.0 / len(classes),
+            "synapse": synapse, "neuron": neuron}
 
 
 def _table(matrix: list[list[int]], classes: Sequence[str]) -> str:
@@ -187,7 +195,11 @@ def fit_temperature_file(predictions_path: str, classes: Sequence[str], fitted_o
     validation part); write the temperature with the NLL and ECE before and after."""
     from .io import write_json
 
-    probabilities, labels = _labelled_arrays(read_synapse_csv(predictions_path), classes)
+    with outofcore.scratch() as work:
+        con = outofcore.connect(predictions_path, Path(work))
+        labelled = outofcore.labelled_rows(con)
+        con.close()
+    probabilities, labels = _labelled_arrays(labelled, classes)
     if not len(labels):
         raise NtclassError(f"target '{fitted_on}' given as evaluation.temperature_scaling."
                            "fit_on has no labelled synapse to fit a temperature on")
@@ -205,25 +217,34 @@ def evaluate_predictions(predictions_path: str, classes: Sequence[str], settings
                          title: str, metrics_out: str, report_out: str, neurons_out: str,
                          edges_out: str, confusion_png: str, calibration_png: str,
                          temperature_path: str | None = None) -> dict:
-    """Evaluate one prediction table: metrics.json, report.txt, the neuron calls, the
-    signed edge list and the figures. With a fitted temperature, every probability used
-    (neuron calls, confidences, calibration) is temperature-scaled first."""
+    """Evaluate one prediction table (Parquet): metrics.json, report.txt, the neuron
+    calls, the signed edge list and the figures. With a fitted temperature, every
+    probability used (neuron calls, confidences, calibration) is temperature-scaled first.
+    Only the labelled synapses are held in memory; the rest is aggregated out of core."""
     from .io import write_csv, write_json, write_text
     from .plots import confusion_figure, reliability_figure
 
-    predictions = read_synapse_csv(predictions_path)
     temperature = None
     if temperature_path:
         temperature = json.loads(Path(temperature_path).read_text())["temperature"]
-        raw_ece = expected_calibration_error(*_labelled_arrays(predictions, classes))
-        predictions = calibrated(predictions, classes, temperature)
-    metrics, neurons = evaluate(predictions, classes, settings["neuron_rule"],
-                                settings["min_synapses"], settings["min_confidence"])
+    rule = settings["neuron_rule"]
+    with outofcore.scratch() as work:
+        con = outofcore.connect(predictions_path, Path(work))
+        labelled = outofcore.labelled_rows(con)
+        view = outofcore.scaled_view(con, classes, temperature)
+        neurons = calls_from_aggregates(outofcore.neuron_aggregates(con, view, classes),
+                                        classes, rule, settings["min_synapses"],
+                                        settings["min_confidence"])
+        signs = settings.get("signs") or FLY_SIGNS
+        outofcore.write_signed_edges(con, neurons, signs, edges_out)
+        con.close()
+    if temperature is not None:
+        raw_ece = expected_calibration_error(*_labelled_arrays(labelled, classes))
+        labelled = calibrated(labelled, classes, temperature)
+    metrics = metrics_of(labelled, neurons, classes, rule)
     if temperature is not None:
         metrics["temperature"] = temperature
         metrics["synapse"]["ece_uncalibrated"] = raw_ece
-    signs = settings.get("signs") or FLY_SIGNS
-    write_csv(signed_edges(predictions, neurons, signs), edges_out)
     write_csv(neurons, neurons_out)
     syn = metrics["synapse"]
     confusion_figure(syn["confusion_matrix"]["counts"] or np.zeros((len(classes),) * 2),

@@ -1,11 +1,17 @@
-"""Blockwise prediction of one shard with daisy.
+"""Prediction of one shard of a target: plan, read, infer, write.
 
-A target's synapses are cut into shards (Snakemake jobs) and each shard into daisy blocks:
-blocks in space for synapses in one large volume (a block reads its raw plus context once
-and crops every synapse it owns), row ranges for synapses in many small crops. A block owns
-the synapses whose location lies in its write ROI (half-open), so every synapse is
-predicted exactly once. Block results are written atomically next to daisy's done markers,
-outside Snakemake's declared outputs, so a killed shard resumes where it stopped.
+A target's synapses come partitioned by shard and sorted spatially (`targets`). A shard
+job
+  plans: its synapses whose prediction is not yet in the target's cache (keyed by the
+         model file, the settings and each synapse's raw volume and location), sorted,
+         into `todo.parquet`; blocks are runs of `rows_per_block` consecutive rows, so no
+         block is empty and a block reads only its own rows;
+  reads: the cubes of a block, asynchronously and in parallel (`cubes`);
+  infers: batch by batch while later cubes are still being read;
+  writes: each block's result atomically next to daisy's done markers (a killed shard
+         resumes where it stopped), then all of them into the cache, then the shard's
+         table: every synapse of the shard exactly once, joined from the cache.
+A new release of a target thus predicts only the synapses whose location is new.
 """
 
 from __future__ import annotations
@@ -21,146 +27,41 @@ from pathlib import Path
 import daisy
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from funlib.geometry import Roi
 
+from .cubes import cpu_count, cube_reader
 from .errors import NtclassError
-from .io import read_parquet, read_synapse_csv, write_csv, write_parquet
-from .synapses import LOCATION, read_source
-from .train import load_model, pick_device
+from .io import NULLABLE_INTEGERS, atomic_path
+from .modelfile import load_model, pick_device
+from .targets import duckdb_connection, query_one, shard_file
 from .validation import to_network
-from .volumes import Intensity, RawVolume, crop_cubes, intensity_of, open_raw_cached
+from .volumes import Intensity, RawVolume, intensity_of
 
 log = logging.getLogger(__name__)
-META_COLUMNS = ["synapse_id", *LOCATION, "pre_id", "post_id", "nt"]
+META_COLUMNS = ["synapse_id", "z", "y", "x", "pre_id", "post_id", "nt"]
+# what a prediction depends on besides the model: the synapse's volume and location
+KEY = ["raw_container", "raw_dataset", "z", "y", "x"]
 
 
 @dataclass
 class PredictConfig:
     classes: list[str]
     voxel_size: list[int] | None  # None: the one stored with the raw
-    block_size: list[int]  # nm, for volume targets
-    rows_per_block: int = 256  # for targets of many crops
+    rows_per_block: int = 512
     batch_size: int = 32
     workers: int = 1
     device: str = "auto"
     mixed_precision: bool = True  # bf16 autocast on a GPU
     intensity_range: list[float] | None = None  # None: the dtype's range (8/16-bit ints)
 
-
-def is_single_volume(table: pd.DataFrame) -> bool:
-    return table[["raw_container", "raw_dataset"]].drop_duplicates().shape[0] == 1
-
-
-def _block_grid(locations: np.ndarray, block_size: np.ndarray, origin: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Grid begin and number of blocks covering all locations, aligned to `origin`."""
-    first = np.floor((locations.min(axis=0) - origin) / block_size).astype(np.int64)
-    last = np.floor((locations.max(axis=0) - origin) / block_size).astype(np.int64)
-    return origin + first * block_size, last - first + 1
-
-
-def shard_rois(table: pd.DataFrame, n_shards: int, block_size: Sequence[int],
-               origin: Sequence[int]) -> list[Roi]:
-    """Cut the target's block grid into `n_shards` slabs along its longest axis, balanced
-    by synapse count. Every location lies in exactly one slab (empty slabs possible)."""
-    block = np.asarray(block_size, dtype=np.int64)
-    locs = table[LOCATION].to_numpy(dtype=np.float64)
-    begin, n_blocks = _block_grid(locs, block, np.asarray(origin, dtype=np.int64))
-    axis = int(np.argmax(n_blocks))
-    layer = np.floor((locs[:, axis] - begin[axis]) / block[axis]).astype(np.int64)
-    per_layer = np.bincount(layer, minlength=n_blocks[axis])
-    # cut at the layer boundaries whose cumulative counts come closest to k/n of the synapses
-    cum = np.cumsum(per_layer)
-    targets = np.arange(1, n_shards) * cum[-1] / n_shards
-    cuts = np.abs(cum[None, :] - targets[:, None]).argmin(axis=1) + 1
-    edges = np.concatenate([[0], np.minimum(cuts, n_blocks[axis]), [n_blocks[axis]]])
-    rois = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        shard_begin, shard_shape = begin.copy(), n_blocks * block
-        shard_begin[axis] = begin[axis] + lo * block[axis]
-        shard_shape[axis] = max(hi - lo, 0) * block[axis]
-        rois.append(Roi(tuple(shard_begin), tuple(shard_shape)))
-    return rois
-
-
-def select_shard(table: pd.DataFrame, shard: int, n_shards: int, cfg: PredictConfig,
-                 origin: Sequence[int]) -> tuple[pd.DataFrame, Roi | None]:
-    """The rows of one shard, and its ROI when blocks are spatial."""
-    if not 0 <= shard < n_shards:
-        raise NtclassError(f"shard {shard} is out of range for {n_shards} shards")
-    if table.empty:
-        return table, None
-    if is_single_volume(table):
-        roi = shard_rois(table, n_shards, cfg.block_size, origin)[shard]
-        return table[_inside(table, roi)], roi
-    bounds = np.linspace(0, len(table), n_shards + 1).round().astype(int)
-    return table.iloc[bounds[shard]:bounds[shard + 1]], None
-
-
-def _inside(table: pd.DataFrame, roi: Roi) -> np.ndarray:
-    locs = table[LOCATION].to_numpy(dtype=np.float64)
-    begin, end = np.array(roi.begin, float), np.array(roi.end, float)
-    return np.all((locs >= begin) & (locs < end), axis=1)
-
-
-class ShardPredictor:
-    """Predicts the synapses of daisy blocks; loads the model once per process."""
-
-    def __init__(self, model_path: str, rows: pd.DataFrame, cfg: PredictConfig,
-                 blocks_dir: Path, spatial: bool):
-        self.model_path = model_path
-        self.rows = rows
-        self.cfg = cfg
-        self.blocks_dir = blocks_dir
-        self.spatial = spatial
-        self._model = None
-
-    def model(self):
-        if self._model is None:
-            device = pick_device(self.cfg.device)
-            self._model, self._record = load_model(self.model_path, self.cfg.classes, device)
-            self._device = device
-        return self._model
-
-    def rows_of(self, block) -> pd.DataFrame:
-        if self.spatial:
-            return self.rows[_inside(self.rows, block.write_roi)]
-        begin, end = block.write_roi.begin[0], block.write_roi.end[0]
-        return self.rows.iloc[begin:end]
-
-    def __call__(self, block) -> None:
-        rows = self.rows_of(block)
-        result = self.predict_rows(rows)
-        write_parquet(result, self.blocks_dir / f"{block.block_id[1]}.parquet")
-
-    def predict_rows(self, rows: pd.DataFrame) -> pd.DataFrame:
-        model = self.model()
-        shape = self._record["input_shape"]
-        probs = np.zeros((len(rows), len(self.cfg.classes)), dtype=np.float32)
-        padded = np.zeros(len(rows), dtype=bool)
-        positions = np.arange(len(rows))
-        for (container, dataset), idx in rows.groupby(
-                ["raw_container", "raw_dataset"], sort=False).indices.items():
-            volume = open_raw_cached(container, dataset, self.cfg.voxel_size)
-            intensity = model_input_mapping(volume, self._record, self.cfg.intensity_range,
-                                            self.model_path)
-            locs = rows[LOCATION].to_numpy(dtype=np.float64)[idx]
-            cubes, pad = crop_cubes(volume, locs, shape)
-            probs[positions[idx]] = self._infer(model, cubes, intensity)
-            padded[positions[idx]] = pad
-        return assemble(rows, probs, padded, self.cfg.classes)
-
-    def _infer(self, model, cubes: np.ndarray, intensity: Intensity) -> np.ndarray:
-        out = []
-        on_gpu = self.cfg.mixed_precision and torch.device(self._device).type == "cuda"
-        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=on_gpu):
-            for start in range(0, len(cubes), self.cfg.batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(
-                    cubes[start:start + self.cfg.batch_size]))
-                x = to_network(batch.to(self._device), intensity)
-                out.append(torch.softmax(model(x), dim=1).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.cfg.classes)))
+    def result_key(self) -> dict:
+        """The settings a prediction's value depends on (not how the work is cut)."""
+        return {"classes": self.classes, "voxel_size": self.voxel_size,
+                "device": pick_device(self.device), "mixed_precision": self.mixed_precision,
+                "intensity_range": self.intensity_range}
 
 
 # models saved before intensity mappings were recorded were all trained on uint8 raw
@@ -185,139 +86,277 @@ def model_input_mapping(volume: RawVolume, record: dict, intensity_range, model_
     return intensity
 
 
-def assemble(rows: pd.DataFrame, probs: np.ndarray, padded: np.ndarray,
-             classes: Sequence[str]) -> pd.DataFrame:
-    """The prediction table of some synapses."""
-    out = rows[[c for c in META_COLUMNS if c in rows]].reset_index(drop=True).copy()
-    for i, nt in enumerate(classes):
-        out[nt] = probs[:, i]
-    best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
-    out["predicted_nt"] = pd.array(np.asarray(classes, dtype=object)[best], dtype="string")
-    out["confidence"] = probs.max(axis=1) if len(probs) else np.zeros(0)
-    out["padded"] = padded
-    return out
+# ---------------------------------------------------------------------------- read rows
+
+def read_rows(path: Path, begin: int, end: int) -> pd.DataFrame:
+    """Rows `begin`..`end` of a Parquet file, reading only the row groups they lie in."""
+    pf = pq.ParquetFile(path)
+    starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows
+                              for i in range(pf.num_row_groups)])
+    groups = [i for i in range(pf.num_row_groups) if starts[i] < end and starts[i + 1] > begin]
+    if not groups:
+        return pf.schema_arrow.empty_table().to_pandas(types_mapper=NULLABLE_INTEGERS.get)
+    table = pf.read_row_groups(groups).slice(begin - starts[groups[0]], end - begin)
+    return table.to_pandas(types_mapper=NULLABLE_INTEGERS.get)
 
 
-def predict_shard(model_path: str, table: pd.DataFrame, shard: int, n_shards: int,
-                  cfg: PredictConfig, work_dir: str | os.PathLike, out_path: str) -> None:
-    """Predict one shard of `table` blockwise; write its rows to `out_path` atomically.
+# ---------------------------------------------------------------------- read and infer
 
-    `work_dir` keeps daisy's done markers and the finished blocks between attempts.
-    """
-    work_dir = Path(work_dir)
-    spatial = not table.empty and is_single_volume(table)
-    origin = (0, 0, 0)
-    if spatial:
-        volume = open_raw_cached(table["raw_container"].iloc[0], table["raw_dataset"].iloc[0],
-                                 cfg.voxel_size)
-        origin = volume.offset
-    rows, shard_roi = select_shard(table, shard, n_shards, cfg, origin)
-    blocks_dir = work_dir / "blocks"
-    blocks_dir.mkdir(parents=True, exist_ok=True)
-    if rows.empty:
-        log.info("shard %d of %d holds no synapse", shard, n_shards)
-        write_csv(assemble(rows, np.zeros((0, len(cfg.classes))), np.zeros(0, bool),
-                           cfg.classes), out_path)
+class BlockPredictor:
+    """Predicts the rows of daisy blocks; loads the model once per worker process."""
+
+    def __init__(self, model_path: str, todo: Path, cfg: PredictConfig, blocks_dir: Path):
+        self.model_path = model_path
+        self.todo = todo
+        self.cfg = cfg
+        self.blocks_dir = blocks_dir
+        self._model = None
+
+    def model(self):
+        if self._model is None:
+            self._device = pick_device(self.cfg.device)
+            self._model, self._record = load_model(self.model_path, self.cfg.classes,
+                                                   self._device)
+            self._threads = max(1, cpu_count() // self.cfg.workers)
+        return self._model
+
+    def __call__(self, block) -> None:
+        begin, end = block.write_roi.begin[0], block.write_roi.end[0]
+        rows = read_rows(self.todo, begin, end)
+        probs, padded = self.predict(rows)
+        out = rows[[*KEY, "cell"]].copy()
+        for i, nt in enumerate(self.cfg.classes):
+            out[nt] = probs[:, i]
+        out["padded"] = padded
+        with atomic_path(self.blocks_dir / f"{block.block_id[1]}.parquet") as tmp:
+            out.to_parquet(tmp, index=False)
+
+    def predict(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities (N x classes, float32) and padded flags of some rows."""
+        model = self.model()
+        probs = np.zeros((len(rows), len(self.cfg.classes)), dtype=np.float32)
+        padded = np.zeros(len(rows), dtype=bool)
+        for (container, dataset), idx in rows.groupby(
+                ["raw_container", "raw_dataset"], sort=False).indices.items():
+            reader = cube_reader(container, dataset, _tuple(self.cfg.voxel_size),
+                                 tuple(self._record["input_shape"]), self._threads,
+                                 os.getpid())
+            intensity = model_input_mapping(reader.volume, self._record,
+                                            self.cfg.intensity_range, self.model_path)
+            locations = rows[["z", "y", "x"]].to_numpy(dtype=np.float64)[idx]
+            pending, padded[idx] = reader.submit(locations)
+            probs[idx] = self._infer(model, pending, intensity)
+        return probs, padded
+
+    def _infer(self, model, pending: list, intensity: Intensity) -> np.ndarray:
+        """Batches in order; later cubes are still being read while the model runs."""
+        device = torch.device(self._device)
+        on_gpu = device.type == "cuda"
+        out = []
+        with torch.inference_mode(), torch.autocast(
+                "cuda", torch.bfloat16, enabled=on_gpu and self.cfg.mixed_precision):
+            for start in range(0, len(pending), self.cfg.batch_size):
+                cubes = np.stack([p.result() for p in
+                                  pending[start:start + self.cfg.batch_size]])
+                batch = torch.from_numpy(cubes)
+                if on_gpu:
+                    batch = batch.pin_memory().to(device, non_blocking=True)
+                x = to_network(batch, intensity)  # on the device
+                out.append(torch.softmax(model(x).float(), dim=1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.cfg.classes)),
+                                                        np.float32)
+
+
+def _tuple(values) -> tuple | None:
+    return tuple(values) if values is not None else None
+
+
+# ------------------------------------------------------------------------------- plan
+
+def _cache_files(cache: Path) -> str | None:
+    """The glob of the cache's result files, or None while it has none."""
+    return f"{cache}/*.parquet" if any(cache.glob("*.parquet")) else None
+
+
+def plan_todo(shard_path: Path, cache: Path, todo: Path, rows_per_block: int,
+              work: Path) -> int:
+    """Write the shard's distinct (volume, location) keys that the cache lacks, in the
+    shard's spatial order; return their number."""
+    con = duckdb_connection(work)
+    cached = _cache_files(cache)
+    lacking = "" if cached is None else (
+        f"ANTI JOIN (SELECT {', '.join(KEY)} FROM read_parquet('{cached}') "
+        f"WHERE cell BETWEEN $lo AND $hi) c USING ({', '.join(KEY)})")
+    lo, hi = query_one(con, f"SELECT min(cell), max(cell) FROM '{shard_path}'")
+    query = (f"SELECT DISTINCT ON ({', '.join(KEY)}) {', '.join(KEY)}, cell "
+             f"FROM '{shard_path}' t {lacking} "
+             f"ORDER BY raw_container, raw_dataset, cell, z, y, x")
+    params = {"lo": lo, "hi": hi} if cached else {}
+    reader = con.sql(query, params=params).to_arrow_reader(rows_per_block)
+    n = 0
+    with atomic_path(todo) as tmp:
+        with pq.ParquetWriter(tmp, reader.schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch, row_group_size=rows_per_block)
+                n += batch.num_rows
+    con.close()
+    return n
+
+
+# ------------------------------------------------------------------------------ write
+
+def publish_blocks(blocks_dir: Path, n_todo: int, out: Path) -> None:
+    """All finished blocks as one cache file; refuses when rows are missing or doubled."""
+    files = sorted(blocks_dir.glob("*.parquet"), key=lambda p: int(p.stem))
+    n = sum(pq.ParquetFile(p).metadata.num_rows for p in files)
+    if n != n_todo:
+        raise NtclassError(f"the blocks in '{blocks_dir}' hold {n} predictions for "
+                           f"{n_todo} planned synapses; remove '{blocks_dir.parent}' and rerun")
+    if not files:
         return
-    if spatial:
-        block = Roi((0, 0, 0), tuple(cfg.block_size))
-        total = shard_roi
-    else:
-        block = Roi((0,), (cfg.rows_per_block,))
-        total = Roi((0,), (len(rows),))
-    predictor = ShardPredictor(model_path, rows.reset_index(drop=True), cfg, blocks_dir,
-                               spatial)
-    # daisy's worker logs default to ./daisy_logs/<task_id>, shared by every model and
-    # target running at once; this shard's work folder is its own
-    daisy.logging.set_log_basedir(work_dir / "daisy_logs")
+    schema = pq.read_schema(files[0])
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for p in files:
+            writer.write_table(pq.read_table(p, schema=schema))
+
+
+def write_shard_table(shard_path: Path, cache: Path, classes: Sequence[str], out: Path,
+                      work: Path, batch_rows: int = 65536) -> int:
+    """The shard's prediction table, in the shard's order, from the cache: every synapse
+    exactly once. Streams, so memory does not grow with the shard."""
+    con = duckdb_connection(work)
+    cached = _cache_files(cache)
+    meta = ", ".join(f"t.{c}" for c in META_COLUMNS)
+    probs = ", ".join(f'c."{c}"' for c in classes)
+    source = ("(SELECT NULL::VARCHAR AS raw_container)" if cached is None else
+              f"(SELECT DISTINCT ON ({', '.join(KEY)}) * FROM read_parquet('{cached}') "
+              "WHERE cell BETWEEN $lo AND $hi)")
+    lo, hi = query_one(con, f"SELECT min(cell), max(cell) FROM '{shard_path}'")
+    query = (f"SELECT {meta}, {probs}, c.padded FROM read_parquet('{shard_path}', "
+             f"file_row_number = true) t LEFT JOIN {source} c USING ({', '.join(KEY)}) "
+             "ORDER BY t.file_row_number") if cached else None
+    n = 0
+    with atomic_path(out) as tmp:
+        writer = None
+        if query is not None and lo is not None:
+            reader = con.sql(query, params={"lo": lo, "hi": hi}).to_arrow_reader(batch_rows)
+            for batch in reader:
+                table = _with_calls(batch.to_pandas(types_mapper=NULLABLE_INTEGERS.get),
+                                    classes)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, pa.Schema.from_pandas(
+                        table, preserve_index=False))
+                writer.write_table(pa.Table.from_pandas(table, schema=writer.schema,
+                                                        preserve_index=False))
+                n += len(table)
+        if writer is None:  # an empty shard: the columns, no rows
+            empty = read_rows(shard_path, 0, 0).reindex(columns=META_COLUMNS)
+            _with_calls(empty.assign(**{c: np.float32(0) for c in classes},
+                                    padded=False), classes).to_parquet(tmp, index=False)
+        else:
+            writer.close()
+    con.close()
+    return n
+
+
+def _with_calls(df: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    """Add `predicted_nt` and `confidence`; refuse rows without a prediction."""
+    probs = df[list(classes)]
+    if probs.isna().any().any():
+        row = df[probs.isna().any(axis=1)].iloc[0]
+        raise NtclassError(f"synapse {int(row['synapse_id'])} has no prediction in the "
+                           "cache; remove the prediction's work and cache folders and rerun")
+    values = probs.to_numpy(dtype=np.float32)
+    best = values.argmax(axis=1) if len(values) else np.zeros(0, dtype=int)
+    df = df.astype({c: np.float32 for c in classes})
+    df["predicted_nt"] = pd.array(np.asarray(classes, dtype=object)[best], dtype="string")
+    df["confidence"] = values.max(axis=1) if len(values) else np.zeros(0, np.float32)
+    df["padded"] = df["padded"].astype(bool)
+    return df[[*META_COLUMNS, *classes, "predicted_nt", "confidence", "padded"]]
+
+
+# -------------------------------------------------------------------------- the shard
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return h.hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.digest()
+
+
+def predict_shard(model_path: str, shard_path: Path, cfg: PredictConfig, work_base: Path,
+                  cache_base: Path, out_path: str,
+                  predictor: type[BlockPredictor] | None = None) -> dict:
+    """Predict one shard: plan what the cache lacks, predict it blockwise with daisy,
+    publish it to the cache, write the shard's table. Returns counts for the log.
+    `predictor`: the class that predicts blocks (BlockPredictor; benchmarks swap it)."""
+    model_digest = _file_digest(Path(model_path))
+    cache = cache_base / _digest(model_digest,
+                                 json.dumps(cfg.result_key(), sort_keys=True).encode())
+    # done markers are valid for these rows, this model and these settings only
+    work = work_base / _digest(model_digest, _file_digest(shard_path),
+                               json.dumps(asdict(cfg), sort_keys=True).encode())
+    blocks = work / "blocks"
+    blocks.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    todo = work / "todo.parquet"
+    if not todo.exists():
+        plan_todo(shard_path, cache, todo, cfg.rows_per_block, work)
+    n_todo = pq.ParquetFile(todo).metadata.num_rows
+    n_rows = pq.ParquetFile(shard_path).metadata.num_rows
+    log.info("shard of %d synapses: %d locations to predict, the rest from the cache",
+             n_rows, n_todo)
+    if n_todo:
+        predictor = (predictor or BlockPredictor)(model_path, todo, cfg, blocks)
+        _run_blocks(predictor, n_todo, cfg, work)
+        publish_blocks(blocks, n_todo, cache / f"{work.name}.parquet")
+    n = write_shard_table(shard_path, cache, cfg.classes, Path(out_path), work)
+    if n != n_rows:
+        raise NtclassError(f"shard '{shard_path}' has {n_rows} synapses but {n} predictions")
+    return {"synapses": n_rows, "predicted": n_todo}
+
+
+def _run_blocks(predictor: BlockPredictor, n_todo: int, cfg: PredictConfig, work: Path
+                ) -> None:
+    block = Roi((0,), (cfg.rows_per_block,))
+    # daisy's worker logs default to ./daisy_logs/<task_id>, shared by every job running
+    # at once; this shard's work folder is its own
+    daisy.logging.set_log_basedir(work / "daisy_logs")
     task = daisy.Task(
-        task_id=f"predict_shard_{shard}",
-        total_roi=total, read_roi=block, write_roi=block,
-        process_function=predictor, read_write_conflict=False, fit="shrink",
-        max_workers=cfg.workers, max_retries=1, timeout=None,
-        tracking_path=str(work_dir / "tracking"),
-    )
-    log.info("shard %d of %d: %d synapses in %s", shard, n_shards, len(rows), total)
+        task_id="predict", total_roi=Roi((0,), (n_todo,)), read_roi=block, write_roi=block,
+        process_function=predictor,
+        read_write_conflict=False, fit="shrink", max_workers=cfg.workers, max_retries=1,
+        timeout=None, tracking_path=str(work / "tracking"))
     ok = daisy.run_blockwise([task], multiprocessing=cfg.workers > 1, progress=False)
     if not ok:
-        raise RuntimeError(f"some blocks of shard {shard} failed; rerun to resume")
-    parts = [read_parquet(p) for p in sorted(blocks_dir.glob("*.parquet"))]
-    result = pd.concat(parts, ignore_index=True) if parts else assemble(
-        rows.iloc[:0], np.zeros((0, len(cfg.classes))), np.zeros(0, bool), cfg.classes)
-    missing = set(rows["synapse_id"]) - set(result["synapse_id"])
-    if missing or len(result) != len(rows):
-        raise RuntimeError(f"shard {shard}: {len(missing)} synapses were not predicted and "
-                           f"{len(result) - len(rows) + len(missing)} twice; "
-                           f"remove '{work_dir}' and rerun")
-    write_csv(result.sort_values("synapse_id"), out_path)
+        raise RuntimeError("some blocks of the shard failed; rerun to resume")
 
 
-def target_synapses(manifest_path: str | None, target: dict, classes: Sequence[str],
-                    voxel_size: Sequence[int]) -> pd.DataFrame:
-    """The synapses a target names: a part of the split manifest, or a synapse source of
-    its own (a table over a volume, a folder of CREMI files, a MongoDB database)."""
-    if target["type"] == "split":
-        manifest = read_synapse_csv(manifest_path)
-        return manifest[manifest["split"] == target["part"]].reset_index(drop=True)
-    return read_source(target, classes, voxel_size)
-
-
-def write_target(manifest_path: str | None, target: dict, classes: Sequence[str],
-                 voxel_size: Sequence[int], out_path: str) -> None:
-    """Write a target's synapses once, for all its shards and its merge to read."""
-    table = target_synapses(manifest_path, target, classes, voxel_size)
-    log.info("target of type %s: %d synapses", target["type"], len(table))
-    write_parquet(table, out_path)
-
-
-def load_target(path: str) -> pd.DataFrame:
-    return read_parquet(path)
-
-
-def _work_dir(base: str | os.PathLike, model_path: str, rows: pd.DataFrame,
-              cfg: PredictConfig, n_shards: int) -> Path:
-    """Done markers are only valid for this model, these synapses and these settings."""
-    h = hashlib.sha256(Path(model_path).read_bytes())
-    h.update(pd.util.hash_pandas_object(rows[["synapse_id", *LOCATION]], index=False)
-             .to_numpy().tobytes())
-    h.update(json.dumps([asdict(cfg), n_shards], sort_keys=True).encode())
-    return Path(base) / h.hexdigest()[:16]
-
-
-def predict_target_shard(model_path: str, target_path: str, shard: int, n_shards: int,
+def predict_target_shard(model_path: str, target_dir: str, shard: int,
                          classes: Sequence[str], voxel_size: Sequence[int] | None,
                          intensity_range: Sequence[float] | None, settings: dict,
-                         work_base: str, out_path: str) -> None:
-    """Predict shard `shard` of `n_shards` of a target; the Snakemake job's entry point."""
+                         work_base: str, cache_base: str, out_path: str) -> None:
+    """Predict shard `shard` of a target; the Snakemake job's entry point."""
+    shard_path = Path(target_dir) / shard_file(shard)
+    if not shard_path.exists():
+        raise NtclassError(f"target '{target_dir}' has no shard {shard}")
     cfg = PredictConfig(classes=list(classes),
                         voxel_size=list(voxel_size) if voxel_size is not None else None,
                         intensity_range=(list(intensity_range) if intensity_range is not None
                                          else None),
-                        block_size=list(settings["block_size"]),
                         rows_per_block=settings["rows_per_block"],
                         batch_size=settings["batch_size"], workers=settings["workers"],
                         device=settings["device"],
                         mixed_precision=settings.get("mixed_precision", True))
-    rows = load_target(target_path)
-    work_dir = _work_dir(work_base, model_path, rows, cfg, n_shards)
-    predict_shard(model_path, rows, shard, n_shards, cfg, work_dir, out_path)
-
-
-def merge_target(shard_paths: Sequence[str], target_path: str, out_csv: str,
-                 out_parquet: str) -> pd.DataFrame:
-    """Concatenate a target's shards; every synapse of the target exactly once."""
-    expected = load_target(target_path)
-    frames = [read_synapse_csv(p) for p in shard_paths]
-    merged = pd.concat(frames, ignore_index=True).sort_values("synapse_id", kind="stable")
-    dup = merged["synapse_id"].duplicated()
-    if dup.any():
-        raise NtclassError(f"synapse {int(merged['synapse_id'][dup].iloc[0])} was predicted "
-                           "by two shards")
-    missing = set(expected["synapse_id"]) - set(merged["synapse_id"])
-    if missing:
-        raise NtclassError(f"{len(missing)} synapses of the target have no prediction "
-                           f"(for example {min(missing)})")
-    merged = merged.reset_index(drop=True)
-    write_parquet(merged, out_parquet)
-    write_csv(merged, out_csv)
-    return merged
+    counts = predict_shard(model_path, shard_path, cfg, Path(work_base), Path(cache_base),
+                           out_path)
+    log.info("shard %d: %d synapses, %d predicted now", shard, counts["synapses"],
+             counts["predicted"])

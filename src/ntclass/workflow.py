@@ -46,6 +46,7 @@ def run_job(log_path: str, step: Callable[[], None], threads: int | None = None)
         torch.set_num_threads(threads)
     try:
         step()
+        _log_peak_memory()
     except NtclassError as e:
         logging.getLogger("ntclass").error("bad input: %s", e)
         _say(original_stderr, f"ntclass: {e}\n")
@@ -54,6 +55,18 @@ def run_job(log_path: str, step: Callable[[], None], threads: int | None = None)
         traceback.print_exc()
         _say(original_stderr, f"ntclass: the job failed; see {log_path}\n")
         sys.exit(1)
+
+
+PEAK_MEMORY = "peak memory (RSS): %d MB in this process, %d MB in its largest child"
+
+
+def _log_peak_memory() -> None:
+    """What the job needed at most, for sizing `mem_mb` (and the scale benchmark)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+    logging.getLogger("ntclass").info(PEAK_MEMORY, own, child)
 
 
 def _say(fd: int, message: str) -> None:

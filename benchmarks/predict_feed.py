@@ -1,0 +1,170 @@
+"""Prediction's data path alone, at FAFB shape and FAFB synapse density.
+
+Everything a shard job does except the model's forward pass: plan (which synapses the
+cache lacks, in spatial order), daisy blocks, asynchronous cube reads and decompression
+from a Blosc-compressed zarr of EM-like texture, batches assembled and mapped to the
+network's input, results written, published to the cache and joined into the shard's
+table. The model is replaced by one that returns zeros.
+
+Prints, per number of workers (daisy processes): synapses/s and synapses/s per worker,
+the scaling per added worker, voxels requested per synapse (in cube volumes), and the
+chunk voxels each synapse costs to decompress when a block's chunks are each
+decompressed once.
+
+  .venv/bin/python benchmarks/predict_feed.py                  # 1 and 2 workers
+  .venv/bin/python benchmarks/predict_feed.py --workers 1 2 4 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numcodecs
+import numpy as np
+import pandas as pd
+import torch
+import zarr
+from scipy.ndimage import gaussian_filter
+
+from ntclass.cubes import cpu_count
+from ntclass.predict import BlockPredictor, PredictConfig, predict_shard
+from ntclass.targets import shard_file, write_target
+
+VOXEL = (40, 4, 4)
+CUBE = (16, 160, 160)  # Synister's FAFB input shape
+CHUNKS = (16, 256, 256)
+FAFB_DENSITY = 1.9e-6  # synapses per voxel
+CLASSES = ["acetylcholine", "gaba", "glutamate", "serotonin", "dopamine", "octopamine",
+           "tyramine"]
+
+
+def em_tile(rng: np.random.Generator, shape=(16, 1024, 1024)) -> np.ndarray:
+    """Grey texture with membrane-like dark ridges: compresses like EM (about 1.5-2x)."""
+    blobs = gaussian_filter(rng.normal(size=shape).astype(np.float32), (0.5, 6, 6))
+    ridges = np.exp(-(blobs / blobs.std()) ** 2 * 8)
+    grain = rng.normal(0, 12, size=shape)
+    return np.clip(150 - 90 * ridges + grain, 0, 255).astype(np.uint8)
+
+
+def write_em_volume(path: Path, shape: tuple[int, int, int], seed: int = 0) -> float:
+    """A Blosc-LZ4 zarr of EM-like texture; returns its compression ratio."""
+    rng = np.random.default_rng(seed)
+    tile = em_tile(rng)
+    array = zarr.open(str(path), mode="w").create_dataset(
+        "raw", shape=shape, chunks=CHUNKS, dtype=np.uint8,
+        compressor=numcodecs.Blosc("lz4", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE))
+    array.attrs.update({"voxel_size": list(VOXEL), "offset": [0, 0, 0]})
+    for z in range(0, shape[0], tile.shape[0]):
+        slab = np.empty((min(tile.shape[0], shape[0] - z), *shape[1:]), np.uint8)
+        for y in range(0, shape[1], tile.shape[1]):
+            for x in range(0, shape[2], tile.shape[2]):
+                piece = np.roll(tile, rng.integers(0, 1024, 2), axis=(1, 2))
+                h, w = min(tile.shape[1], shape[1] - y), min(tile.shape[2], shape[2] - x)
+                slab[:, y:y + h, x:x + w] = piece[:len(slab), :h, :w]
+        array[z:z + len(slab)] = slab
+    stored = sum(p.stat().st_size for p in Path(path, "raw").iterdir())
+    return array.nbytes / stored
+
+
+class FeedOnly(BlockPredictor):
+    """The data path of `BlockPredictor` with a model that costs nothing."""
+
+    def model(self):
+        if self._model is None:
+            self._device = "cpu"
+            self._record = {"input_shape": list(CUBE), "voxel_size": list(VOXEL),
+                            "intensity": {"uint8": [0.0, 255.0]}}
+            self._threads = max(1, cpu_count() // self.cfg.workers)
+            n = len(self.cfg.classes)
+            self._model = lambda x: torch.zeros((x.shape[0], n))
+        return self._model
+
+
+def requested_per_synapse(rows: pd.DataFrame, shape: tuple[int, ...]) -> float:
+    """Voxels the reader requests per synapse (as `CubeReader.submit` counts them)."""
+    begins = np.floor(rows[["z", "y", "x"]].to_numpy() / VOXEL).astype(np.int64) - np.array(
+        CUBE) // 2
+    lo, hi = np.maximum(begins, 0), np.minimum(begins + CUBE, shape)
+    return float(np.prod(hi - lo, axis=1).mean())
+
+
+def chunk_voxels_per_synapse(rows: pd.DataFrame, rows_per_block: int) -> float:
+    """Chunk voxels decompressed per synapse when each block decompresses each chunk its
+    cubes touch once."""
+    vox = np.floor(rows[["z", "y", "x"]].to_numpy() / VOXEL).astype(np.int64)
+    lo = (vox - np.array(CUBE) // 2) // CHUNKS
+    hi = (vox - np.array(CUBE) // 2 + np.array(CUBE) - 1) // CHUNKS
+    total = 0
+    for start in range(0, len(rows), rows_per_block):
+        chunks = set()
+        for a, b in zip(lo[start:start + rows_per_block], hi[start:start + rows_per_block]):
+            chunks.update((z, y, x) for z in range(a[0], b[0] + 1)
+                          for y in range(a[1], b[1] + 1) for x in range(a[2], b[2] + 1))
+        total += len(chunks)
+    return total * int(np.prod(CHUNKS)) / len(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--volume-shape", type=int, nargs=3, default=[160, 4096, 4096],
+                        help="voxels (default 2.7 GB)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rows-per-block", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    shape = tuple(args.volume_shape)
+
+    with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as tmp:
+        tmp = Path(tmp)
+        start = time.perf_counter()
+        ratio = write_em_volume(tmp / "em.zarr", shape)
+        n = int(round(np.prod(shape) * FAFB_DENSITY))
+        rng = np.random.default_rng(1)
+        margin = np.array(VOXEL)  # inside the volume
+        locations = margin + rng.uniform(0, 1, (n, 3)) * (np.array(shape) * VOXEL - 2 * margin)
+        pd.DataFrame({"synapse_id": np.arange(n), "z": locations[:, 0],
+                      "y": locations[:, 1], "x": locations[:, 2]}
+                     ).to_csv(tmp / "synapses.csv", index=False)
+        target = {"type": "table", "table": str(tmp / "synapses.csv"),
+                  "raw_container": str(tmp / "em.zarr"), "raw_dataset": "raw"}
+        write_target(None, target, CLASSES, None,
+                     {"shards": 1, "block_size": [640, 1024, 1024]}, str(tmp / "target"))
+        shard = tmp / "target" / shard_file(0)
+        rows = pd.read_parquet(shard)
+        print(f"volume {shape} voxels ({np.prod(shape) / 1e9:.2f} GB, Blosc-LZ4 "
+              f"{ratio:.2f}x, chunks {CHUNKS}), {n} synapses at {FAFB_DENSITY:g} per voxel, "
+              f"cubes {CUBE}; set up in {time.perf_counter() - start:.0f} s; "
+              f"{cpu_count()} cores")
+        cube = int(np.prod(CUBE))
+        print(f"voxels requested per synapse: {requested_per_synapse(rows, shape) / cube:.2f} "
+              f"cube volumes of {cube} (each cube's own voxels, once)")
+        decompressed = chunk_voxels_per_synapse(rows, args.rows_per_block) / cube
+        print(f"chunk voxels decompressed per synapse, each chunk once per block of "
+              f"{args.rows_per_block}: {decompressed:.2f} cube volumes")
+        base = None
+        for workers in args.workers:
+            cfg = PredictConfig(classes=CLASSES, voxel_size=list(VOXEL),
+                                rows_per_block=args.rows_per_block,
+                                batch_size=args.batch_size, workers=workers, device="cpu")
+            rates = []
+            for repeat in range(args.repeats):
+                run = tmp / f"run-{workers}-{repeat}"
+                begin = time.perf_counter()
+                predict_shard("", shard, cfg, run / "work", run / "cache",
+                              str(run / "out.parquet"), predictor=FeedOnly)
+                rates.append(n / (time.perf_counter() - begin))
+            rate = max(rates)
+            base = base or rate
+            scaling = (rate / base) ** (1 / max(workers - 1, 1)) if workers > 1 else 1.0
+            print(f"workers {workers}: {rate:8.0f} synapses/s, {rate / workers:8.0f} per "
+                  f"worker; scaling per added worker {scaling:.2f} (target >= 0.8); "
+                  f"per-worker target 2000/s: {rate / workers / 2000:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Neuron calls and the signed edge list of any number of synapses, out of core.
+
+DuckDB aggregates the prediction table (a Parquet file, or a frame in memory) per neuron
+and per neuron pair; memory grows with the number of neurons, never with the number of
+synapses, and the edge list goes straight from DuckDB to its CSV.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+from .io import NULLABLE_INTEGERS, atomic_path, read_synapse_csv
+from .targets import duckdb_connection
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def connect(predictions: str | os.PathLike | pd.DataFrame, work: Path
+            ) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the predictions as view `preds` (a Parquet file, read
+    out of core; or a CSV the workflow wrote, or a frame, held in memory)."""
+    con = duckdb_connection(work)
+    if not isinstance(predictions, pd.DataFrame) and str(predictions).endswith(".csv"):
+        predictions = read_synapse_csv(predictions)
+    if isinstance(predictions, pd.DataFrame):
+        con.register("preds", pa.Table.from_pandas(predictions, preserve_index=False))
+    else:
+        con.execute(f"CREATE VIEW preds AS SELECT * FROM read_parquet('{predictions}')")
+    return con
+
+
+def scaled_view(con: duckdb.DuckDBPyConnection, classes: Sequence[str],
+                temperature: float | None) -> str:
+    """The name of a view of `preds` whose probabilities are temperature-scaled (the
+    softmax of log-probabilities / T, as `calibration.apply_temperature`)."""
+    if temperature is None:
+        return "preds"
+    logits = {c: f"ln(greatest({_q(c)}::DOUBLE, 1e-12)) / {float(temperature)!r}"
+              for c in classes}
+    top = f"greatest({', '.join(logits.values())})"
+    exps = {c: f"exp({v} - {top})" for c, v in logits.items()}
+    total = " + ".join(exps.values())
+    columns = ", ".join(f"({e}) / ({total}) AS {_q(c)}" for c, e in exps.items())
+    con.execute(f"CREATE VIEW scaled AS SELECT * REPLACE ({columns}) FROM preds")
+    return "scaled"
+
+
+def neuron_aggregates(con: duckdb.DuckDBPyConnection, view: str, classes: Sequence[str]
+                      ) -> pd.DataFrame:
+    """Per pre-synaptic neuron: synapse count, mean probabilities, votes per class and
+    its most frequent known NT (ties: the first by name)."""
+    means = ", ".join(f"avg({_q(c)}) AS {_q('mean_' + c)}" for c in classes)
+    votes = ", ".join(f"count(*) FILTER (predicted_nt = '{c}') AS {_q('votes_' + c)}"
+                      for c in classes)
+    query = f"""
+        WITH agg AS (SELECT pre_id, count(*) AS n_synapses, {means}, {votes}
+                     FROM {view} WHERE pre_id IS NOT NULL GROUP BY pre_id),
+        truth AS (SELECT pre_id, nt FROM (
+                    SELECT pre_id, nt, row_number() OVER (
+                        PARTITION BY pre_id ORDER BY count(*) DESC, nt) AS r
+                    FROM {view} WHERE pre_id IS NOT NULL AND nt IS NOT NULL
+                    GROUP BY pre_id, nt) WHERE r = 1)
+        SELECT agg.*, truth.nt FROM agg LEFT JOIN truth USING (pre_id) ORDER BY pre_id"""
+    return con.sql(query).to_arrow_table().to_pandas(
+        types_mapper=NULLABLE_INTEGERS.get)
+
+
+def write_signed_edges(con: duckdb.DuckDBPyConnection, neurons: pd.DataFrame,
+                       signs: Mapping[str, int], out_csv: str) -> None:
+    """One row per (pre_id, post_id) pair with its synapse count, the pre-synaptic
+    neuron's call and that NT's sign (0: modulatory, unknown or 'unclear')."""
+    con.register("calls", pa.Table.from_pandas(neurons[["pre_id", "predicted_nt"]],
+                                               preserve_index=False))
+    con.register("signs", pa.table({"nt": list(signs), "sign": [int(v) for v in
+                                                               signs.values()]}))
+    with atomic_path(out_csv) as tmp:
+        con.execute(f"""
+            COPY (SELECT e.pre_id, e.post_id, e.n_synapses, c.predicted_nt AS pre_nt,
+                         coalesce(s.sign, 0) AS sign
+                  FROM (SELECT pre_id, post_id, count(*) AS n_synapses FROM preds
+                        WHERE pre_id IS NOT NULL AND post_id IS NOT NULL
+                        GROUP BY pre_id, post_id) e
+                  LEFT JOIN calls c USING (pre_id) LEFT JOIN signs s
+                  ON s.nt = c.predicted_nt ORDER BY e.pre_id, e.post_id)
+            TO '{tmp}' (FORMAT csv, HEADER true)""")
+
+
+def labelled_rows(con: duckdb.DuckDBPyConnection, view: str = "preds") -> pd.DataFrame:
+    """The synapses with a known NT (the only ones synapse-level metrics need)."""
+    return con.sql(f"SELECT * FROM {view} WHERE nt IS NOT NULL").to_arrow_table(
+    ).to_pandas(types_mapper=NULLABLE_INTEGERS.get)
+
+
+def scratch() -> tempfile.TemporaryDirectory:
+    """Where DuckDB may spill."""
+    return tempfile.TemporaryDirectory(prefix="ntclass-duckdb-")

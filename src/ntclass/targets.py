@@ -1,0 +1,186 @@
+"""A target's synapses, read once and partitioned by shard.
+
+The source is streamed in bounded batches; each synapse gets a spatial key (the Morton
+code of the cell of `block_size` nm holding it); DuckDB sorts all of them out of core by
+volume, key and location; and the sorted rows are cut into shards of equal count, one
+Parquet file each, written in row groups. A shard job reads only its own file, so no job's
+memory depends on the size of the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import NtclassError
+from .ids import ID_DTYPE
+from .io import NULLABLE_INTEGERS, atomic_path, read_synapse_csv, write_json
+from .sources import location_check, source_batches
+from .synapses import LOCATION, OPTIONAL_COLUMNS
+
+log = logging.getLogger(__name__)
+
+META = "meta.json"
+COLUMNS = ["synapse_id", *LOCATION, "raw_container", "raw_dataset", "nt", "pre_id",
+           "post_id", *OPTIONAL_COLUMNS, "cell"]
+SCHEMA = pa.schema(
+    [("synapse_id", pa.uint64())] + [(c, pa.float64()) for c in LOCATION]
+    + [("raw_container", pa.string()), ("raw_dataset", pa.string()), ("nt", pa.string()),
+       ("pre_id", pa.uint64()), ("post_id", pa.uint64())]
+    + [(c, pa.string()) for c in OPTIONAL_COLUMNS] + [("cell", pa.uint64())])
+ROW_GROUP = 64 * 1024
+
+
+def shard_file(shard: int) -> str:
+    return f"shard-{shard:05d}.parquet"
+
+
+def morton_cells(locations: np.ndarray, cell_size: Sequence[int]) -> np.ndarray:
+    """The Morton (z-order) code of the cell of `cell_size` nm holding each location:
+    sorting by it keeps neighbouring synapses together. 21 bits an axis (2^21 cells)."""
+    cells = np.floor(np.asarray(locations, np.float64) / np.asarray(cell_size, np.float64))
+    cells = np.clip(cells, 0, (1 << 21) - 1).astype(np.uint64)
+    code = np.zeros(len(cells), dtype=np.uint64)
+    for bit in range(21):
+        for axis in range(3):
+            code |= ((cells[:, axis] >> np.uint64(bit)) & np.uint64(1)) << np.uint64(
+                3 * bit + 2 - axis)
+    return code
+
+
+def as_arrow(df: pd.DataFrame, cell_size: Sequence[int]) -> pa.Table:
+    """A normalised synapse batch in the target schema, with its spatial key."""
+    df = df.reindex(columns=COLUMNS)
+    df["cell"] = morton_cells(df[LOCATION].to_numpy(), cell_size)
+    for col in ("synapse_id", "pre_id", "post_id"):
+        df[col] = df[col].astype(ID_DTYPE)
+    for col in ("raw_container", "raw_dataset", "nt", *OPTIONAL_COLUMNS):
+        df[col] = df[col].astype("string")
+    return pa.Table.from_pandas(df, schema=SCHEMA, preserve_index=False)
+
+
+def target_batches(manifest_path: str | None, target: dict, classes: Sequence[str],
+                   voxel_size: Sequence[int] | None, batch_rows: int
+                   ) -> Iterator[pd.DataFrame]:
+    """The synapses a target names, in batches: a part of the split manifest (labelled
+    data, small), or a synapse source of its own (table, CREMI folder, MongoDB)."""
+    if target["type"] == "split":
+        manifest = read_synapse_csv(manifest_path)
+        part = manifest[manifest["split"] == target["part"]].reset_index(drop=True)
+        for start in range(0, len(part), batch_rows):
+            yield part.iloc[start:start + batch_rows]
+        return
+    check = location_check(target, voxel_size)
+    yield from source_batches(target, classes, voxel_size, check, batch_rows)
+    check.finish()
+
+
+def duckdb_connection(temp_dir: Path, memory_limit: str = "1GB") -> duckdb.DuckDBPyConnection:
+    """DuckDB bounded in memory, spilling to `temp_dir`, on the job's cores."""
+    con = duckdb.connect()
+    threads = max(1, len(os.sched_getaffinity(0)))
+    con.execute(f"SET memory_limit = '{memory_limit}'; SET threads = {threads}; "
+                f"SET temp_directory = '{temp_dir}'; SET preserve_insertion_order = true")
+    return con
+
+
+def query_one(con: duckdb.DuckDBPyConnection, query: str) -> tuple | None:
+    """The first row of a query's result (None when it has none), the result consumed."""
+    rows = con.execute(query).fetchall()
+    return rows[0] if rows else None
+
+
+def n_shards_for(n: int, settings: dict) -> int:
+    shards = settings.get("shards", "auto")
+    if shards == "auto":
+        return max(1, math.ceil(n / settings.get("synapses_per_shard", 1_000_000)))
+    return int(shards)
+
+
+def write_target(manifest_path: str | None, target: dict, classes: Sequence[str],
+                 voxel_size: Sequence[int] | None, settings: dict, out_dir: str) -> dict:
+    """Write a target's synapses as `shard-NNNNN.parquet` files (sorted spatially) and
+    `meta.json` (counts), atomically: a killed job leaves no folder that looks complete."""
+    batch_rows = settings.get("read_batch_rows", 1_000_000)
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        spill = tmp / "unsorted"
+        spill.mkdir()
+        n = 0
+        for i, batch in enumerate(target_batches(manifest_path, target, classes, voxel_size,
+                                                 batch_rows)):
+            pq.write_table(as_arrow(batch, settings["block_size"]),
+                           spill / f"part-{i:06d}.parquet")
+            n += len(batch)
+            log.info("read %d synapses", n)
+        if n == 0:
+            raise NtclassError(f"target of type {target['type']} holds no synapse")
+        con = duckdb_connection(tmp)
+        parts = f"{spill}/*.parquet"
+        dup = query_one(con, f"SELECT synapse_id FROM '{parts}' GROUP BY synapse_id "
+                              "HAVING count(*) > 1 LIMIT 1")
+        if dup:
+            raise NtclassError(f"the target's synapse_id {dup[0]} occurs more than once; "
+                               "synapse ids must be unique")
+        sorted_path = tmp / "sorted.parquet"
+        con.execute(f"COPY (SELECT * FROM '{parts}' ORDER BY raw_container, raw_dataset, "
+                    f"cell, z, y, x, synapse_id) TO '{sorted_path}' "
+                    f"(FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP})")
+        con.close()
+        n_shards = n_shards_for(n, settings)
+        counts = _cut_into_shards(sorted_path, tmp, n, n_shards)
+        sorted_path.unlink()
+        for p in spill.iterdir():
+            p.unlink()
+        spill.rmdir()
+        meta = {"synapses": n, "shards": n_shards, "rows_per_shard": counts}
+        write_json(meta, tmp / META)
+    log.info("target of type %s: %d synapses in %d shards", target["type"], n, n_shards)
+    return meta
+
+
+def _cut_into_shards(sorted_path: Path, out: Path, n: int, n_shards: int) -> list[int]:
+    """Stream the sorted rows into `n_shards` files of (nearly) equal counts."""
+    bounds = np.linspace(0, n, n_shards + 1).round().astype(np.int64)
+    counts = np.diff(bounds).tolist()
+    shard, written, writer = 0, 0, None
+
+    def open_writer(i: int) -> pq.ParquetWriter:
+        return pq.ParquetWriter(out / shard_file(i), SCHEMA)
+
+    writer = open_writer(0)
+    for batch in pq.ParquetFile(sorted_path).iter_batches(batch_size=ROW_GROUP):
+        table = pa.Table.from_batches([batch]).cast(SCHEMA)
+        while table.num_rows:
+            take = min(table.num_rows, bounds[shard + 1] - written)
+            if take:
+                writer.write_table(table.slice(0, take), row_group_size=ROW_GROUP)
+            table, written = table.slice(take), written + take
+            if written == bounds[shard + 1] and shard < n_shards - 1:
+                writer.close()
+                shard += 1
+                writer = open_writer(shard)
+    writer.close()
+    for i in range(shard + 1, n_shards):  # more shards than synapses: empty ones
+        open_writer(i).close()
+    return counts
+
+
+def read_target_meta(target_dir: str | os.PathLike) -> dict:
+    import json
+
+    return json.loads((Path(target_dir) / META).read_text())
+
+
+def read_shard_rows(target_dir: str | os.PathLike, shard: int) -> pd.DataFrame:
+    """All rows of one shard (bounded by the shard size)."""
+    table = pq.read_table(Path(target_dir) / shard_file(shard))
+    return table.to_pandas(types_mapper=NULLABLE_INTEGERS.get)
