@@ -50,7 +50,7 @@ KEY = ["raw_container", "raw_dataset", "z", "y", "x"]
 class PredictConfig:
     classes: list[str]
     voxel_size: list[int] | None  # None: the one stored with the raw
-    rows_per_block: int = 512
+    rows_per_block: int = 1024
     batch_size: int = 32
     workers: int = 1
     device: str = "auto"
@@ -111,6 +111,7 @@ class BlockPredictor:
         self.cfg = cfg
         self.blocks_dir = blocks_dir
         self._model = None
+        self._buffers: dict = {}
 
     def model(self):
         if self._model is None:
@@ -150,21 +151,44 @@ class BlockPredictor:
 
     def _infer(self, model, pending: list, intensity: Intensity) -> np.ndarray:
         """Batches in order; later cubes are still being read while the model runs."""
-        device = torch.device(self._device)
-        on_gpu = device.type == "cuda"
-        out = []
-        with torch.inference_mode(), torch.autocast(
-                "cuda", torch.bfloat16, enabled=on_gpu and self.cfg.mixed_precision):
-            for start in range(0, len(pending), self.cfg.batch_size):
-                cubes = np.stack([p.result() for p in
-                                  pending[start:start + self.cfg.batch_size]])
-                batch = torch.from_numpy(cubes)
-                if on_gpu:
-                    batch = batch.pin_memory().to(device, non_blocking=True)
-                x = to_network(batch, intensity)  # on the device
-                out.append(torch.softmax(model(x).float(), dim=1).cpu().numpy())
+        out = [self._run(model, batch, intensity) for batch in self._batches(pending)]
         return np.concatenate(out) if out else np.zeros((0, len(self.cfg.classes)),
                                                         np.float32)
+
+    def _batches(self, pending: list):
+        """The host's part: raw cubes, as read, in batches (pinned for a GPU)."""
+        for n, start in enumerate(range(0, len(pending), self.cfg.batch_size)):
+            part = pending[start:start + self.cfg.batch_size]
+            batch = self._buffer(n % 2, part[0].shape, part[0].dtype)[:len(part)]
+            slots = batch.numpy()
+            for i, cube in enumerate(part):  # each cube straight into its slot
+                cube.result(slots[i])
+            yield batch
+
+    def _buffer(self, which: int, shape: tuple[int, ...], dtype) -> torch.Tensor:
+        """Two batch buffers, reused (pinned for a GPU): fresh memory for every batch
+        would cost a page fault per 4 KB written. A batch is consumed (copied to the
+        device, or mapped to floats) before its buffer comes round again."""
+        key = (which, tuple(shape), np.dtype(dtype).name)
+        if key not in self._buffers:
+            self._buffers[key] = torch.empty(
+                (self.cfg.batch_size, *shape), dtype=_TORCH_DTYPES[np.dtype(dtype)],
+                pin_memory=torch.device(self._device).type == "cuda")
+        return self._buffers[key]
+
+    def _run(self, model, batch: torch.Tensor, intensity: Intensity) -> np.ndarray:
+        """The device's part: copy, intensity mapping, the model, class probabilities."""
+        device = torch.device(self._device)
+        on_gpu = device.type == "cuda"
+        with torch.inference_mode(), torch.autocast(
+                "cuda", torch.bfloat16, enabled=on_gpu and self.cfg.mixed_precision):
+            x = to_network(batch.to(device, non_blocking=True), intensity)
+            return torch.softmax(model(x).float(), dim=1).cpu().numpy()
+
+
+_TORCH_DTYPES = {np.dtype(t): getattr(torch, t) for t in (
+    "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float16",
+    "float32", "float64")}
 
 
 def _tuple(values) -> tuple | None:

@@ -17,8 +17,9 @@ def to_network(cubes: torch.Tensor, intensity: Intensity) -> torch.Tensor:
     (N, 1, z, y, x) in [-1, 1]: the same floats as the training pipeline's mapping
     (Intensity.to_unit, then IntensityScaleShift(2, -1))."""
     span = float(np.float32(intensity.high - intensity.low))
-    unit = (cubes.to(torch.float32) - intensity.low) / span
-    return unit.clamp_(0, 1)[:, None] * 2 - 1
+    # in place on a copy: the same operations in the same order, a third of the time
+    unit = cubes.to(torch.float32, copy=True)
+    return unit.sub_(intensity.low).div_(span).clamp_(0, 1).mul_(2).sub_(1)[:, None]
 
 
 class ValidationSet:
