@@ -46,13 +46,12 @@ CONFIG = {
     "source": {"type": "table", "table": "data/demo/synapses.csv",
                "raw_container": "data/demo/volume.zarr", "raw_dataset": "volumes/raw/s0"},
     "split": {"method": "grouped", "seed": 0, "max_deviation": 0.1},
-    "training": {"input_shape": [8, 48, 48], "batch_size": 8, "iterations": 4,
+    "training": {"input_shape": [4, 24, 24], "batch_size": 8, "iterations": 4,
                  "save_every": 4, "log_every": 2, "validate_every": 4},
     "models": {"tiny": {"architecture": "vgg3d",
-                        "params": {"fmaps": 4, "fc_size": 16, "dropout": 0.0,
+                        "params": {"fmaps": 2, "fc_size": 8, "dropout": 0.0,
                                    "global_pool": True,
-                                   "downsample_factors": [[1, 2, 2], [1, 2, 2], [2, 2, 2],
-                                                          [2, 2, 2]]}}},
+                                   "downsample_factors": [[1, 2, 2], [2, 2, 2]]}}},
     "prediction": {"synapses_per_shard": 250_000, "rows_per_block": 1024,
                    "batch_size": 256, "csv_max_synapses": 100_000},
 }
@@ -61,7 +60,7 @@ CONFIG = {
 def virtual_fafb(path: Path) -> None:
     """A FAFB-sized uint8 zarr with no chunk written."""
     array = zarr.open(str(path), mode="w").create_dataset(
-        "raw", shape=FAFB_SHAPE, chunks=(64, 512, 512), dtype=np.uint8)
+        "raw", shape=FAFB_SHAPE, chunks=(16, 256, 256), dtype=np.uint8)
     array.attrs.update({"voxel_size": VOXEL.tolist(), "offset": [0, 0, 0]})
 
 

@@ -163,3 +163,25 @@ def test_a_shard_job_imports_neither_training_nor_gunpowder_nor_tensorboard():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_chunked_reads_stay_within_their_budget_and_read_again_what_they_dropped(tmp_path):
+    from ntclass.cubes import ChunkedReads
+    from ntclass.volumes import open_tensorstore
+
+    data = np.random.default_rng(3).integers(0, 255, size=(12, 64, 64), dtype=np.uint8)
+    write_zarr_volume(tmp_path / "v.zarr", "raw", data, (40, 4, 4), chunks=(4, 16, 16))
+    volume = open_raw(tmp_path / "v.zarr", "raw")
+    begins = np.random.default_rng(4).integers(0, (8, 56, 56), size=(60, 3))
+    reads = ChunkedReads(open_tensorstore(volume), begins, begins + (4, 8, 8),
+                         budget=4 * 16 * 16 * 3)  # three chunks: a window of 2 cubes
+    assert reads.window == 2
+    most = 0
+    for i, b in enumerate(begins):
+        out = np.empty((4, 8, 8), np.uint8)
+        reads.cube(i, out)
+        assert np.array_equal(out, data[b[0]:b[0] + 4, b[1]:b[1] + 8, b[2]:b[2] + 8])
+        most = max(most, len(reads.reading))
+    distinct = len({k for keys in reads.keys for k in keys})
+    assert reads.chunks_read > distinct  # dropped chunks were read again
+    assert most <= 8 * (reads.window + 1)  # never more than the window's chunks

@@ -3,8 +3,8 @@
 TensorStore reads zarr, N5 and neuroglancer precomputed volumes. The cubes of a block come
 in spatial order; `ChunkedReads` reads every storage chunk they touch once, as a whole
 (aligned reads decode straight into memory, on TensorStore's thread pool), a window of
-cubes ahead of the one being assembled, and drops each chunk when its last cube has been
-copied out. Memory is the window's chunks, and no chunk is decompressed twice in a block.
+cubes ahead of the one being assembled, and keeps a chunk only while a cube of the window
+still needs it. Memory is the window's chunks (a fixed budget).
 HDF5 volumes are read cube by cube by a thread pool through h5py. Cubes are awaited in
 order, so inference on the first batches runs while the later ones are still being read.
 """
@@ -12,7 +12,6 @@ order, so inference on the first batches runs while the later ones are still bei
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -61,26 +60,42 @@ class PendingCube:
 
 
 class ChunkedReads:
-    """The voxel boxes `lo`..`hi` of a sequence of cubes, assembled from whole chunks."""
+    """The voxel boxes `lo`..`hi` of a sequence of cubes, assembled from whole chunks.
 
-    def __init__(self, store: ts.TensorStore, lo: np.ndarray, hi: np.ndarray, window: int):
+    Reads run ahead of the cube being assembled by as many cubes as `budget` bytes of
+    chunks allow; a chunk is kept after use only while a cube within that window needs it
+    again (else it is read again when its next cube comes), so memory stays within about
+    `budget` whatever the chunk size and the block length."""
+
+    def __init__(self, store: ts.TensorStore, lo: np.ndarray, hi: np.ndarray,
+                 budget: int = 128 << 20):
         layout = store.chunk_layout
         self.store = store
         self.origin = np.asarray(layout.grid_origin, dtype=np.int64)
         self.chunk = np.asarray(layout.read_chunk.shape, dtype=np.int64)
         self.shape = np.asarray(store.shape, dtype=np.int64)
-        self.lo, self.hi, self.window = lo, hi, window
+        self.lo, self.hi = lo, hi
         first = (lo - self.origin) // self.chunk
         last = (hi - 1 - self.origin) // self.chunk
         self.keys = [[(z, y, x) for z in range(a[0], b[0] + 1) for y in range(a[1], b[1] + 1)
                       for x in range(a[2], b[2] + 1)] for a, b in zip(first, last)]
-        self.uses = Counter(k for keys in self.keys for k in keys)
+        per_cube = max(1.0, float(np.mean([len(k) for k in self.keys]))) if self.keys else 1
+        chunk_bytes = int(np.prod(self.chunk)) * store.dtype.numpy_dtype.itemsize
+        self.window = int(np.clip(budget / (chunk_bytes * per_cube), 2, 128))
+        self.next_use = self._next_uses()
         self.reading: dict[tuple, ts.Future] = {}
         self.issued = 0
+        self.chunks_read = 0
 
-    def chunk_voxels(self) -> int:
-        """Voxels of all distinct chunks the cubes touch (what is decompressed)."""
-        return sum(int(np.prod(self._box(k)[1] - self._box(k)[0])) for k in self.uses)
+    def _next_uses(self) -> list[dict]:
+        """For each cube and chunk, the next cube that needs the chunk (or infinity)."""
+        seen: dict[tuple, int] = {}
+        nxt: list[dict] = [{} for _ in self.keys]
+        for i in range(len(self.keys) - 1, -1, -1):
+            for key in self.keys[i]:
+                nxt[i][key] = seen.get(key, 1 << 62)
+                seen[key] = i
+        return nxt
 
     def _box(self, key) -> tuple[np.ndarray, np.ndarray]:
         begin = self.origin + np.asarray(key) * self.chunk
@@ -92,6 +107,7 @@ class ChunkedReads:
                 if key not in self.reading:
                     a, b = self._box(key)
                     self.reading[key] = self.store[a[0]:b[0], a[1]:b[1], a[2]:b[2]].read()
+                    self.chunks_read += 1
             self.issued += 1
 
     def cube(self, i: int, out: np.ndarray) -> None:
@@ -105,23 +121,19 @@ class ChunkedReads:
             s1 = np.minimum(hi, a + data.shape)
             out[tuple(slice(u - v, w - v) for u, v, w in zip(s0, lo, s1))] = data[
                 tuple(slice(u - v, w - v) for u, v, w in zip(s0, a, s1))]
-            self.uses[key] -= 1
-            if not self.uses[key]:
-                del self.reading[key]
+            if self.next_use[i][key] > i + self.window:
+                del self.reading[key]  # read again, if ever, when its next cube comes
 
 
 class CubeReader:
     """Cubes of `shape` voxels centred on locations (nm) of one raw volume."""
 
-    def __init__(self, volume: RawVolume, shape: Sequence[int], threads: int,
-                 window: int = 64):
+    def __init__(self, volume: RawVolume, shape: Sequence[int], threads: int):
         self.volume = volume
         self.shape = tuple(int(s) for s in shape)
         self.store = open_tensorstore(volume, _context(threads))
         self.pool = None if self.store is not None else _pool(threads)
-        self.window = window
         self.voxels_read = 0  # voxels of the cubes (what the model sees)
-        self.chunk_voxels = 0  # voxels decompressed (TensorStore volumes)
 
     def submit(self, locations: np.ndarray) -> tuple[list[PendingCube], np.ndarray]:
         """Start reading the cube of every location (in this order); returns them and a
@@ -133,8 +145,7 @@ class CubeReader:
         padded = np.any((lo != begins) | (hi != begins + shape), axis=1)
         self.voxels_read += int(np.prod(hi - lo, axis=1).sum())
         if self.store is not None:
-            reads = ChunkedReads(self.store, lo, hi, self.window)
-            self.chunk_voxels += reads.chunk_voxels()
+            reads = ChunkedReads(self.store, lo, hi)
             fetch = [lambda out, i=i: reads.cube(i, out) for i in range(len(lo))]
         else:
             futures = [self.pool.submit(self._read_h5, a, b) for a, b in zip(lo, hi)]
