@@ -65,8 +65,8 @@ class ChunkedReads:
     Reads run ahead of the cube being assembled by as many cubes as `budget` bytes of
     chunks allow; a chunk is kept after use only while a cube within that window needs it
     again (else it is read again when its next cube comes), so memory stays within about
-    `budget` whatever the chunk size and the block length (512 MB: on FAFB-like data, a
-    quarter less and the feed rate drops by a fifth)."""
+    `budget` whatever the chunk size and the block length (512 MB: with 128 MB the feed
+    rate on FAFB-like data was a fifth lower)."""
 
     def __init__(self, store: ts.TensorStore, lo: np.ndarray, hi: np.ndarray,
                  budget: int = 512 << 20):
