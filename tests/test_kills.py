@@ -50,9 +50,6 @@ STAGES = {
     "merge": stage("merge_predictions", f"{PRED}/predictions.parquet".format(model="a"),
                    [f"{PRED}/predictions.parquet".format(model="a")],
                    "logs/predict/a/test/merge.log"),
-    "csv": stage("prediction_csv", f"{PRED}/predictions.csv".format(model="a"),
-                 [f"{PRED}/predictions.csv".format(model="a")],
-                 "logs/predict/a/test/csv.log"),
     "evaluate": stage("evaluate", f"{EVAL}/metrics.json".format(model="a"),
                       [f"{EVAL}/{name}".format(model="a") for name in
                        ("metrics.json", "report.txt", "neurons.csv", "edges.csv",

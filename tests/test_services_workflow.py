@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
 import uuid
@@ -82,11 +81,6 @@ def test_wrong_mongodb_port_stops_within_seconds(tmp_path, monkeypatch):
     assert not (tmp_path / "results/split/manifest.csv").exists()
 
 
-def slurm_test_profile(directory: Path) -> Path:
-    """profiles/slurm-local as shipped: the profile of scripts/slurm-up.sh's cluster."""
-    return ROOT / "profiles/slurm-local"
-
-
 def completed_jobs() -> list[str]:
     """The controller's records of finished jobs (JobCompType=jobcomp/filetxt)."""
     config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
@@ -104,8 +98,8 @@ def test_slurm_profile_runs_jobs_through_sbatch_with_local_outputs(slurm_cluster
     snakemake(local, "--set-threads", "train=2", "predict_shard=2")
 
     before = len(completed_jobs())
-    profile = slurm_test_profile(tmp_path)
-    snakemake(cluster, "--profile", str(profile), timeout=1500)
+    # profiles/slurm-local as shipped: the profile of scripts/slurm-up.sh's cluster
+    snakemake(cluster, "--profile", str(ROOT / "profiles/slurm-local"), timeout=1500)
     records = completed_jobs()[before:]
     # demo_data, split, train, 2 prediction shards, merge, evaluate: all ran under SLURM
     assert len(records) >= 7, records
@@ -118,4 +112,3 @@ def test_slurm_profile_runs_jobs_through_sbatch_with_local_outputs(slurm_cluster
     a = torch.load(local / "results/models/tiny/model.pt", weights_only=True)["state_dict"]
     b = torch.load(cluster / "results/models/tiny/model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    shutil.rmtree(tmp_path / "profile")
