@@ -202,6 +202,12 @@ def _cache_files(cache: Path) -> str | None:
     return f"{cache}/*.parquet" if any(cache.glob("*.parquet")) else None
 
 
+def _cell_range(con, shard_path: Path) -> tuple:
+    """The lowest and highest spatial key of a shard (None, None when it is empty): the
+    cache files' row groups outside it are skipped."""
+    return query_one(con, f"SELECT min(cell), max(cell) FROM '{shard_path}'")
+
+
 def plan_todo(shard_path: Path, cache: Path, todo: Path, rows_per_block: int,
               work: Path) -> int:
     """Write the shard's distinct (volume, location) keys that the cache lacks, in the
@@ -211,7 +217,7 @@ def plan_todo(shard_path: Path, cache: Path, todo: Path, rows_per_block: int,
     lacking = "" if cached is None else (
         f"ANTI JOIN (SELECT {', '.join(KEY)} FROM read_parquet('{cached}') "
         f"WHERE cell BETWEEN $lo AND $hi) c USING ({', '.join(KEY)})")
-    lo, hi = query_one(con, f"SELECT min(cell), max(cell) FROM '{shard_path}'")
+    lo, hi = _cell_range(con, shard_path)
     query = (f"SELECT DISTINCT ON ({', '.join(KEY)}) {', '.join(KEY)}, cell "
              f"FROM '{shard_path}' t {lacking} "
              f"ORDER BY raw_container, raw_dataset, cell, z, y, x")
@@ -255,7 +261,7 @@ def write_shard_table(shard_path: Path, cache: Path, classes: Sequence[str], out
     source = ("(SELECT NULL::VARCHAR AS raw_container)" if cached is None else
               f"(SELECT DISTINCT ON ({', '.join(KEY)}) * FROM read_parquet('{cached}') "
               "WHERE cell BETWEEN $lo AND $hi)")
-    lo, hi = query_one(con, f"SELECT min(cell), max(cell) FROM '{shard_path}'")
+    lo, hi = _cell_range(con, shard_path)
     query = (f"SELECT {meta}, {probs}, c.padded FROM read_parquet('{shard_path}', "
              f"file_row_number = true) t LEFT JOIN {source} c USING ({', '.join(KEY)}) "
              "ORDER BY t.file_row_number") if cached else None

@@ -9,9 +9,11 @@ memory depends on the size of the target.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -138,9 +140,7 @@ def write_target(manifest_path: str | None, target: dict, classes: Sequence[str]
         n_shards = n_shards_for(n, settings)
         counts = _cut_into_shards(sorted_path, tmp, n, n_shards)
         sorted_path.unlink()
-        for p in spill.iterdir():
-            p.unlink()
-        spill.rmdir()
+        shutil.rmtree(spill)
         meta = {"synapses": n, "shards": n_shards, "rows_per_shard": counts}
         write_json(meta, tmp / META)
     log.info("target of type %s: %d synapses in %d shards", target["type"], n, n_shards)
@@ -151,7 +151,7 @@ def _cut_into_shards(sorted_path: Path, out: Path, n: int, n_shards: int) -> lis
     """Stream the sorted rows into `n_shards` files of (nearly) equal counts."""
     bounds = np.linspace(0, n, n_shards + 1).round().astype(np.int64)
     counts = np.diff(bounds).tolist()
-    shard, written, writer = 0, 0, None
+    shard, written = 0, 0
 
     def open_writer(i: int) -> pq.ParquetWriter:
         return pq.ParquetWriter(out / shard_file(i), SCHEMA)
@@ -175,8 +175,6 @@ def _cut_into_shards(sorted_path: Path, out: Path, n: int, n_shards: int) -> lis
 
 
 def read_target_meta(target_dir: str | os.PathLike) -> dict:
-    import json
-
     return json.loads((Path(target_dir) / META).read_text())
 
 
