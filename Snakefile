@@ -4,7 +4,7 @@ import sys
 
 from snakemake.utils import min_version, validate
 
-from ntclass.config import check_config, check_unique_keys
+from ntclass.config import check_config, check_models_and_sources, check_unique_keys
 from ntclass.errors import NtclassError
 from ntclass.workflow import check_source_paths, check_temperature_scaling
 
@@ -23,6 +23,7 @@ try:
     check_unique_keys(workflow.configfiles)
     check_config(config, workflow.source_path("config/config.schema.yaml"))
     validate(config, "config/config.schema.yaml")
+    check_models_and_sources(config)
     check_source_paths(config)
     check_temperature_scaling(config)
 
@@ -46,6 +47,6 @@ rule all:
     input:
         evaluation_targets(),
         "results/evaluation/comparison.csv",
-        expand("results/models/{model}/training_curves.png", model=MODELS),
+        expand("results/models/{model}/training_curves.png", model=TRAINED),
         write_back_targets(),
         csv_targets,

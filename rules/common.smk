@@ -1,16 +1,18 @@
 # Helpers only: paths, wildcard constraints, target lists.
 import re
 
-from ntclass.config import model_training
+from ntclass.config import imported_models, model_training
 from ntclass.targets import read_target_meta
 from ntclass.workflow import canonical, source_paths, synapse_files
 
 MODELS = list(config["models"])
+IMPORTED = imported_models(config)  # from checkpoints
+TRAINED = [m for m in MODELS if m not in IMPORTED]
 TARGETS = list(config["targets"])
 SCHEMA = workflow.source_path("../config/config.schema.yaml")
 ENV = "../envs/workstation.yaml"  # used with --sdm conda
 # checked now, while the config is read, so that a bad override stops before any job
-MODEL_TRAINING = {m: model_training(config, m, SCHEMA) for m in MODELS}
+MODEL_TRAINING = {m: model_training(config, m, SCHEMA) for m in TRAINED}
 
 
 wildcard_constraints:
@@ -25,9 +27,14 @@ def source_inputs(wildcards=None):
 
 
 def split_inputs(wildcards=None):
-    """A given split's file, when the split is not computed."""
+    """A given split's file, when the split is neither computed nor stored in MongoDB."""
     split = config["split"]
-    return {"assignment": split["assignment"]} if split["method"] == "given" else {}
+    return {"assignment": split["assignment"]} if "assignment" in split else {}
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names (nothing when there are none)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 def raw_inputs(wildcards=None):
@@ -70,6 +77,12 @@ def training_params(wildcards):
             **MODEL_TRAINING[wildcards.model],
         }
     )
+
+
+def init_checkpoint(wildcards):
+    """The checkpoint a fine-tuned model starts from: an input, so that a new one retrains."""
+    init = MODEL_TRAINING[wildcards.model].get("init_from")
+    return {"init_from": init["checkpoint"]} if init else {}
 
 
 def target_meta(target):

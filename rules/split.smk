@@ -7,7 +7,7 @@ rule split:
         manifest="results/split/manifest.csv",
         summary="results/split/summary.csv",
     params:
-        source=canonical(config["source"]),
+        source=canonical(config.get("source", {})),
         classes=config["classes"],
         voxel_size=config.get("voxel_size"),
         split=canonical(config["split"]),

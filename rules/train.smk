@@ -1,6 +1,7 @@
 rule train:
     """Train one model on the manifest's train part; model.pt is the best validated one."""
     input:
+        unpack(init_checkpoint),
         manifest="results/split/manifest.csv",
         **raw_inputs(),
     output:
@@ -12,6 +13,8 @@ rule train:
         training=training_params,
         # not an output: Snakemake would wipe it, and with it the checkpoints to resume from
         checkpoints=lambda wc: f"results/models/{wc.model}/checkpoints",
+    wildcard_constraints:
+        model=one_of(TRAINED),
     threads: 2
     log:
         "logs/train/{model}.log",
@@ -41,3 +44,24 @@ rule training_curves:
         ENV
     script:
         "../workflow_scripts/training_curves.py"
+
+
+rule import_model:
+    """A model trained elsewhere (an ntclass model.pt or a gunpowder checkpoint) as an
+    ntclass model file, its outputs in the order of the configured classes."""
+    input:
+        checkpoint=lambda wc: config["models"][wc.model]["checkpoint"],
+    output:
+        model="results/models/{model}/model.pt",
+    wildcard_constraints:
+        model=one_of(IMPORTED),
+    params:
+        entry=lambda wc: canonical(config["models"][wc.model]),
+        classes=config["classes"],
+        voxel_size=config.get("voxel_size"),
+    log:
+        "logs/train/{model}_import.log",
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/import_model.py"

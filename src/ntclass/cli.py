@@ -51,6 +51,39 @@ def import_split(legacy: str, out: str) -> int:
     return 0
 
 
+EVALUATION_OUTPUTS = ("metrics.json", "report.txt", "neurons.csv", "edges.csv",
+                      "confusion.png", "calibration.png")
+
+
+def evaluate(predictions: str, config_path: str | None, classes: str | None, out: str,
+             temperature: str | None) -> int:
+    """The workflow's evaluation of an existing prediction table (CSV or Parquet)."""
+    import yaml
+
+    from .config import evaluation_settings
+    from .evaluate import check_prediction_table, evaluate_predictions
+
+    config = {}
+    if config_path:
+        with open(config_path) as f:
+            config = yaml.safe_load(f) or {}
+    names = classes.split(",") if classes else config.get("classes")
+    if not names:
+        raise NtclassError("give the class names (the probability columns), with --classes "
+                           "a,b,c or --config a config file that lists classes")
+    settings = evaluation_settings(config.get("evaluation", {}))
+    check_prediction_table(predictions, names)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    paths = [str(Path(out) / name) for name in EVALUATION_OUTPUTS]
+    metrics = evaluate_predictions(predictions, names, settings,
+                                   f"ntclass evaluation: {predictions}", *paths,
+                                   temperature_path=temperature)
+    syn, neu = metrics["synapse"], metrics["neuron"]
+    print(f"{syn['n']} labelled synapses, accuracy {syn['accuracy']}; {neu['n']} neurons, "
+          f"accuracy {neu['accuracy']}; written to {out}/")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ntclass", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +101,15 @@ def main(argv: list[str] | None = None) -> int:
                        "nothing but plain lists, dicts and strings is unpickled")
     p.add_argument("legacy", help="the .pkl file")
     p.add_argument("out", help="the CSV to write: synapse_id, split")
+    p = sub.add_parser("evaluate", help="evaluate an existing prediction table (CSV or "
+                       "Parquet: synapse_id, pre_id, post_id, nt, a probability column per "
+                       "class) as the workflow does")
+    p.add_argument("predictions")
+    p.add_argument("--config", help="a config file: its classes and evaluation section")
+    p.add_argument("--classes", help="the probability columns, comma-separated (instead of "
+                   "the config's classes)")
+    p.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
+    p.add_argument("--temperature", help="a temperature.json fitted by the workflow")
     args = parser.parse_args(argv)
     try:
         if args.command == "summary":
@@ -76,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             return mongo_import(args.table, args.uri, args.database, args.replace)
         if args.command == "import-split":
             return import_split(args.legacy, args.out)
+        if args.command == "evaluate":
+            return evaluate(args.predictions, args.config, args.classes, args.out,
+                            args.temperature)
     except NtclassError as e:
         print(f"ntclass: {e}", file=sys.stderr)
         return 1

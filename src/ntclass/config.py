@@ -138,3 +138,56 @@ def _filling_defaults(validator_class):
         yield from validate_properties(validator, properties, instance, schema)
 
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def imported_models(config: Mapping) -> list[str]:
+    """The models that come from a checkpoint rather than from training."""
+    return [m for m, entry in config["models"].items() if "checkpoint" in entry]
+
+
+def check_models_and_sources(config: Mapping) -> None:
+    """A model is trained or comes from a checkpoint; a config without a labelled source
+    (a predict-only run) has only checkpoint models and targets of their own sources."""
+    for name, entry in config["models"].items():
+        if "checkpoint" in entry and entry.get("training"):
+            raise NtclassError(f"config key 'models.{name}.training' is given, but model "
+                               f"'{name}' comes from a checkpoint and is not trained; to "
+                               "fine-tune it, train a model with training.init_from")
+        if "checkpoint" not in entry:
+            for key in ("checkpoint_classes", "input_shape", "voxel_size"):
+                if key in entry:
+                    raise NtclassError(f"config key 'models.{name}.{key}' describes a "
+                                       "checkpoint, but the model has no 'checkpoint'")
+    if "source" in config:
+        split = config.get("split", {})
+        if "mongo_split" in split and config["source"]["type"] != "mongodb":
+            raise NtclassError("split.mongo_split names a split stored in MongoDB, but "
+                               f"source.type is '{config['source']['type']}'")
+        return
+    trained = [m for m in config["models"] if m not in imported_models(config)]
+    if trained:
+        raise NtclassError(f"config key 'source' is missing: model '{trained[0]}' is to be "
+                           "trained, which needs a labelled source (or give it a checkpoint)")
+    for name, target in config.get("targets", {}).items():
+        if target["type"] == "split":
+            raise NtclassError(f"target '{name}' is a part of the split, but there is no "
+                               "source to split; give targets of their own (type table, "
+                               "cremi or mongodb)")
+
+
+SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "config",
+                           "config.schema.yaml")
+
+
+def evaluation_settings(section: Mapping, schema_path: str | os.PathLike | None = None
+                        ) -> dict:
+    """The evaluation section of a config with the schema's defaults filled in."""
+    with open(schema_path or SCHEMA_PATH) as f:
+        schema = yaml.safe_load(f)
+    settings = copy.deepcopy(dict(section))
+    sub = {**schema["properties"]["evaluation"], "$defs": schema["$defs"]}
+    for error in _filling_defaults(jsonschema.Draft202012Validator)(sub).iter_errors(
+            settings):
+        error.path.appendleft("evaluation")
+        raise NtclassError(_sentence(error))
+    return settings

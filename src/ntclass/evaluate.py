@@ -213,6 +213,28 @@ def fit_temperature_file(predictions_path: str, classes: Sequence[str], fitted_o
     return record
 
 
+PREDICTION_COLUMNS = ("synapse_id", "pre_id", "nt", "predicted_nt", "confidence")
+
+
+def check_prediction_table(path: str, classes: Sequence[str]) -> None:
+    """Refuse a prediction table without the columns evaluation reads."""
+    import pyarrow.parquet as pq
+
+    if not Path(path).is_file():
+        raise NtclassError(f"prediction table '{path}' does not exist")
+    if str(path).endswith(".csv"):
+        columns = list(pd.read_csv(path, nrows=0).columns)
+    elif str(path).endswith(".parquet"):
+        columns = pq.read_schema(path).names
+    else:
+        raise NtclassError(f"prediction table '{path}' is neither .csv nor .parquet")
+    for column in (*PREDICTION_COLUMNS, *classes):
+        if column not in columns:
+            raise NtclassError(f"prediction table '{path}' has no column '{column}'; "
+                               f"expected {', '.join(PREDICTION_COLUMNS)} and one "
+                               "probability column per class")
+
+
 def evaluate_predictions(predictions_path: str, classes: Sequence[str], settings: dict,
                          title: str, metrics_out: str, report_out: str, neurons_out: str,
                          edges_out: str, confusion_png: str, calibration_png: str,

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from . import modelfile
+from .checkpoints import init_weights
 from .errors import NtclassError
 from .gp_nodes import AddClassLabel, SynapseCubeSource, centred_roi
 from .io import atomic_path, read_synapse_csv, write_csv
@@ -62,6 +63,8 @@ class TrainConfig:
     intensity_range: list[float] | None = None  # None: the dtype's range (8/16-bit integers)
     # filled from the data by resolve_geometry: raw dtype -> [low, high] mapped to [0, 1]
     intensity: dict = field(default_factory=dict)
+    # fine-tuning: {checkpoint, classes, output_layer}; its sha256 is added at the start
+    init_from: dict | None = None
 
     def digest(self, manifest: str | os.PathLike) -> str:
         """Hash of everything that makes a run: a changed one never resumes a stale one."""
@@ -332,6 +335,13 @@ def train(manifest: str | os.PathLike, cfg: TrainConfig, model_out: str | os.Pat
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.architecture, cfg.input_shape, len(cfg.classes),
                         **cfg.model_params)
+    if cfg.init_from:
+        digest = init_weights(model, cfg.init_from, cfg.classes, cfg.architecture)
+        # the initial weights' identity, not their path, names the run (and its resume)
+        cfg = replace(cfg, init_from={**cfg.init_from, "sha256": digest})
+        log.info("initial weights from %s (sha256 %s..., output layer: %s)",
+                 cfg.init_from["checkpoint"], digest[:12], cfg.init_from.get("output_layer",
+                                                                             "keep"))
     model.train()
     loss = build_loss(cfg.loss, cfg.classes)
 

@@ -103,14 +103,16 @@ def synapse_files(source: Mapping) -> dict[str, str]:
 
 
 def source_paths(config: Mapping) -> dict[str, str]:
-    """The files the configured synapse source reads (named as Snakemake inputs)."""
-    return synapse_files(config["source"])
+    """The files the configured synapse source reads (named as Snakemake inputs); none in
+    a predict-only run."""
+    return synapse_files(config["source"]) if "source" in config else {}
 
 
 def check_source_paths(config: Mapping) -> None:
     """Stop early when a configured input is neither on disk nor made by the demo rule."""
     made_by_demo = {os.path.normpath(p) for p in demo_outputs(config)}
-    sections = [("source", config["source"])] + [
+    sections = [("source", config["source"])] if "source" in config else []
+    sections += [
         (f"targets.{name}", target) for name, target in config.get("targets", {}).items()]
     for section, source in sections:
         for key, path in synapse_files(source).items():
@@ -120,11 +122,12 @@ def check_source_paths(config: Mapping) -> None:
             kind = "folder" if key == "cremi" else "file"
             raise NtclassError(f"{kind} '{path}' given as {section}.{name} does not exist")
     split = config.get("split", {})
-    if split.get("method") == "given" and not os.path.isfile(split["assignment"]):
+    if split.get("method") == "given" and "assignment" in split and not os.path.isfile(
+            split["assignment"]):
         raise NtclassError(f"file '{split['assignment']}' given as split.assignment does not "
                            "exist")
-    source = config["source"]
-    if source["type"] == "cremi" and os.path.isdir(source["directory"]) and source.get(
+    source = config.get("source", {})
+    if source.get("type") == "cremi" and os.path.isdir(source["directory"]) and source.get(
             "labelled", True):
         classes = set(config["classes"])
         for entry in sorted(os.scandir(source["directory"]), key=lambda e: e.name):

@@ -1,0 +1,243 @@
+"""Models trained elsewhere: predict-only runs with an ntclass model file and with a
+gunpowder checkpoint of Synister's VGG, fine-tuning from a checkpoint, and the evaluation
+of an existing prediction table."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from synister_reference import (
+    DOWNSAMPLE,
+    SYNISTER_CLASSES,
+    save_gunpowder_checkpoint,
+    synister_model,
+    synister_probabilities,
+)
+from workflow_helpers import snakemake, write_config
+
+from ntclass.checkpoints import import_model, read_checkpoint
+from ntclass.errors import NtclassError
+from ntclass.modelfile import model_record
+from ntclass.models import build_model
+from ntclass.volumes import crop_cubes, open_raw
+
+# the config's classes: Synister's six plus tyramine, in ntclass's order
+CLASSES = ["acetylcholine", "gaba", "glutamate", "serotonin", "dopamine", "octopamine",
+           "tyramine"]
+OWN_CLASSES = ["serotonin", "glutamate", "gaba", "acetylcholine"]  # the demo's four, shuffled
+OWN_SHAPE = [8, 48, 48]
+OWN_PARAMS = {"fmaps": 4, "fc_size": 16, "dropout": 0.0, "global_pool": True,
+              "downsample_factors": [[1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2]]}
+SYNISTER_SHAPE = [16, 48, 48]
+SYNISTER_PARAMS = {"fmaps": 4, "fmap_increase": 2, "convolutions_per_level": 2,
+                   "downsample_factors": [list(d) for d in DOWNSAMPLE], "fc_size": 4096}
+
+
+def own_model_file(path, classes=OWN_CLASSES, seed: int = 1) -> torch.nn.Module:
+    """An ntclass model.pt as a training run writes it (random weights)."""
+    torch.manual_seed(seed)
+    model = build_model("vgg3d", OWN_SHAPE, len(classes), **OWN_PARAMS).eval()
+    torch.save(model_record(model, architecture="vgg3d", model_params=OWN_PARAMS,
+                            classes=classes, input_shape=OWN_SHAPE, voxel_size=[40, 4, 4],
+                            intensity={"uint8": [0.0, 255.0]}, iteration=7), path)
+    return model
+
+
+def executed_rules(result: subprocess.CompletedProcess) -> set[str]:
+    return set(re.findall(r"^local(?:rule|checkpoint) (\w+):", result.stdout + result.stderr,
+                          re.MULTILINE))
+
+
+@pytest.fixture(scope="module")
+def predict_only(tiny_demo, tmp_path_factory):
+    """A config without a source: two models from checkpoints, one table target."""
+    run = tmp_path_factory.mktemp("predict_only")
+    own = own_model_file(run / "own_model.pt")
+    reference = synister_model(SYNISTER_SHAPE)
+    save_gunpowder_checkpoint(reference, run / "model_checkpoint_1000")
+    config = {
+        "classes": CLASSES,
+        "voxel_size": [40, 4, 4],
+        "models": {
+            "own": {"checkpoint": "own_model.pt", "absent_classes": "zero"},
+            "synister": {"checkpoint": "model_checkpoint_1000", "architecture": "vgg3d",
+                         "params": SYNISTER_PARAMS, "input_shape": SYNISTER_SHAPE,
+                         "checkpoint_classes": SYNISTER_CLASSES, "absent_classes": "zero"},
+        },
+        "targets": {"demo": {"type": "table", "table": tiny_demo["table"],
+                             "raw_container": tiny_demo["volume"]}},
+        "prediction": {"shards": 2, "batch_size": 8},
+    }
+    write_config(run, config)
+    result = snakemake(run)
+    return run, own, reference, result
+
+
+def test_predict_only_runs_no_split_and_no_training(predict_only):
+    run, _, _, result = predict_only
+    rules = executed_rules(result)
+    assert {"target_synapses", "import_model", "predict_shard", "evaluate"} <= rules
+    assert not rules & {"split", "train", "training_curves", "demo_data"}
+    assert not (run / "results/split").exists()
+    for model in ("own", "synister"):
+        metrics = json.loads((run / f"results/evaluation/{model}/demo/metrics.json"
+                              ).read_text())
+        assert metrics["synapse"]["n"] > 0
+
+
+def cubes_of(predictions: pd.DataFrame, volume_path: str, shape) -> np.ndarray:
+    volume = open_raw(volume_path, "volumes/raw/s0", None)
+    cubes, _ = crop_cubes(volume, predictions[["z", "y", "x"]].to_numpy(float), shape)
+    return cubes
+
+
+def test_synister_checkpoint_gives_synisters_probabilities(predict_only, tiny_demo):
+    run, _, reference, _ = predict_only
+    pred = pd.read_parquet(run / "results/predictions/synister/demo/predictions.parquet")
+    expected = synister_probabilities(reference, cubes_of(pred, tiny_demo["volume"],
+                                                          SYNISTER_SHAPE))
+    got = pred[SYNISTER_CLASSES].to_numpy()
+    assert np.abs(got - expected).max() < 1e-4
+    # a class the model lacks has probability 0; the others still sum to 1
+    assert (pred["tyramine"] == 0).all()
+    assert np.allclose(pred[CLASSES].sum(axis=1), 1, atol=1e-5)
+    assert (pred["predicted_nt"] == pd.Series(SYNISTER_CLASSES)[expected.argmax(1)].values
+            ).all()
+
+
+def test_ntclass_model_file_outputs_are_mapped_by_name(predict_only, tiny_demo):
+    run, own, _, _ = predict_only
+    pred = pd.read_parquet(run / "results/predictions/own/demo/predictions.parquet")
+    cubes = cubes_of(pred, tiny_demo["volume"], OWN_SHAPE)
+    with torch.no_grad():
+        x = torch.tensor(cubes.astype(np.float32) / 255 * 2 - 1)[:, None]
+        expected = torch.softmax(own(x), dim=1).numpy()
+    assert np.abs(pred[OWN_CLASSES].to_numpy() - expected).max() < 1e-4
+    assert (pred[["dopamine", "octopamine", "tyramine"]] == 0).all().all()
+
+
+def test_evaluate_command_reproduces_the_workflows_evaluation(predict_only, tmp_path):
+    run = predict_only[0]
+    config = run / "config.yaml"
+    csv = run / "results/predictions/own/demo/predictions.csv"
+    out = tmp_path / "evaluation"
+    result = subprocess.run([sys.executable, "-m", "ntclass.cli", "evaluate", str(csv),
+                             "--config", str(config), "--out", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    ours = json.loads((out / "metrics.json").read_text())
+    workflow = json.loads((run / "results/evaluation/own/demo/metrics.json").read_text())
+    # the CSV's decimal text: the same calls, calibration figures within rounding
+    for level in ("synapse", "neuron"):
+        for key in ("n", "accuracy", "confusion_matrix"):
+            assert ours[level][key] == workflow[level][key], (level, key)
+    assert ours["synapse"]["ece"] == pytest.approx(workflow["synapse"]["ece"], abs=1e-6)
+    for name in ("report.txt", "neurons.csv", "edges.csv", "confusion.png",
+                 "calibration.png"):
+        assert (out / name).stat().st_size > 0
+    pd.testing.assert_frame_equal(
+        pd.read_csv(out / "neurons.csv"),
+        pd.read_csv(run / "results/evaluation/own/demo/neurons.csv"), rtol=1e-6)
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_tensor(tmp_path):
+    save_gunpowder_checkpoint(synister_model(SYNISTER_SHAPE), tmp_path / "ckpt")
+    entry = {"checkpoint": str(tmp_path / "ckpt"), "architecture": "vgg3d",
+             "params": {**SYNISTER_PARAMS, "fmaps": 8}, "input_shape": SYNISTER_SHAPE,
+             "checkpoint_classes": SYNISTER_CLASSES}
+    with pytest.raises(NtclassError, match=r"tensor 'features.0.weight' has shape "
+                       r"\[4, 1, 3, 3, 3\] in the checkpoint and \[8, 1, 3, 3, 3\]"):
+        import_model(entry["checkpoint"], entry, SYNISTER_CLASSES, [40, 4, 4],
+                     tmp_path / "model.pt")
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_classes_are_matched_by_name_or_refused(tmp_path):
+    save_gunpowder_checkpoint(synister_model(SYNISTER_SHAPE), tmp_path / "ckpt")
+    entry = {"checkpoint": str(tmp_path / "ckpt"), "architecture": "vgg3d",
+             "params": SYNISTER_PARAMS, "input_shape": SYNISTER_SHAPE,
+             "checkpoint_classes": SYNISTER_CLASSES}
+    with pytest.raises(NtclassError, match="'tyramine' is not among the outputs"):
+        import_model(entry["checkpoint"], entry, CLASSES, [40, 4, 4], tmp_path / "m.pt")
+    with pytest.raises(NtclassError, match="output for class 'octopamine'"):
+        import_model(entry["checkpoint"], entry, CLASSES[:4], [40, 4, 4], tmp_path / "m.pt")
+    with pytest.raises(NtclassError, match="input_shape"):
+        import_model(entry["checkpoint"], {k: v for k, v in entry.items()
+                                           if k != "input_shape"}, SYNISTER_CLASSES,
+                     [40, 4, 4], tmp_path / "m.pt")
+
+
+def test_code_in_a_checkpoint_is_never_run(tmp_path):
+    from conftest import CodeRunningPayload
+
+    marker = tmp_path / "ran"
+    torch.save({"model_state_dict": CodeRunningPayload(str(marker))}, tmp_path / "evil")
+    with pytest.raises(NtclassError, match="weights_only"):
+        read_checkpoint(tmp_path / "evil")
+    assert not marker.exists()
+
+
+def test_fine_tuning_starts_from_the_checkpoint(tiny_demo, tmp_path):
+    """training.init_from: the weights start as the checkpoint's (outputs mapped by name,
+    or a new output layer), and the run's identity includes the weights' hash."""
+    own = own_model_file(tmp_path / "start.pt")
+    config = {
+        "classes": ["acetylcholine", "gaba", "glutamate", "serotonin"],
+        "source": {"type": "table", "table": tiny_demo["table"],
+                   "raw_container": tiny_demo["volume"]},
+        "split": {"method": "random", "seed": 0, "max_deviation": 0.2},
+        "training": {"input_shape": OWN_SHAPE, "batch_size": 4, "iterations": 4,
+                     "learning_rate": 1e-9, "save_every": 2, "validate_every": 0,
+                     "init_from": {"checkpoint": "start.pt"}},
+        "models": {
+            "kept": {"architecture": "vgg3d", "params": OWN_PARAMS},
+            "new": {"architecture": "vgg3d", "params": OWN_PARAMS,
+                    "training": {"init_from": {"checkpoint": "start.pt",
+                                               "output_layer": "new"}}},
+        },
+        "targets": {},
+    }
+    write_config(tmp_path, config)
+    snakemake(tmp_path, "results/models/kept/model.pt", "results/models/new/model.pt")
+    start = own.state_dict()
+    order = [OWN_CLASSES.index(c) for c in config["classes"]]
+    for name in ("kept", "new"):
+        state = read_checkpoint(tmp_path / f"results/models/{name}/model.pt")[0]
+        # a learning rate of 1e-9: the weights are still the checkpoint's
+        assert torch.allclose(state["features.0.weight"], start["features.0.weight"],
+                              atol=1e-6)
+        out = state["classifier.6.weight"]
+        same = torch.allclose(out, start["classifier.6.weight"][order], atol=1e-6)
+        assert same == (name == "kept")
+    log = (tmp_path / "logs/train/kept.log").read_text()
+    assert "initial weights from start.pt" in log
+    # other initial weights: the model trains again, in a checkpoint folder of its own
+    own_model_file(tmp_path / "start.pt", seed=2)
+    snakemake(tmp_path, "results/models/kept/model.pt")
+    folders = list((tmp_path / "results/models/kept/checkpoints").iterdir())
+    assert len(folders) == 2
+    state = read_checkpoint(tmp_path / "results/models/kept/model.pt")[0]
+    assert not torch.allclose(state["features.0.weight"], start["features.0.weight"],
+                              atol=1e-3)
+
+
+def test_a_config_without_source_must_predict_with_checkpoints(tmp_path, tiny_demo):
+    config = {"classes": CLASSES, "models": {"m": {"architecture": "vgg3d"}},
+              "targets": {"t": {"type": "table", "table": tiny_demo["table"],
+                                "raw_container": tiny_demo["volume"]}}}
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    assert "model 'm' is to be trained, which needs a labelled source" in result.stderr
+    config["models"] = {"m": {"checkpoint": "x.pt"}}
+    config["targets"] = {"test": {"type": "split", "part": "test"}}
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", check=False)
+    assert "target 'test' is a part of the split" in result.stderr

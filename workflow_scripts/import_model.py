@@ -1,0 +1,10 @@
+from ntclass.checkpoints import import_model
+from ntclass.workflow import run_job
+
+sm = snakemake  # noqa: F821 (provided by Snakemake)
+p = sm.params
+run_job(
+    sm.log[0],
+    lambda: import_model(sm.input.checkpoint, p.entry, p.classes, p.voxel_size,
+                         sm.output.model),
+)
