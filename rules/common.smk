@@ -132,7 +132,12 @@ def evaluation_targets():
 
 def write_back_targets():
     """Receipts of the MongoDB targets whose predictions go back into the database."""
-    chosen = [t for t in TARGETS if config["targets"][t].get("write_back")]
+    chosen = [
+        t
+        for t, target in config["targets"].items()
+        if target.get("write_back")
+        or target.get("synister_write_back", {}).get("enabled")
+    ]
     return expand(
         "results/predictions/{model}/{target}/mongo_write_back.json",
         model=MODELS,

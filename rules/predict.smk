@@ -91,6 +91,7 @@ rule mongo_write_back:
         receipt="results/predictions/{model}/{target}/mongo_write_back.json",
     params:
         target=lambda wc: canonical(config["targets"][wc.target]),
+        target_name=lambda wc: wc.target,
         model=lambda wc: wc.model,
         classes=config["classes"],
     log:

@@ -9,6 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from workflow_helpers import ROOT, TINY_CONFIG, snakemake, write_config
@@ -112,3 +113,94 @@ def test_slurm_profile_runs_jobs_through_sbatch_with_local_outputs(slurm_cluster
     a = torch.load(local / "results/models/tiny/model.pt", weights_only=True)["state_dict"]
     b = torch.load(cluster / "results/models/tiny/model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def synister_database(uri: str, table: pd.DataFrame, database: str) -> None:
+    """A database in the layout Synister's SynisterDb writes: synapse documents with
+    x, y, z, synapse_id, skeleton_id, source_id, prepost and a stored split `splits.skeleton`
+    (4 neurons of each NT train, 2 test); skeletons with `nt_known` lists; hemi_lineages.
+    Plus a post-synaptic document per neuron (prepost: post), which is not a synapse to
+    classify. The synapse collection is named `synapses_v3` (not Synister's default)."""
+    import pymongo
+
+    db = pymongo.MongoClient(uri)[database]
+    neurons = table.groupby("pre_id").agg(nt=("nt", "first"), hemi=("hemilineage", "first"))
+    rank = neurons.groupby("nt").cumcount()
+    part = {pre: ("train" if r < 4 else "test") for pre, r in rank.items()}
+    hemis = {h: i for i, h in enumerate(sorted(neurons["hemi"].unique()))}
+    db.hemi_lineages.insert_many([{"hemi_lineage_id": i, "hemi_lineage_name": h.upper(),
+                                   "nt_guess": [h.split("_")[1]]} for h, i in hemis.items()])
+    db.skeletons.insert_many([{"skeleton_id": int(pre), "hemi_lineage_id": hemis[row.hemi],
+                               "nt_known": [row.nt]} for pre, row in neurons.iterrows()])
+    docs = [{"x": float(r.x), "y": float(r.y), "z": float(r.z), "synapse_id": int(r.synapse_id),
+             "skeleton_id": int(r.pre_id), "source_id": "FAFB", "prepost": "pre",
+             "splits": {"skeleton": part[r.pre_id]}} for r in table.itertuples()]
+    first = table.groupby("pre_id").first()
+    docs += [{"x": float(r.x) + 8, "y": float(r.y), "z": float(r.z),
+              "synapse_id": 100000 + int(pre), "skeleton_id": int(pre), "source_id": "FAFB",
+              "prepost": "post", "splits": {}} for pre, r in first.iterrows()]
+    db.synapses_v3.insert_many(docs)
+
+
+def test_a_synister_database_as_it_is(mongo_uri, tiny_demo, tmp_path):
+    """Synister's own layout: its stored split, a class subset (serotonin left out), a
+    target filtered to some neurons, and both write-back layouts."""
+    import pymongo
+
+    table = pd.read_csv(tiny_demo["table"])
+    database = f"synister_{uuid.uuid4().hex[:8]}"
+    synister_database(mongo_uri, table, database)
+    classes = ["gaba", "acetylcholine", "glutamate"]
+    chosen = [int(p) for p in sorted(table["pre_id"].unique())[::3]]
+    source = {"type": "mongodb", "uri": mongo_uri, "database": database,
+              "collections": {"synapses": "synapses_v3"},
+              "raw_container": tiny_demo["volume"], "raw_dataset": "volumes/raw/s0"}
+    config = {**TINY_CONFIG, "classes": classes, "training": QUICK_TRAINING,
+              "source": source, "split": {"method": "given", "mongo_split": "skeleton"},
+              "targets": {"chosen": {**source, "filter": {"skeleton_id": {"$in": chosen}},
+                                     "write_back": True,
+                                     "synister_write_back": {"enabled": True,
+                                                             "split_name": "skeleton",
+                                                             "experiment": "ntclass_{model}"}}}}
+    del config["demo"]
+    write_config(tmp_path, config)
+    snakemake(tmp_path)
+
+    manifest = pd.read_csv(tmp_path / "results/split/manifest.csv")
+    assert (manifest["synapse_id"] < 100000).all()  # post-synaptic documents left alone
+    serotonin = manifest["nt_other"] == "serotonin"
+    assert serotonin.sum() == (table["nt"] == "serotonin").sum()
+    assert manifest.loc[serotonin, "split"].isna().all()
+    stored = pymongo.MongoClient(mongo_uri)[database].synapses_v3.find(
+        {"prepost": "pre"}, {"_id": 0, "synapse_id": 1, "splits": 1})
+    stored = {d["synapse_id"]: d["splits"]["skeleton"] for d in stored}
+    labelled = manifest[manifest["nt"].notna()]
+    assert len(labelled) == (table["nt"] != "serotonin").sum()
+    assert all(stored[s] == p for s, p in zip(labelled["synapse_id"], labelled["split"]))
+    summary = pd.read_csv(tmp_path / "results/split/summary.csv").set_index("nt")
+    assert summary.at["left_out_serotonin", "total"] == serotonin.sum()
+
+    predictions = pd.read_parquet(
+        tmp_path / "results/predictions/tiny/chosen/predictions.parquet")
+    expected_ids = table.loc[table["pre_id"].isin(chosen), "synapse_id"]
+    assert sorted(predictions["synapse_id"]) == sorted(expected_ids)
+    expected = predictions.set_index("synapse_id")
+
+    client = pymongo.MongoClient(mongo_uri)
+    docs = client[database].synapses_v3.find({"ntclass": {"$exists": True}},
+                                             {"_id": 0, "synapse_id": 1, "ntclass": 1})
+    ours = {d["synapse_id"]: d["ntclass"]["tiny"] for d in docs}
+    assert set(ours) == set(expected.index)
+    # Synister's reader: SynisterDb.get_predictions(split_name, experiment, train_number,
+    # predict_number) reads <database>_predictions.<split>_<experiment>_t<n>_p<n>
+    collection = client[f"{database}_predictions"]["skeleton_ntclass_tiny_t0_p0"]
+    synister = {p["synapse_id"]: {"prediction": p["prediction"]} for p in collection.find({})}
+    assert set(synister) == set(expected.index)
+    for sid, doc in synister.items():
+        assert np.allclose(doc["prediction"], expected.loc[sid, classes].to_numpy(float),
+                           atol=1e-6)
+        assert classes[int(np.argmax(doc["prediction"]))] == expected.at[sid, "predicted_nt"]
+    receipt = json.loads(
+        (tmp_path / "results/predictions/tiny/chosen/mongo_write_back.json").read_text())
+    assert receipt["synister"]["synapses"] == receipt["ntclass"]["synapses"] == len(expected)
+    assert receipt["classes"] == classes

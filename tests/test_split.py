@@ -92,3 +92,59 @@ def test_summary_counts():
     assert (summary[list(PARTS)].sum(axis=1) == summary["total"]).all()
     assert summary["total"].sum() == len(manifest)
     assert np.allclose(summary[[f"{p}_fraction" for p in PARTS]].sum(axis=1), 1.0, atol=1e-3)
+
+
+SYNISTER_UNKNOWN = ["NA", "NONE", "NEW", "UNKNOWN", "UNKNOWN0"]
+
+
+def test_unknown_hemilineages_are_not_one_group():
+    """As on FAFB v3: every serotonin neuron's hemilineage is 'unknown' (in any case)."""
+    table = synthetic_table()
+    ser = table["nt"] == "ser"
+    table.loc[ser, "hemilineage"] = np.where(table.loc[ser, "pre_id"] % 8 == 3, "unknown",
+                                             "UNKNOWN0")
+    with pytest.raises(NtclassError, match="cannot split NT 'ser' by 'hemilineage': it has "
+                       r"2 group\(s\)"):
+        make_split(table, "grouped", FRACTIONS, seed=0, group_by="hemilineage",
+                   max_deviation=0.2)
+    manifest, _ = make_split(table, "grouped", FRACTIONS, seed=0, group_by="hemilineage",
+                             max_deviation=0.2, unknown_groups=SYNISTER_UNKNOWN)
+    # each serotonin neuron whole on one side, and serotonin in every part
+    assert (manifest[ser].groupby("pre_id")["split"].nunique() == 1).all()
+    assert set(manifest.loc[ser, "split"]) == set(PARTS)
+    # known hemilineages still stay whole
+    known = manifest[~ser]
+    assert (known.groupby("hemilineage")["split"].nunique() == 1).all()
+
+
+def test_other_nts_are_refused_or_left_out():
+    from ntclass.synapses import check_classes
+
+    table = synthetic_table()
+    with pytest.raises(NtclassError, match="NT 'ser' is not one of the configured classes.*"
+                       "other_nts: leave_out"):
+        check_classes(table, ["ach", "gaba", "glu"], "table 't'")
+    left = check_classes(table, ["ach", "gaba", "glu"], "table 't'", "leave_out")
+    ser = table["nt"] == "ser"
+    assert left.loc[ser, "nt"].isna().all() and (left.loc[ser, "nt_other"] == "ser").all()
+    manifest, _ = make_split(left, "grouped", FRACTIONS, seed=0, max_deviation=0.1)
+    assert manifest.loc[ser, "split"].isna().all()
+    summary = summarise(manifest, ["ach", "gaba", "glu"]).set_index("nt")
+    assert summary.at["left_out_ser", "total"] == ser.sum()
+
+
+def test_a_stored_split_is_checked_like_a_split_file():
+    from ntclass.split import apply_stored_split
+
+    table = synthetic_table()
+    table["stored_split"] = pd.array(np.where(table["pre_id"] % 5 == 0, "test", "train"),
+                                     dtype="string")
+    manifest = apply_stored_split(table, "skeleton", "MongoDB database 'd'")
+    assert manifest["split"].tolist() == table["stored_split"].tolist()
+    table.loc[3, "stored_split"] = "val"
+    with pytest.raises(NtclassError, match=r"split 'skeleton' stored in MongoDB database 'd' "
+                       r"\(splits.skeleton\): synapse 3 is in part 'val'"):
+        apply_stored_split(table, "skeleton", "MongoDB database 'd'")
+    table.loc[3, "stored_split"] = pd.NA
+    with pytest.raises(NtclassError, match="labelled synapse 3 .* has no part"):
+        apply_stored_split(table, "skeleton", "MongoDB database 'd'")

@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from urllib.parse import quote_plus
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -141,12 +142,25 @@ def _columns(cursor, fields: Sequence[str]) -> dict[str, list]:
     return columns
 
 
-def _skeleton_labels(db) -> pd.DataFrame:
+COLLECTIONS = {"synapses": "synapses", "skeletons": "skeletons",
+               "hemi_lineages": "hemi_lineages"}
+
+
+def collection_name(source: Mapping, name: str) -> str:
+    return {**COLLECTIONS, **(source.get("collections") or {})}[name]
+
+
+def collection(db, source: Mapping, name: str):
+    """One of Synister's three collections, under the name the source gives it."""
+    return db[collection_name(source, name)]
+
+
+def _skeleton_labels(db, source: Mapping) -> pd.DataFrame:
     """Per skeleton: its NT when exactly one is known, the candidates when several."""
-    skeletons = _columns(db.skeletons.find({}, {"_id": 0}), ["skeleton_id", "nt_known",
-                                                             "hemi_lineage_id"])
-    hemis = _columns(db.hemi_lineages.find({}, {"_id": 0}), ["hemi_lineage_id",
-                                                             "hemi_lineage_name"])
+    skeletons = _columns(collection(db, source, "skeletons").find({}, {"_id": 0}),
+                         ["skeleton_id", "nt_known", "hemi_lineage_id"])
+    hemis = _columns(collection(db, source, "hemi_lineages").find({}, {"_id": 0}),
+                     ["hemi_lineage_id", "hemi_lineage_name"])
     names = dict(zip(hemis["hemi_lineage_id"], hemis["hemi_lineage_name"]))
     known = [sorted(set(v)) if isinstance(v, list) else [] for v in skeletons["nt_known"]]
     return pd.DataFrame({
@@ -170,43 +184,55 @@ SYNAPSE_FIELDS = ["synapse_id", "z", "y", "x", "skeleton_id", "post_skeleton_id"
 
 
 def mongo_batches(source: Mapping, classes: Sequence[str], check: LocationCheck,
-                  batch_rows: int = 1_000_000) -> Iterator[pd.DataFrame]:
-    """The pre-synaptic sites of a MongoDB source in checked batches, each labelled with
-    its skeleton's single known NT. Skeletons with several known NTs stay unlabelled,
-    their candidates kept in `nt_candidates` and counted in the log.
+                  batch_rows: int = 1_000_000, other_nts: str = "leave_out",
+                  split_field: str | None = None) -> Iterator[pd.DataFrame]:
+    """The pre-synaptic sites of a MongoDB source (those its `filter` selects) in checked
+    batches, each labelled with its skeleton's single known NT. Skeletons with several
+    known NTs stay unlabelled, their candidates kept in `nt_candidates` and counted in the
+    log; NTs that are not among `classes` are left out (`nt_other`) or refused.
+    `split_field`: a split stored in the documents (`splits.<name>`), as `stored_split`.
 
     Each batch is one query for the next `batch_rows` documents by `_id` (always
     indexed), so no cursor stays open across batches and memory is one batch's."""
     db = connect(source)
+    synapses = collection(db, source, "synapses")
     origin = f"MongoDB database '{source['database']}'"
-    labels = _skeleton_labels(db)
-    projection = dict.fromkeys(SYNAPSE_FIELDS, 1)
+    labels = _skeleton_labels(db, source)
+    fields = SYNAPSE_FIELDS + ([f"splits.{split_field}"] if split_field else [])
+    projection = dict.fromkeys(fields, 1)
+    selected = [PRE_SYNAPTIC] + ([dict(source["filter"])] if source.get("filter") else [])
     last, first_row, several, several_neurons = None, 0, 0, set()
     while True:
-        query = PRE_SYNAPTIC if last is None else {"$and": [PRE_SYNAPTIC,
-                                                            {"_id": {"$gt": last}}]}
-        docs = list(db.synapses.find(query, projection).sort("_id", 1).limit(batch_rows))
+        after = [] if last is None else [{"_id": {"$gt": last}}]
+        query = {"$and": selected + after}
+        try:
+            docs = list(synapses.find(query, projection).sort("_id", 1).limit(batch_rows))
+        except Exception as e:
+            raise NtclassError(f"{origin}: the query {query} failed ({type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''}); check the "
+                               "source's filter") from None
         if not docs:
             break
         last = docs[-1]["_id"]
-        batch = _synapse_frame(docs, labels, source, origin)
+        batch = _synapse_frame(docs, labels, source, origin, split_field)
         unclear = batch["nt_candidates"].notna()
         several += int(unclear.sum())
         several_neurons.update(batch.loc[unclear, "pre_id"].tolist())
-        df = normalise(batch, origin, first_row)
-        check_classes(df, classes, origin)
+        df = check_classes(normalise(batch, origin, first_row), classes, origin, other_nts)
         check.add(df)
         first_row += len(df)
         yield df
     if first_row == 0:
-        raise NtclassError(f"{origin} has no pre-synaptic site in collection 'synapses'")
+        which = " that the filter selects" if source.get("filter") else ""
+        raise NtclassError(f"{origin} has no pre-synaptic site{which} in collection "
+                           f"'{synapses.name}'")
     if several:
         log.warning("%s: %d synapses of %d skeletons with several known NTs stay unlabelled",
                     origin, several, len(several_neurons))
 
 
-def _synapse_frame(docs: list[dict], labels: pd.DataFrame, source: Mapping, origin: str
-                   ) -> pd.DataFrame:
+def _synapse_frame(docs: list[dict], labels: pd.DataFrame, source: Mapping, origin: str,
+                   split_field: str | None = None) -> pd.DataFrame:
     columns = _columns(docs, SYNAPSE_FIELDS)
     where = f"{origin}, collection 'synapses'"
     synapses = pd.DataFrame({
@@ -218,6 +244,9 @@ def _synapse_frame(docs: list[dict], labels: pd.DataFrame, source: Mapping, orig
                           "post_skeleton_id", where),
         "brain_region": pd.array(columns["brain_region"], dtype="string"),
     })
+    if split_field:
+        synapses["stored_split"] = pd.array(
+            [(d.get("splits") or {}).get(split_field) for d in docs], dtype="string")
     synapses = synapses.merge(labels, on="pre_id", how="left")
     synapses["raw_container"] = source["raw_container"]
     synapses["raw_dataset"] = source.get("raw_dataset", "volumes/raw/s0")
@@ -231,7 +260,7 @@ def write_predictions(batches: Iterable[pd.DataFrame], source: Mapping, field: s
     One unordered bulk write per batch of predictions."""
     from pymongo import UpdateOne
 
-    db = connect(source)
+    synapses = collection(connect(source), source, "synapses")
     written = matched = 0
     for predictions in batches:
         records = predictions[["synapse_id", "predicted_nt", "confidence", *classes]
@@ -240,23 +269,71 @@ def write_predictions(batches: Iterable[pd.DataFrame], source: Mapping, field: s
             "predicted_nt": str(r["predicted_nt"]), "confidence": float(r["confidence"]),
             "probabilities": {c: float(r[c]) for c in classes}}}}) for r in records]
         if ops:
-            matched += db.synapses.bulk_write(ops, ordered=False).matched_count
+            matched += synapses.bulk_write(ops, ordered=False).matched_count
         written += len(records)
     if matched != written:
         raise NtclassError(f"{written - matched} predicted synapses have no document in "
-                           f"collection 'synapses' of MongoDB database '{source['database']}'")
+                           f"collection '{synapses.name}' of MongoDB database "
+                           f"'{source['database']}'")
     return matched
 
 
-def write_back(predictions_path: str, target: Mapping, model: str, classes: Sequence[str],
-               receipt_path: str, batch_rows: int = 10_000) -> None:
-    """The workflow step: predictions of `model` into the target's database, read and
-    written in batches, then a receipt file (database, field, count; never the address's
-    password)."""
-    field = f"ntclass.{model}"
-    batches = (b.to_pandas(types_mapper=NULLABLE_INTEGERS.get) for b in
-               pq.ParquetFile(predictions_path).iter_batches(batch_size=batch_rows))
-    n = write_predictions(batches, target, field, classes)
-    write_json({"database": target["database"], "collection": "synapses", "field": field,
-                "synapses": n, "uri": redact_uri(target.get("uri") or
-                                                 os.environ.get(URI_ENV, ""))}, receipt_path)
+def synister_collection(target: Mapping, target_name: str, model: str) -> tuple[str, str]:
+    """Database and collection of Synister's prediction layout for one model and target:
+    `<database>_predictions`, `<split_name>_<experiment>_t<train>_p<predict>` (the names
+    SynisterDb.get_predictions reads)."""
+    layout = target["synister_write_back"]
+    experiment = layout.get("experiment", "{model}").replace("{model}", model)
+    name = (f"{layout.get('split_name') or target_name}_{experiment}"
+            f"_t{layout.get('train_number', 0)}_p{layout.get('predict_number', 0)}")
+    return f"{target['database']}_predictions", name
+
+
+def write_synister_predictions(batches: Iterable[pd.DataFrame], target: Mapping,
+                               database: str, name: str, classes: Sequence[str]) -> int:
+    """Documents {synapse_id, prediction: [probabilities in class order]}, Synister's
+    layout. Written to a scratch collection renamed over `name` at the end, so that a
+    failed job never leaves a partial collection under Synister's name."""
+    db = connect({**target, "database": database})
+    scratch = f"{name}.ntclass-incomplete"
+    db.drop_collection(scratch)
+    n = 0
+    for predictions in batches:
+        ids = predictions["synapse_id"].to_numpy(dtype=np.int64)
+        probabilities = predictions[list(classes)].to_numpy(dtype=np.float64)
+        docs = [{"synapse_id": int(i), "prediction": p.tolist()}
+                for i, p in zip(ids, probabilities)]
+        if docs:
+            db[scratch].insert_many(docs, ordered=False)
+        n += len(docs)
+    if n:
+        db[scratch].create_index("synapse_id", unique=True)
+        db[scratch].rename(name, dropTarget=True)
+    else:
+        db.drop_collection(name)
+    return n
+
+
+def write_back(predictions_path: str, target: Mapping, target_name: str, model: str,
+               classes: Sequence[str], receipt_path: str, batch_rows: int = 10_000) -> None:
+    """The workflow step: predictions of `model` into the target's database, in ntclass's
+    layout (a field of each synapse document) and/or Synister's (a collection of the
+    predictions database), read and written in batches; then a receipt file (database,
+    collections, counts; never the address's password)."""
+    def batches():
+        return (b.to_pandas(types_mapper=NULLABLE_INTEGERS.get) for b in
+                pq.ParquetFile(predictions_path).iter_batches(batch_size=batch_rows))
+
+    receipt: dict = {"uri": redact_uri(target.get("uri") or os.environ.get(URI_ENV, "")),
+                     "classes": list(classes)}
+    if target.get("write_back"):
+        field = f"ntclass.{model}"
+        n = write_predictions(batches(), target, field, classes)
+        receipt["ntclass"] = {"database": target["database"],
+                              "collection": collection_name(target, "synapses"),
+                              "field": field, "synapses": n}
+    if (target.get("synister_write_back") or {}).get("enabled"):
+        database, name = synister_collection(target, target_name, model)
+        n = write_synister_predictions(batches(), target, database, name, classes)
+        receipt["synister"] = {"database": database, "collection": name, "synapses": n}
+    write_json(receipt, receipt_path)

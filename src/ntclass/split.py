@@ -179,10 +179,12 @@ def check_balance(table: pd.DataFrame, fractions: Mapping[str, float], max_devia
 
 def make_split(table: pd.DataFrame, method: str, fractions: Mapping[str, float], seed: int,
                group_by: str = "pre_id", max_deviation: float = 0.05,
-               options: SplitOptions = SplitOptions(), origin: str = "the synapse source"
-               ) -> tuple[pd.DataFrame, dict]:
+               options: SplitOptions = SplitOptions(), origin: str = "the synapse source",
+               unknown_groups: Sequence[str] = ()) -> tuple[pd.DataFrame, dict]:
     """Return `table` with a `split` column (train / validation / test for labelled
-    synapses, empty for unlabelled ones) and the grouped split solver's report."""
+    synapses, empty for unlabelled ones) and the grouped split solver's report.
+    `unknown_groups`: values of `group_by` that mean 'unknown' (see
+    `separate_unknown_groups`)."""
     fractions = _check_fractions(fractions)
     out = table.copy()
     out["split"] = pd.array([pd.NA] * len(out), dtype="string")
@@ -203,6 +205,9 @@ def make_split(table: pd.DataFrame, method: str, fractions: Mapping[str, float],
             sid = out.loc[labelled, "synapse_id"].reset_index(drop=True)[groups.isna()].iloc[0]
             raise NtclassError(f"{origin}: labelled synapse {sid} has no '{group_by}', which "
                                "the grouped split needs for every labelled synapse")
+        if unknown_groups:
+            neurons = out.loc[labelled, "pre_id"].reset_index(drop=True)
+            groups = separate_unknown_groups(groups, neurons, unknown_groups)
         parts, report = grouped_split(nts, groups.astype(str), fractions, seed, group_by,
                                       options)
     else:
@@ -237,6 +242,29 @@ def apply_given_split(table: pd.DataFrame, assignment_path: str) -> pd.DataFrame
     if dup.any():
         raise NtclassError(f"{origin}: synapse_id {given['synapse_id'][dup].iloc[0]} occurs "
                            "more than once")
+    return _with_parts(table, given, origin)
+
+
+def _left_out(table: pd.DataFrame) -> pd.Series:
+    """Unlabelled synapses that have an NT all the same: of an NT outside the classes, or
+    of a neuron with several (a given split may well name them; they are not trained)."""
+    out = pd.Series(False, index=table.index)
+    for col in ("nt_other", "nt_candidates"):
+        if col in table:
+            out |= table[col].notna()
+    return out & table["nt"].isna()
+
+
+def _with_parts(table: pd.DataFrame, given: pd.DataFrame, origin: str) -> pd.DataFrame:
+    """`table` with the parts of `given` (synapse_id, split), which must name every
+    labelled synapse and no synapse the source does not have as labelled (parts of the
+    synapses left out are dropped)."""
+    left_out = table.loc[_left_out(table), "synapse_id"]
+    dropped = given["synapse_id"].isin(left_out)
+    if dropped.any():
+        log.info("%s: %d synapses with a part are left out (an NT outside the classes, or "
+                 "several NTs)", origin, int(dropped.sum()))
+        given = given[~dropped]
     labelled = table.loc[table["nt"].notna(), "synapse_id"]
     unknown = given.loc[~given["synapse_id"].isin(labelled), "synapse_id"]
     if len(unknown):
@@ -252,6 +280,38 @@ def apply_given_split(table: pd.DataFrame, assignment_path: str) -> pd.DataFrame
     out = table.copy()
     out["split"] = pd.array(out["synapse_id"].map(parts), dtype="string")
     return out
+
+
+def apply_stored_split(table: pd.DataFrame, name: str, origin: str) -> pd.DataFrame:
+    """`table` with the parts of a split stored in its source (column `stored_split`,
+    Synister's `splits.<name>`), checked like a split file."""
+    where = f"the split '{name}' stored in {origin} (splits.{name})"
+    stored = table[table["stored_split"].notna()] if "stored_split" in table else table[:0]
+    if stored.empty:
+        raise NtclassError(f"{where} is empty: no synapse document has a part in it")
+    bad = ~stored["stored_split"].isin(PARTS)
+    if bad.any():
+        row = stored[bad].iloc[0]
+        raise NtclassError(f"{where}: synapse {row.synapse_id} is in part "
+                           f"'{row.stored_split}'; expected one of {', '.join(PARTS)}")
+    given = pd.DataFrame({"synapse_id": stored["synapse_id"],
+                          "split": stored["stored_split"].astype("string")})
+    return _with_parts(table, given, where).drop(columns="stored_split")
+
+
+def separate_unknown_groups(groups: pd.Series, neurons: pd.Series,
+                            unknown: Sequence[str]) -> pd.Series:
+    """`groups` in which a value meaning 'unknown' (compared without case) no longer joins
+    its neurons into one group: each neuron with one is a group of its own."""
+    names = {str(u).upper() for u in unknown}
+    is_unknown = groups.astype("string").str.upper().isin(names).fillna(False)
+    if not is_unknown.any():
+        return groups
+    own = "unknown:" + neurons.astype("string").fillna("no-neuron")
+    # neurons without an id: each synapse alone
+    own = own.where(neurons.notna(), "unknown-synapse:" + pd.Series(
+        range(len(groups)), index=groups.index).astype(str))
+    return groups.astype("string").where(~is_unknown, own)
 
 
 def summarise(manifest: pd.DataFrame, classes: Sequence[str], group_by: str = "pre_id",
@@ -277,9 +337,13 @@ def summarise(manifest: pd.DataFrame, classes: Sequence[str], group_by: str = "p
     unlabelled = manifest["nt"].isna()
     several = (manifest["nt_candidates"].notna() & unlabelled if "nt_candidates" in manifest
                else pd.Series(False, index=manifest.index))
-    extra = pd.DataFrame({"nt": ["unlabelled", "unlabelled_several_nts"],
-                          "total": [int(unlabelled.sum()), int(several.sum())],
-                          **{part: [0, 0] for part in PARTS}})
+    other = (manifest["nt_other"].dropna().value_counts().sort_index()
+             if "nt_other" in manifest else pd.Series(dtype=int))
+    names = ["unlabelled", "unlabelled_several_nts", *(f"left_out_{nt}" for nt in other.index)]
+    extra = pd.DataFrame({"nt": names,
+                          "total": [int(unlabelled.sum()), int(several.sum()),
+                                    *(int(n) for n in other)],
+                          **{part: [0] * len(names) for part in PARTS}})
     summary = pd.concat([summary, extra], ignore_index=True)
     group_columns = [c for c in summary if c.endswith("_groups")]
     summary[group_columns] = summary[group_columns].astype("Int64")
@@ -294,22 +358,28 @@ def split_source(source: dict, classes: Sequence[str], voxel_size: Sequence[int]
     from .sources import read_source
     from .synapses import source_name
 
-    table = read_source(source, classes, voxel_size)
+    stored = split.get("mongo_split") if split["method"] == "given" else None
+    table = read_source(source, classes, voxel_size, split_field=stored)
     report: dict = {}
-    if split["method"] == "given":
+    if stored:
+        manifest = apply_stored_split(table, stored, source_name(source))
+    elif split["method"] == "given":
         manifest = apply_given_split(table, split["assignment"])
     else:
         options = SplitOptions(node_limit=split.get("node_limit", SplitOptions.node_limit),
                                mip_gap=split.get("mip_gap", SplitOptions.mip_gap))
         manifest, report = make_split(table, split["method"], split["fractions"],
                                       split["seed"], split.get("group_by", "pre_id"),
-                                      split["max_deviation"], options, source_name(source))
+                                      split["max_deviation"], options, source_name(source),
+                                      split.get("unknown_groups", ()))
     group_by = split.get("group_by", "pre_id")
     summary = summarise(manifest, classes, group_by, report)
     unlabelled = int(manifest["nt"].isna().sum())
     several = int(summary.loc[summary["nt"] == "unlabelled_several_nts", "total"].iloc[0])
+    left_out = int(manifest["nt_other"].notna().sum()) if "nt_other" in manifest else 0
     log.info("%d synapses: %d labelled, %d unlabelled (%d of neurons with several known "
-             "NTs)", len(manifest), len(manifest) - unlabelled, unlabelled, several)
+             "NTs, %d of NTs that are not among the classes, left out)", len(manifest),
+             len(manifest) - unlabelled, unlabelled, several, left_out)
     if report:
         log.info("grouped split: %s after %d nodes, gap %.4g (summed fraction deviation)",
                  "optimal" if report["optimal"] else "node limit reached", report["nodes"],

@@ -25,8 +25,11 @@ from .volumes import HDF5_SUFFIXES, intensity_of, open_raw_cached
 LOCATION = ["z", "y", "x"]
 CORE_COLUMNS = ["synapse_id", *LOCATION, "raw_container", "raw_dataset", "nt", "pre_id",
                 "post_id"]
-# `nt_candidates`: the known NTs of a neuron with several, whose synapses stay unlabelled
-OPTIONAL_COLUMNS = ["hemilineage", "brain_region", "nt_candidates"]
+# `nt_candidates`: the known NTs of a neuron with several, whose synapses stay unlabelled;
+# `nt_other`: an NT that is not among the classes (other_nts: leave_out), left out likewise;
+# `stored_split`: the part of a split stored in the source (Synister's `splits.<name>`)
+OPTIONAL_COLUMNS = ["hemilineage", "brain_region", "nt_candidates", "nt_other",
+                    "stored_split"]
 
 
 def read_table_file(path: str | os.PathLike, what: str = "synapse table") -> pd.DataFrame:
@@ -122,12 +125,22 @@ def normalise(df: pd.DataFrame, origin: str, first_row: int = 0) -> pd.DataFrame
     return df[keep]
 
 
-def check_classes(df: pd.DataFrame, classes: Sequence[str], origin: str) -> None:
-    labelled = df["nt"].dropna()
-    unknown = sorted(set(labelled) - set(classes))
-    if unknown:
+def check_classes(df: pd.DataFrame, classes: Sequence[str], origin: str,
+                  other_nts: str = "refuse") -> pd.DataFrame:
+    """`df` whose labels are all configured classes. Labels of other NTs are refused, or
+    with `other_nts: leave_out` moved to column `nt_other` (the synapse is unlabelled)."""
+    other = df["nt"].notna() & ~df["nt"].isin(list(classes))
+    if not other.any():
+        return df
+    if other_nts != "leave_out":
+        unknown = sorted(set(df.loc[other, "nt"]))
         raise NtclassError(f"{origin}: NT '{unknown[0]}' is not one of the configured classes "
-                           f"{list(classes)}")
+                           f"{list(classes)}; add it to classes, or set other_nts: leave_out "
+                           "to leave its synapses out")
+    df = df.copy()
+    df["nt_other"] = df["nt"].where(other).astype("string")
+    df.loc[other, "nt"] = pd.NA
+    return df
 
 
 class LocationCheck:
@@ -198,15 +211,15 @@ def check_unique_ids(df: pd.DataFrame, origin: str) -> None:
 
 
 def table_batches(table: str, raw_container: str, raw_dataset: str, classes: Sequence[str],
-                  check: LocationCheck, batch_rows: int) -> Iterator[pd.DataFrame]:
+                  check: LocationCheck, batch_rows: int, other_nts: str = "refuse"
+                  ) -> Iterator[pd.DataFrame]:
     """A CSV/Parquet synapse table over one raw volume, in checked batches."""
     origin = f"synapse table '{table}'"
     first_row = 0
     for df in iter_table_file(table, batch_rows=batch_rows):
         df["raw_container"] = str(raw_container)
         df["raw_dataset"] = raw_dataset
-        df = normalise(df, origin, first_row)
-        check_classes(df, classes, origin)
+        df = check_classes(normalise(df, origin, first_row), classes, origin, other_nts)
         check.add(df)
         first_row += len(df)
         yield df
