@@ -173,3 +173,38 @@ def test_focal_loss_is_cross_entropy_at_gamma_0_and_discounts_easy_samples():
     assert float(weighted(logits, target)) == pytest.approx(float(expected))
     with pytest.raises(NtclassError, match="class_weights has 2 values"):
         build_loss({"class_weights": [1.0, 2.0]}, ["a", "b", "c"])
+
+
+def test_neither_locations_keep_away_from_every_synapse(manifest):
+    from scipy.spatial import cKDTree
+
+    from ntclass.neither import background_locations
+    from ntclass.volumes import open_raw
+
+    table = pd.read_csv(manifest, dtype={"nt": "string", "split": "string"})
+    found = background_locations(table, 300, 400.0, [4, 24, 24], [40, 4, 4], seed=3)
+    assert len(found) == 300 and (found["nt"] == "neither").all()
+    distance, _ = cKDTree(table[["z", "y", "x"]].to_numpy(float)).query(
+        found[["z", "y", "x"]].to_numpy(float))
+    assert distance.min() >= 400
+    volume = open_raw(table["raw_container"].iloc[0], "volumes/raw/s0", None)
+    voxels = volume.to_voxel(found[["z", "y", "x"]].to_numpy(float))
+    assert (voxels >= [2, 12, 12]).all() and (voxels <= np.array(volume.shape) - [2, 12, 12]
+                                              ).all()
+    again = background_locations(table, 300, 400.0, [4, 24, 24], [40, 4, 4], seed=3)
+    assert again.equals(found)
+    with pytest.raises(NtclassError, match="cannot place 10 'neither' locations at least "
+                       "1e\\+06 nm"):
+        background_locations(table, 10, 1e6, [4, 24, 24], [40, 4, 4], seed=3)
+
+
+def test_a_neither_class_is_trained_on_background_cubes(manifest, tmp_path):
+    cfg = replace(SMALL, classes=[*CLASSES, "neither"], iterations=4, validate_every=0,
+                  neither={"enabled": True, "min_distance": 300, "locations": 50})
+    out = run(manifest, tmp_path, cfg)
+    model, record = load_model(out / "model.pt")
+    assert record["classes"][-1] == "neither"
+    assert model.classifier[-1].out_features == len(CLASSES) + 1
+    with pytest.raises(NtclassError, match="class 'neither' has no training synapse.*"
+                       "training.neither.enabled"):
+        run(manifest, tmp_path, replace(cfg, neither={}), name="without")

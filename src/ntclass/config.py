@@ -122,6 +122,9 @@ def model_training(config: Mapping, model: str, schema_path: str | os.PathLike) 
         error.path.clear()
         error.path.extend(path)
         raise NtclassError(_sentence(error))
+    if merged["neither"]["enabled"] and "neither" not in config["classes"]:
+        raise NtclassError(f"training.neither is enabled for model '{model}', but 'neither' "
+                           "is not among classes; add it (in any position)")
     return merged
 
 

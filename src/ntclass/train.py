@@ -32,6 +32,7 @@ from .io import atomic_path, read_synapse_csv, write_csv
 from .losses import build_loss
 from .modelfile import load_model, pick_device  # noqa: F401 (re-exported)
 from .models import build_model
+from .neither import NEITHER, background_locations
 from .validation import ValidationSet
 from .volumes import intensity_of, open_raw_cached
 
@@ -65,6 +66,8 @@ class TrainConfig:
     intensity: dict = field(default_factory=dict)
     # fine-tuning: {checkpoint, classes, output_layer}; its sha256 is added at the start
     init_from: dict | None = None
+    # Synister's "neither" class: {enabled, min_distance (nm), locations}
+    neither: dict = field(default_factory=dict)
 
     def digest(self, manifest: str | os.PathLike) -> str:
         """Hash of everything that makes a run: a changed one never resumes a stale one."""
@@ -148,13 +151,19 @@ def _augmentations(raw: gp.ArrayKey, augment: dict) -> list[gp.BatchFilter]:
     return nodes
 
 
-def build_batches(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict) -> gp.Pipeline:
-    """The pipeline up to the model: balanced, augmented, normalised batches."""
+def build_batches(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict,
+                  background: pd.DataFrame | None = None) -> gp.Pipeline:
+    """The pipeline up to the model: balanced, augmented, normalised batches (the class
+    'neither', when trained, from the `background` locations)."""
     branches = []
     for label, nt in enumerate(cfg.classes):
-        rows = synapses[synapses["nt"] == nt]
+        rows = background if nt == NEITHER and background is not None else synapses[
+            synapses["nt"] == nt]
         if rows.empty:
-            raise NtclassError(f"class '{nt}' has no training synapse in the split manifest")
+            hint = (f"; set training.neither.enabled to train '{NEITHER}' on random locations "
+                    "away from synapses") if nt == NEITHER else ""
+            raise NtclassError(f"class '{nt}' has no training synapse in the split "
+                               f"manifest{hint}")
         branch = SynapseCubeSource(keys["raw"], rows, cfg.voxel_size, cfg.intensity_range,
                                    cache_bytes=cfg.cache_raw_mb * 2**20)
         for node in _augmentations(keys["raw"], cfg.augment):
@@ -170,9 +179,10 @@ def build_batches(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict) -> gp.Pi
 
 
 def build_pipeline(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict,
-                   model: torch.nn.Module, loss: torch.nn.Module, checkpoint_basename: str):
+                   model: torch.nn.Module, loss: torch.nn.Module, checkpoint_basename: str,
+                   background: pd.DataFrame | None = None):
     """The full training pipeline, ending in gp.torch.Train."""
-    pipeline = build_batches(synapses, cfg, keys)
+    pipeline = build_batches(synapses, cfg, keys, background)
     pipeline += ScheduledTrain(
         Autocast(model, cfg.mixed_precision),
         loss,
@@ -359,8 +369,15 @@ def train(manifest: str | os.PathLike, cfg: TrainConfig, model_out: str | os.Pat
 
     keys = {"raw": gp.ArrayKey("RAW"), "label": gp.ArrayKey("LABEL"),
             "logits": gp.ArrayKey("LOGITS")}
+    background = None
+    if cfg.neither.get("enabled"):
+        background = background_locations(
+            table, cfg.neither["locations"], cfg.neither["min_distance"], cfg.input_shape,
+            cfg.voxel_size, cfg.seed)
+        log.info("class '%s': %d random locations at least %g nm from every synapse",
+                 NEITHER, len(background), cfg.neither["min_distance"])
     pipeline = build_pipeline(table[table["split"] == "train"], cfg, keys, model, loss,
-                              str(checkpoint_dir / "model"))
+                              str(checkpoint_dir / "model"), background)
     writer = SummaryWriter(str(checkpoint_dir / "tensorboard"), purge_step=start + 1)
     with open(losses_path, "w", newline="") as f, _progress(cfg, start) as bar:
         loss_csv = csv.writer(f)
