@@ -95,3 +95,19 @@ def test_a_mongodb_target_read_in_many_batches_is_partitioned_as_in_one(imported
         batched, whole = (read_shard_rows(tmp_path / str(rows), shard) for rows in
                           (7, 1_000_000))
         pd.testing.assert_frame_equal(batched, whole)
+
+
+def test_filters_select_part_of_a_database(imported, tiny_demo):
+    source, _ = imported
+    table = pd.read_csv(tiny_demo["table"])
+    some = [int(p) for p in sorted(table["pre_id"].unique())[:5]]
+    by_synapse = read_source({**source, "filter": {"skeleton_id": {"$in": some}}}, CLASSES,
+                             (40, 4, 4))
+    assert sorted(by_synapse["synapse_id"]) == sorted(
+        table.loc[table["pre_id"].isin(some), "synapse_id"])
+    by_skeleton = read_source({**source, "skeleton_filter": {"nt_known": "gaba"}}, CLASSES,
+                              (40, 4, 4))
+    assert sorted(by_skeleton["synapse_id"]) == sorted(
+        table.loc[table["nt"] == "gaba", "synapse_id"])
+    with pytest.raises(NtclassError, match="no pre-synaptic site that the filters select"):
+        read_source({**source, "filter": {"skeleton_id": -1}}, CLASSES, (40, 4, 4))

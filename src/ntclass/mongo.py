@@ -201,6 +201,10 @@ def mongo_batches(source: Mapping, classes: Sequence[str], check: LocationCheck,
     fields = SYNAPSE_FIELDS + ([f"splits.{split_field}"] if split_field else [])
     projection = dict.fromkeys(fields, 1)
     selected = [PRE_SYNAPTIC] + ([dict(source["filter"])] if source.get("filter") else [])
+    if source.get("skeleton_filter"):
+        skeletons = collection(db, source, "skeletons").distinct(
+            "skeleton_id", dict(source["skeleton_filter"]))
+        selected.append({"skeleton_id": {"$in": skeletons}})
     last, first_row, several, several_neurons = None, 0, 0, set()
     while True:
         after = [] if last is None else [{"_id": {"$gt": last}}]
@@ -223,7 +227,7 @@ def mongo_batches(source: Mapping, classes: Sequence[str], check: LocationCheck,
         first_row += len(df)
         yield df
     if first_row == 0:
-        which = " that the filter selects" if source.get("filter") else ""
+        which = " that the filters select" if len(selected) > 1 else ""
         raise NtclassError(f"{origin} has no pre-synaptic site{which} in collection "
                            f"'{synapses.name}'")
     if several:
