@@ -241,3 +241,14 @@ def test_a_config_without_source_must_predict_with_checkpoints(tmp_path, tiny_de
     write_config(tmp_path, config)
     result = snakemake(tmp_path, "-n", check=False)
     assert "target 'test' is a part of the split" in result.stderr
+
+
+def test_a_missing_checkpoint_is_named(tmp_path, tiny_demo):
+    config = {"classes": CLASSES, "models": {"m": {"checkpoint": "gone/model_checkpoint_9"}},
+              "targets": {"t": {"type": "table", "table": tiny_demo["table"],
+                                "raw_container": tiny_demo["volume"]}}}
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", check=False)
+    assert result.returncode != 0
+    assert ("ntclass: file 'gone/model_checkpoint_9' given as models.m.checkpoint does not "
+            "exist") in result.stderr

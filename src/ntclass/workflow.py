@@ -121,6 +121,16 @@ def check_source_paths(config: Mapping) -> None:
             name = {"table": "table", "raw": "raw_container", "cremi": "directory"}[key]
             kind = "folder" if key == "cremi" else "file"
             raise NtclassError(f"{kind} '{path}' given as {section}.{name} does not exist")
+    checkpoints = [(f"models.{m}.checkpoint", e["checkpoint"])
+                   for m, e in config["models"].items() if "checkpoint" in e]
+    checkpoints += [(f"{where}.init_from.checkpoint", section["init_from"]["checkpoint"])
+                    for where, section in [("training", config.get("training", {}))] + [
+                        (f"models.{m}.training", e.get("training") or {})
+                        for m, e in config["models"].items()]
+                    if section.get("init_from")]
+    for key, path in checkpoints:
+        if not os.path.isfile(path):
+            raise NtclassError(f"file '{path}' given as {key} does not exist")
     split = config.get("split", {})
     if split.get("method") == "given" and "assignment" in split and not os.path.isfile(
             split["assignment"]):
