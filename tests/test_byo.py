@@ -228,27 +228,25 @@ def test_fine_tuning_starts_from_the_checkpoint(tiny_demo, tmp_path):
                               atol=1e-3)
 
 
-def test_a_config_without_source_must_predict_with_checkpoints(tmp_path, tiny_demo):
-    config = {"classes": CLASSES, "models": {"m": {"architecture": "vgg3d"}},
-              "targets": {"t": {"type": "table", "table": tiny_demo["table"],
-                                "raw_container": tiny_demo["volume"]}}}
-    write_config(tmp_path, config)
-    result = snakemake(tmp_path, "-n", check=False)
+def refusal(directory, tiny_demo, models: dict, targets: dict | None = None) -> str:
+    """The error of a dry run of a predict-only config of `models`."""
+    targets = targets or {"t": {"type": "table", "table": tiny_demo["table"],
+                                "raw_container": tiny_demo["volume"]}}
+    write_config(directory, {"classes": CLASSES, "models": models, "targets": targets})
+    result = snakemake(directory, "-n", check=False)
     assert result.returncode != 0
-    assert "model 'm' is to be trained, which needs a labelled source" in result.stderr
-    config["models"] = {"m": {"checkpoint": "x.pt"}}
-    config["targets"] = {"test": {"type": "split", "part": "test"}}
-    write_config(tmp_path, config)
-    result = snakemake(tmp_path, "-n", check=False)
-    assert "target 'test' is a part of the split" in result.stderr
+    return result.stderr
+
+
+def test_a_config_without_source_must_predict_with_checkpoints(tmp_path, tiny_demo):
+    assert "model 'm' is to be trained, which needs a labelled source" in refusal(
+        tmp_path, tiny_demo, {"m": {"architecture": "vgg3d"}})
+    assert "target 'test' is a part of the split" in refusal(
+        tmp_path, tiny_demo, {"m": {"checkpoint": "x.pt"}},
+        {"test": {"type": "split", "part": "test"}})
 
 
 def test_a_missing_checkpoint_is_named(tmp_path, tiny_demo):
-    config = {"classes": CLASSES, "models": {"m": {"checkpoint": "gone/model_checkpoint_9"}},
-              "targets": {"t": {"type": "table", "table": tiny_demo["table"],
-                                "raw_container": tiny_demo["volume"]}}}
-    write_config(tmp_path, config)
-    result = snakemake(tmp_path, "-n", check=False)
-    assert result.returncode != 0
     assert ("ntclass: file 'gone/model_checkpoint_9' given as models.m.checkpoint does not "
-            "exist") in result.stderr
+            "exist") in refusal(tmp_path, tiny_demo,
+                                {"m": {"checkpoint": "gone/model_checkpoint_9"}})
