@@ -117,16 +117,19 @@ def test_cosine_schedule():
 def one_batch(manifest, cfg):
     import gunpowder as gp
 
+    from ntclass.device_augment import iteration_generator
     from ntclass.gp_nodes import centred_roi
-    from ntclass.train import build_batches
+    from ntclass.train import build_batches, data_shape, device_augment
     table = pd.read_csv(manifest, dtype={"nt": "string", "split": "string"})
     keys = {"raw": gp.ArrayKey("RAW"), "label": gp.ArrayKey("LABEL")}
     source = build_batches(table[table["split"] == "train"], cfg, keys)
     request = gp.BatchRequest(random_seed=7)
-    request[keys["raw"]] = gp.ArraySpec(roi=centred_roi(cfg.input_shape, cfg.voxel_size))
+    request[keys["raw"]] = gp.ArraySpec(roi=centred_roi(data_shape(cfg), cfg.voxel_size))
     request[keys["label"]] = gp.ArraySpec(nonspatial=True)
     with gp.build(source):
-        return source.request_batch(request)[keys["raw"]].data
+        cubes = source.request_batch(request)[keys["raw"]].data
+    # then the device's part, as the model's wrapper applies it
+    return device_augment(cfg)(torch.from_numpy(cubes), iteration_generator(0, 1)).numpy()
 
 
 ALL_AUGMENTATIONS = {

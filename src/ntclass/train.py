@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from . import modelfile
 from .checkpoints import init_weights
+from .device_augment import DeviceAugment, iteration_generator
 from .errors import NtclassError
 from .gp_nodes import AddClassLabel, SynapseCubeSource, centred_roi
 from .io import atomic_path, read_synapse_csv, write_csv
@@ -102,59 +103,62 @@ class ScheduledTrain(gp.torch.Train):
     def train_step(self, batch, request):
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate_at(self.cfg, self.iteration)
+        self.model.iteration = self.iteration  # seeds the device augmentations
         super().train_step(batch, request)
 
 
 class Autocast(torch.nn.Module):
     """Runs the wrapped model's forward under bf16 autocast on a GPU; returns float32, so
-    the loss and the backward pass stay in full precision. Off on the CPU."""
+    the loss and the backward pass stay in full precision. Off on the CPU. In training
+    mode, first turns the data path's cubes into the model's input with the device
+    augmentations (`augment`), seeded by (`seed`, `iteration`)."""
 
-    def __init__(self, model: torch.nn.Module, enabled: bool = True):
+    def __init__(self, model: torch.nn.Module, enabled: bool = True,
+                 augment: DeviceAugment | None = None, seed: int = 0):
         super().__init__()
         self.model = model
         self.enabled = enabled
+        self.augment = augment
+        self.seed = seed
+        self.iteration = 0
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.training and self.augment is not None:
+            raw = self.augment(raw, iteration_generator(self.seed, self.iteration))
         on_gpu = self.enabled and raw.is_cuda
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
             return self.model(raw).float()
 
 
+def device_augment(cfg: TrainConfig) -> DeviceAugment:
+    """The augmentations of `cfg` that run on the training device."""
+    return DeviceAugment.from_config(cfg.augment, cfg.input_shape, cfg.voxel_size)
+
+
+def data_shape(cfg: TrainConfig) -> list[int]:
+    """Voxels of the cubes the data path provides: the model's, or with the device
+    deformation on, the context that it samples from."""
+    return list(device_augment(cfg).context_shape())
+
+
 def _augmentations(raw: gp.ArrayKey, augment: dict) -> list[gp.BatchFilter]:
-    """Synister's augmentations, each on when its entry is enabled (lengths in nm)."""
+    """Synister's augmentations that run in the data path: sections that slip or shift
+    (lengths in nm). The others run on the device (`DeviceAugment`), where the benchmark
+    showed them cheaper."""
     nodes: list[gp.BatchFilter] = []
-    if (deform := augment.get("deform", {})).get("enabled"):
-        # elastic, with in-plane rotation only: sections are 10x thicker than pixels
-        nodes.append(gp.DeformAugment(
-            control_point_spacing=gp.Coordinate(deform["control_point_spacing"]),
-            jitter_sigma=deform["jitter_sigma"], scale_interval=tuple(deform["scale"]),
-            rotate=deform["rotate"], rotation_axes=[1, 2], subsample=deform["subsample"],
-            p=deform["p"]))
     if (misalign := augment.get("misalign", {})).get("enabled"):
         # sections that slip (one alone) or shift (it and all after it) in y/x
         nodes.append(gp.ShiftAugment(prob_slip=misalign["prob_slip"],
                                      prob_shift=misalign["prob_shift"],
                                      sigma=misalign["sigma"], shift_axis=0))
-    if augment.get("mirror_transpose", False):
-        nodes.append(gp.SimpleAugment(mirror_only=(1, 2), transpose_only=(1, 2)))
-    if (intensity := augment.get("intensity", {})).get("enabled"):
-        # per section: EM sections differ in brightness and contrast
-        nodes.append(gp.IntensityAugment(raw, *intensity["scale"], *intensity["shift"],
-                                         slab=(1, -1, -1)))
-    if (noise := augment.get("noise", {})).get("enabled"):
-        nodes.append(gp.NoiseAugment(raw, mode="gaussian", var=noise["variance"],
-                                     p=noise["p"]))
-    if (defects := augment.get("defects", {})).get("enabled"):
-        nodes.append(gp.DefectAugment(raw, prob_missing=defects["prob_missing"],
-                                      prob_low_contrast=defects["prob_low_contrast"],
-                                      contrast_scale=defects["contrast_scale"], axis=0))
     return nodes
 
 
 def build_batches(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict,
                   background: pd.DataFrame | None = None) -> gp.Pipeline:
-    """The pipeline up to the model: balanced, augmented, normalised batches (the class
-    'neither', when trained, from the `background` locations)."""
+    """The data path up to the model: class-balanced batches of cubes in [0, 1] with the
+    context the device augmentations need (the class 'neither', when trained, from the
+    `background` locations)."""
     branches = []
     for label, nt in enumerate(cfg.classes):
         rows = background if nt == NEITHER and background is not None else synapses[
@@ -170,7 +174,6 @@ def build_batches(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict,
             branch += node
         branches.append(branch + AddClassLabel(keys["label"], label))
     pipeline = tuple(branches) + gp.RandomProvider()
-    pipeline += gp.IntensityScaleShift(keys["raw"], 2, -1)
     pipeline += gp.Unsqueeze([keys["raw"]])
     pipeline += gp.Stack(cfg.batch_size)
     if cfg.workers > 0:
@@ -184,7 +187,7 @@ def build_pipeline(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict,
     """The full training pipeline, ending in gp.torch.Train."""
     pipeline = build_batches(synapses, cfg, keys, background)
     pipeline += ScheduledTrain(
-        Autocast(model, cfg.mixed_precision),
+        Autocast(model, cfg.mixed_precision, device_augment(cfg), cfg.seed),
         loss,
         torch.optim.Adam(model.parameters(), lr=cfg.learning_rate),
         inputs={"raw": keys["raw"]},
@@ -389,7 +392,7 @@ def train(manifest: str | os.PathLike, cfg: TrainConfig, model_out: str | os.Pat
             while iteration < cfg.iterations:
                 request = gp.BatchRequest(random_seed=_request_seed(cfg, iteration))
                 request[keys["raw"]] = gp.ArraySpec(
-                    roi=centred_roi(cfg.input_shape, cfg.voxel_size))
+                    roi=centred_roi(data_shape(cfg), cfg.voxel_size))
                 request[keys["label"]] = gp.ArraySpec(nonspatial=True)
                 request[keys["logits"]] = gp.ArraySpec(nonspatial=True)
                 batch = pipeline.request_batch(request)
