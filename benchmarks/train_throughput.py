@@ -49,6 +49,7 @@ from ntclass.train import (  # noqa: E402
     data_shape,
     device_augment,
     pick_device,
+    resolve_geometry,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,6 +222,7 @@ def main() -> None:
         print(f"volume {args.volume} Blosc-LZ4 (ratio {ratio:.2f}), written in "
               f"{time.perf_counter() - t0:.0f} s; raw never held in memory")
         synapses = random_synapses(tmp / "raw.zarr", cfg, 5000)
+        cfg = resolve_geometry(synapses, cfg)  # as training does: uint8 moves as uint8
 
         print("\ndata path, one process (batches/s; the augmentations named run on the "
               "device, and cost the data path only the context they need)")

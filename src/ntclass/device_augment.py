@@ -184,10 +184,13 @@ class DeviceAugment:
     intensity: tuple[float, float, float, float] | None = None  # scale lo hi, shift lo hi
     noise: tuple[float, float] | None = None  # variance, p
     defects: tuple[float, float, float] | None = None  # p missing, p low contrast, scale
+    # raw values low..high map to [0, 1] here (the data path delivered them as stored)
+    raw_range: tuple[float, float] | None = None
 
     @classmethod
     def from_config(cls, augment: Mapping, input_shape: Sequence[int],
-                    voxel_size: Sequence[int]) -> DeviceAugment:
+                    voxel_size: Sequence[int],
+                    raw_range: tuple[float, float] | None = None) -> DeviceAugment:
         def on(name: str) -> Mapping | None:
             entry = augment.get(name) or {}
             return entry if entry.get("enabled") else None
@@ -200,15 +203,22 @@ class DeviceAugment:
             (*intensity["scale"], *intensity["shift"]) if intensity else None,
             (float(noise["variance"]), float(noise["p"])) if noise else None,
             (float(defects["prob_missing"]), float(defects["prob_low_contrast"]),
-             float(defects["contrast_scale"])) if defects else None)
+             float(defects["contrast_scale"])) if defects else None,
+            raw_range)
 
     def context_shape(self) -> tuple[int, int, int]:
         """Voxels (z, y, x) of the cubes the data path provides."""
         return self.deform.context_shape() if self.deform else self.input_shape
 
     def __call__(self, cubes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """(n, 1, *context_shape) cubes in [0, 1] -> (n, 1, *input_shape) in [-1, 1]."""
+        """(n, 1, *context_shape) cubes in [0, 1] (or raw values, with `raw_range`) ->
+        (n, 1, *input_shape) in [-1, 1]."""
         n = cubes.shape[0]
+        if self.raw_range is not None:
+            # Intensity.to_unit's arithmetic: a division, in float32
+            low, high = self.raw_range
+            cubes = cubes.to(torch.float32).sub_(low).div_(
+                float(np.float32(high - low))).clamp_(0, 1)
         if self.deform is not None:
             x = self.deform(cubes, generator)
         else:

@@ -23,15 +23,18 @@ class SynapseCubeSource(gp.BatchProvider):
     work as usual while every sample is centred on a synapse. Synapses may live in one
     large volume or in many CREMI crops: each row names its own raw container. Reads past
     a volume's edge are padded. Volumes up to `cache_bytes` are held in memory. Raw of any
-    supported dtype comes out as float32 in [0, 1], mapped by its intensity range.
+    supported dtype comes out as float32 in [0, 1], mapped by its intensity range; or, with
+    `raw_dtype`, as it is stored (a quarter of the bytes for uint8 to move to the device,
+    which maps it there).
     """
 
     def __init__(self, key: gp.ArrayKey, synapses: pd.DataFrame,
                  voxel_size: Sequence[int], intensity_range: Sequence[float] | None = None,
-                 cache_bytes: int = 0):
+                 cache_bytes: int = 0, raw_dtype: np.dtype | None = None):
         self.key = key
         self.cache_bytes = cache_bytes
         self.intensity_range = intensity_range
+        self.raw_dtype = raw_dtype
         self.voxel_size = gp.Coordinate(voxel_size)
         self.containers = synapses["raw_container"].to_numpy()
         self.datasets = synapses["raw_dataset"].to_numpy()
@@ -41,8 +44,9 @@ class SynapseCubeSource(gp.BatchProvider):
 
     def setup(self):
         frame = gp.Roi((-_FRAME,) * 3, (2 * _FRAME,) * 3)
+        dtype = np.float32 if self.raw_dtype is None else self.raw_dtype
         self.provides(self.key, gp.ArraySpec(roi=frame, voxel_size=self.voxel_size,
-                                             dtype=np.float32, interpolatable=True))
+                                             dtype=dtype, interpolatable=True))
 
     def provide(self, request: gp.BatchRequest) -> gp.Batch:
         # gunpowder seeds numpy's global RNG from the request before calling provide
@@ -54,7 +58,8 @@ class SynapseCubeSource(gp.BatchProvider):
         begin = centre + np.array(roi.begin) // np.array(self.voxel_size)
         shape = tuple(np.array(roi.shape) // np.array(self.voxel_size))
         data, _ = volume.read(begin, shape)
-        data = intensity_of(volume.dtype, self.intensity_range, volume.name).to_unit(data)
+        if self.raw_dtype is None:
+            data = intensity_of(volume.dtype, self.intensity_range, volume.name).to_unit(data)
         spec = self.spec[self.key].copy()
         spec.roi = roi
         batch = gp.Batch()

@@ -131,8 +131,19 @@ class Autocast(torch.nn.Module):
 
 
 def device_augment(cfg: TrainConfig) -> DeviceAugment:
-    """The augmentations of `cfg` that run on the training device."""
-    return DeviceAugment.from_config(cfg.augment, cfg.input_shape, cfg.voxel_size)
+    """The augmentations of `cfg` that run on the training device (which also maps raw
+    values to [0, 1] when the data path delivers them as stored)."""
+    return DeviceAugment.from_config(cfg.augment, cfg.input_shape, cfg.voxel_size,
+                                     raw_range(cfg))
+
+
+def raw_range(cfg: TrainConfig) -> tuple[float, float] | None:
+    """When every training volume has one dtype, its intensity range: the data path then
+    delivers raw as stored and the device maps it. None: it delivers float32 in [0, 1]."""
+    if len(cfg.intensity) != 1:
+        return None
+    low, high = next(iter(cfg.intensity.values()))
+    return float(low), float(high)
 
 
 def data_shape(cfg: TrainConfig) -> list[int]:
@@ -168,8 +179,9 @@ def build_batches(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict,
                     "away from synapses") if nt == NEITHER else ""
             raise NtclassError(f"class '{nt}' has no training synapse in the split "
                                f"manifest{hint}")
+        raw_dtype = next(iter(cfg.intensity)) if raw_range(cfg) else None
         branch = SynapseCubeSource(keys["raw"], rows, cfg.voxel_size, cfg.intensity_range,
-                                   cache_bytes=cfg.cache_raw_mb * 2**20)
+                                   cache_bytes=cfg.cache_raw_mb * 2**20, raw_dtype=raw_dtype)
         for node in _augmentations(keys["raw"], cfg.augment):
             branch += node
         branches.append(branch + AddClassLabel(keys["label"], label))
