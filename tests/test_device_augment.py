@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from test_train import SMALL, manifest, run  # noqa: F401 (manifest: a fixture)
@@ -178,3 +179,12 @@ def test_raw_value_augmentations_as_gunpowder_draws_them():
     counts = torch.bincount(where, minlength=16 * 16)
     counts = counts[counts > 0]
     assert len(counts) == 8 and (counts.double() / n - 1 / 8).abs().max() < 0.02
+
+
+def test_raw_moved_as_stored_gives_the_same_input(manifest):  # noqa: F811
+    """uint8 cubes mapped on the device equal the data path's own float mapping."""
+    from test_train import ALL_AUGMENTATIONS, one_batch
+
+    as_floats = replace(SMALL, augment=ALL_AUGMENTATIONS)
+    as_stored = replace(as_floats, intensity={"uint8": [0.0, 255.0]})
+    assert np.array_equal(one_batch(manifest, as_floats), one_batch(manifest, as_stored))
