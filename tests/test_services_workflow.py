@@ -52,7 +52,8 @@ def test_mongodb_as_source_and_as_target_with_write_back(mongo_uri, tmp_path):
     assert sorted(predictions["synapse_id"]) == sorted(table["synapse_id"])
     receipt = json.loads(
         (tmp_path / "results/predictions/tiny/db/mongo_write_back.json").read_text())
-    assert receipt["synapses"] == len(table) and receipt["field"] == "ntclass.tiny"
+    assert receipt["ntclass"]["synapses"] == len(table)
+    assert receipt["ntclass"]["field"] == "ntclass.tiny"
     import pymongo
     docs = pymongo.MongoClient(mongo_uri)[database].synapses.find(
         {}, {"_id": 0, "synapse_id": 1, "ntclass": 1})
