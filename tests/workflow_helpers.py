@@ -20,7 +20,7 @@ TINY_CONFIG = {
     "source": {"type": "table", "table": "data/demo/synapses.csv",
                "raw_container": "data/demo/volume.zarr", "raw_dataset": "volumes/raw/s0"},
     "split": {"method": "grouped", "seed": 0, "max_deviation": 0.08},
-    "training": {"input_shape": [8, 48, 48], "batch_size": 8, "iterations": 500,
+    "training": {"input_shape": [8, 48, 48], "batch_size": 8, "iterations": 1000,
                  "learning_rate": 0.001, "lr_schedule": "cosine", "save_every": 100,
                  "log_every": 50, "validate_every": 100},
     "models": {"tiny": {"architecture": "vgg3d",
