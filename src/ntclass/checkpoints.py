@@ -110,6 +110,9 @@ def map_outputs(state: dict, layer: str, model_classes: Sequence[str],
     if weight.shape[0] != len(model_classes):
         raise NtclassError(f"checkpoint '{path}' has {weight.shape[0]} outputs, but its "
                            f"class order (checkpoint_classes) names {len(model_classes)}")
+    if missing and bias is None:
+        raise NtclassError(f"checkpoint '{path}': absent_classes: zero needs an output layer "
+                           "with a bias")
     rows = []
     for c in classes:
         if c in model_classes:
@@ -117,11 +120,7 @@ def map_outputs(state: dict, layer: str, model_classes: Sequence[str],
             rows.append((weight[i], None if bias is None else bias[i]))
         else:
             rows.append((torch.zeros_like(weight[0]),
-                         None if bias is None else torch.tensor(float("-inf"),
-                                                                dtype=bias.dtype)))
-    if missing and bias is None:
-        raise NtclassError(f"checkpoint '{path}': absent_classes: zero needs an output layer "
-                           "with a bias")
+                         torch.tensor(float("-inf"), dtype=bias.dtype)))
     out = dict(state)
     out[f"{layer}.weight"] = torch.stack([w for w, _ in rows])
     if bias is not None:

@@ -221,8 +221,8 @@ class DeviceAugment:
                 float(np.float32(high - low))).clamp_(0, 1)
         if self.deform is not None:
             x = self.deform(cubes, generator)
-        else:
-            x = cubes.clone()
+        else:  # later steps work in place: never on the caller's tensor
+            x = cubes if self.raw_range is not None else cubes.clone()
         z = x.shape[2]
         if self.mirror_transpose:
             x = self._mirror_transpose(x, generator)

@@ -152,7 +152,7 @@ def data_shape(cfg: TrainConfig) -> list[int]:
     return list(device_augment(cfg).context_shape())
 
 
-def _augmentations(raw: gp.ArrayKey, augment: dict) -> list[gp.BatchFilter]:
+def _augmentations(augment: dict) -> list[gp.BatchFilter]:
     """Synister's augmentations that run in the data path: sections that slip or shift
     (lengths in nm). The others run on the device (`DeviceAugment`), where the benchmark
     showed them cheaper."""
@@ -171,6 +171,7 @@ def build_batches(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict,
     context the device augmentations need (the class 'neither', when trained, from the
     `background` locations)."""
     branches = []
+    raw_dtype = next(iter(cfg.intensity)) if raw_range(cfg) else None
     for label, nt in enumerate(cfg.classes):
         rows = background if nt == NEITHER and background is not None else synapses[
             synapses["nt"] == nt]
@@ -179,10 +180,9 @@ def build_batches(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict,
                     "away from synapses") if nt == NEITHER else ""
             raise NtclassError(f"class '{nt}' has no training synapse in the split "
                                f"manifest{hint}")
-        raw_dtype = next(iter(cfg.intensity)) if raw_range(cfg) else None
         branch = SynapseCubeSource(keys["raw"], rows, cfg.voxel_size, cfg.intensity_range,
                                    cache_bytes=cfg.cache_raw_mb * 2**20, raw_dtype=raw_dtype)
-        for node in _augmentations(keys["raw"], cfg.augment):
+        for node in _augmentations(cfg.augment):
             branch += node
         branches.append(branch + AddClassLabel(keys["label"], label))
     pipeline = tuple(branches) + gp.RandomProvider()
