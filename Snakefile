@@ -4,7 +4,7 @@ import sys
 
 from snakemake.utils import min_version, validate
 
-from ntclass.config import check_config, check_models_and_sources, check_unique_keys
+from ntclass.config import SCHEMA_PATH, check_config, check_models_and_sources, check_unique_keys
 from ntclass.errors import NtclassError
 from ntclass.workflow import check_source_paths, check_temperature_scaling
 
@@ -21,8 +21,8 @@ if not workflow.overwrite_configfiles:
 # A bad config or input stops here with one sentence; Snakemake's validate() fills defaults.
 try:
     check_unique_keys(workflow.configfiles)
-    check_config(config, workflow.source_path("config/config.schema.yaml"))
-    validate(config, "config/config.schema.yaml")
+    check_config(config, SCHEMA_PATH)
+    validate(config, SCHEMA_PATH)
     check_models_and_sources(config)
     check_source_paths(config)
     check_temperature_scaling(config)

@@ -32,9 +32,10 @@ import pyarrow.parquet as pq
 import zarr
 from scipy.ndimage import gaussian_filter
 
-from ntclass.cubes import cpu_count
-from ntclass.predict import BlockPredictor, PredictConfig, predict_shard
-from ntclass.targets import shard_file, write_target
+from ntclass.predict.cubes import cpu_count
+from ntclass.predict.shard import BlockPredictor, PredictConfig, predict_shard
+from ntclass.predict.targets import shard_file, write_target
+from ntclass.settings import Partition, Prediction
 
 VOXEL = (40, 4, 4)
 CUBE = (16, 160, 160)  # Synister's FAFB input shape
@@ -147,7 +148,8 @@ def main() -> None:
         target = {"type": "table", "table": str(tmp / "synapses.csv"),
                   "raw_container": str(tmp / "em.zarr"), "raw_dataset": "raw"}
         write_target(None, target, CLASSES, None,
-                     {"shards": 1, "block_size": [640, 1024, 1024]}, str(tmp / "target"))
+                     Partition(shards=1, synapses_per_shard=None, block_size=(640, 1024, 1024),
+                               read_batch_rows=1_000_000), str(tmp / "target"))
         shard = tmp / "target" / shard_file(0)
         rows = pd.read_parquet(shard)
         print(f"volume {shape} voxels ({np.prod(shape) / 1e9:.2f} GB, Blosc-LZ4 "
@@ -169,9 +171,11 @@ def main() -> None:
         pq.write_table(rows_small, small)
         base = None
         for workers in args.workers:
-            cfg = PredictConfig(classes=CLASSES, voxel_size=list(VOXEL),
-                                rows_per_block=args.rows_per_block,
-                                batch_size=args.batch_size, workers=workers, device="cpu")
+            cfg = PredictConfig(classes=tuple(CLASSES), voxel_size=VOXEL, intensity_range=None,
+                                settings=Prediction(device="cpu", mixed_precision=True,
+                                                    rows_per_block=args.rows_per_block,
+                                                    batch_size=args.batch_size,
+                                                    workers=workers))
             full, fixed = [], []
             for repeat in range(args.repeats):
                 for path, times in ((shard, full), (small, fixed)):

@@ -29,12 +29,13 @@ import pandas as pd
 import torch
 import yaml
 
+from ntclass.intensity import intensity_of, to_network
 from ntclass.models import build_model
-from ntclass.predict import PredictConfig, predict_shard
-from ntclass.targets import shard_file, write_target
-from ntclass.train import TrainConfig, model_record, pick_device
-from ntclass.validation import to_network
-from ntclass.volumes import intensity_of, write_zarr_volume
+from ntclass.predict.shard import PredictConfig, predict_shard
+from ntclass.predict.targets import shard_file, write_target
+from ntclass.settings import Partition, Prediction
+from ntclass.train.run import TrainConfig, model_record, pick_device
+from ntclass.volumes import write_zarr_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 VOXEL = (40, 4, 4)
@@ -78,15 +79,19 @@ def predict_once(args) -> dict:
     classes = json.loads(args.classes)
     shape = tuple(args.volume_shape)
     table = synapse_table(Path(args.volume), args.synapses, shape, seed=1)
-    cfg = PredictConfig(classes=classes, voxel_size=list(VOXEL), batch_size=args.batch_size,
-                        device=args.device)
+    cfg = PredictConfig(classes=tuple(classes), voxel_size=VOXEL, intensity_range=None,
+                        settings=Prediction(device=args.device, mixed_precision=True,
+                                            rows_per_block=1024, batch_size=args.batch_size,
+                                            workers=1))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         table.drop(columns=["raw_container", "raw_dataset"]).to_csv(tmp / "s.csv", index=False)
         target = {"type": "table", "table": str(tmp / "s.csv"), "raw_container": args.volume,
                   "raw_dataset": "raw"}
         write_target(None, target, classes, None,
-                     {"shards": 1, "block_size": args.block_size}, str(tmp / "target"))
+                     Partition(shards=1, synapses_per_shard=None,
+                               block_size=tuple(args.block_size), read_batch_rows=1_000_000),
+                     str(tmp / "target"))
         start = time.perf_counter()
         predict_shard(args.model, tmp / "target" / shard_file(0), cfg, tmp / "work",
                       tmp / "cache", str(tmp / "o.parquet"))

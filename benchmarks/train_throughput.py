@@ -37,11 +37,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from predict_feed import write_em_volume  # noqa: E402
 
 from ntclass.config import model_training  # noqa: E402
-from ntclass.device_augment import iteration_generator  # noqa: E402
-from ntclass.gp_nodes import centred_roi  # noqa: E402
-from ntclass.losses import build_loss  # noqa: E402
 from ntclass.models import build_model  # noqa: E402
-from ntclass.train import (  # noqa: E402
+from ntclass.train.device_augment import iteration_generator  # noqa: E402
+from ntclass.train.gp_nodes import centred_roi  # noqa: E402
+from ntclass.train.losses import build_loss  # noqa: E402
+from ntclass.train.run import (  # noqa: E402
     Autocast,
     TrainConfig,
     build_batches,
@@ -157,7 +157,7 @@ def bare_step_rate(cfg: TrainConfig, batches: int, warmup: int) -> float:
 
 def loop_rate(synapses: pd.DataFrame, cfg: TrainConfig, batches: int, warmup: int,
               checkpoints: Path) -> float:
-    """Batches/s of the training loop as `ntclass.train.train` runs it."""
+    """Batches/s of the training loop as `ntclass.train.run.train` runs it."""
     torch.manual_seed(0)
     model = build_model(cfg.architecture, cfg.input_shape, len(cfg.classes), **cfg.model_params)
     k = keys()

@@ -1,15 +1,15 @@
 # Helpers only: paths, wildcard constraints, target lists.
 import re
 
-from ntclass.config import imported_models, model_training
-from ntclass.targets import read_target_meta
+from ntclass.config import SCHEMA_PATH, imported_models, model_training
+from ntclass.predict.targets import read_target_meta
 from ntclass.workflow import canonical, source_paths, synapse_files
 
 MODELS = list(config["models"])
 IMPORTED = imported_models(config)  # from checkpoints
 TRAINED = [m for m in MODELS if m not in IMPORTED]
 TARGETS = list(config["targets"])
-SCHEMA = workflow.source_path("../config/config.schema.yaml")
+SCHEMA = SCHEMA_PATH
 ENV = "../envs/workstation.yaml"  # used with --sdm conda
 # checked now, while the config is read, so that a bad override stops before any job
 MODEL_TRAINING = {m: model_training(config, m, SCHEMA) for m in TRAINED}
@@ -19,6 +19,54 @@ wildcard_constraints:
     model="|".join(re.escape(m) for m in MODELS),
     target="|".join(re.escape(t) for t in TARGETS),
     shard=r"\d+",
+
+
+def work_cut(section, *keys):
+    """How a job's work is cut (read batches, blocks, batch sizes, workers), for its script.
+    To Snakemake these are derived from the job's resources, and it leaves such params out
+    of its rerun trigger: a result does not change with how its work was cut."""
+
+    def values(wildcards, resources):
+        return {key: config[section][key] for key in keys}
+
+    return values
+
+
+# keys of a target that only its MongoDB write-back reads
+WRITE_BACK_KEYS = ("write_back", "synister_write_back")
+
+
+def target_params(wildcards):
+    """A target's section as its synapse list depends on it."""
+    target = config["targets"][wildcards.target]
+    return canonical({k: v for k, v in target.items() if k not in WRITE_BACK_KEYS})
+
+
+def partition_params():
+    """How a target is cut into shards and sorted: synapses_per_shard counts only when the
+    number of shards follows from it."""
+    prediction = config["prediction"]
+    auto = prediction["shards"] == "auto"
+    return {
+        "shards": prediction["shards"],
+        "synapses_per_shard": prediction["synapses_per_shard"] if auto else None,
+        "block_size": prediction["block_size"],
+    }
+
+
+def prediction_params():
+    """The prediction settings a probability depends on (the rest only cut the work)."""
+    return {k: config["prediction"][k] for k in ("device", "mixed_precision")}
+
+
+def evaluation_params():
+    """The evaluation settings of rule evaluate (a temperature arrives as a file)."""
+    return canonical(
+        {
+            k: config["evaluation"][k]
+            for k in ("neuron_rule", "min_synapses", "min_confidence", "signs")
+        }
+    )
 
 
 def source_inputs(wildcards=None):

@@ -27,7 +27,7 @@ rule evaluate:
         ),
     params:
         classes=config["classes"],
-        evaluation=canonical(config["evaluation"]),
+        evaluation=evaluation_params(),
         title=lambda wc: f"ntclass evaluation: model {wc.model}, target {wc.target}",
     log:
         "logs/evaluate/{model}/{target}.log",

@@ -6,15 +6,11 @@ checkpoint target_synapses:
     output:
         synapses=directory("results/targets/{target}"),
     params:
-        target=lambda wc: canonical(config["targets"][wc.target]),
+        target=target_params,
         classes=config["classes"],
         voxel_size=config.get("voxel_size"),
-        partition=canonical(
-            {
-                k: config["prediction"][k]
-                for k in ("shards", "synapses_per_shard", "block_size", "read_batch_rows")
-            }
-        ),
+        partition=partition_params(),
+        reading=work_cut("prediction", "read_batch_rows"),
     log:
         "logs/targets/{target}.log",
     conda:
@@ -36,7 +32,8 @@ rule predict_shard:
         classes=config["classes"],
         voxel_size=config.get("voxel_size"),
         intensity_range=target_intensity_range,
-        prediction=canonical(config["prediction"]),
+        prediction=prediction_params(),
+        work=work_cut("prediction", "rows_per_block", "batch_size", "workers"),
         # daisy's done markers: outside the declared outputs so a killed shard resumes
         work_dir=lambda wc: f"results/predictions/{wc.model}/{wc.target}/work/{wc.shard}",
         # finished predictions by location, model and settings: a new release of the

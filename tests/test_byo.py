@@ -22,10 +22,10 @@ from synister_reference import (
 )
 from workflow_helpers import snakemake, write_config
 
-from ntclass.checkpoints import import_model, read_checkpoint
 from ntclass.errors import NtclassError
-from ntclass.modelfile import model_record
 from ntclass.models import build_model
+from ntclass.models.checkpoints import import_model, read_checkpoint
+from ntclass.models.modelfile import model_record
 from ntclass.volumes import crop_cubes, open_raw
 
 # the config's classes: Synister's six plus tyramine, in ntclass's order

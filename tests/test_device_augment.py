@@ -12,8 +12,8 @@ import pytest
 import torch
 from test_train import SMALL, manifest, run  # noqa: F401 (manifest: a fixture)
 
-from ntclass.device_augment import JITTER_TRUNCATION, DeviceDeform, iteration_generator
 from ntclass.errors import NtclassError
+from ntclass.train.device_augment import JITTER_TRUNCATION, DeviceDeform, iteration_generator
 
 FAFB_DEFORM = {"enabled": True, "control_point_spacing": [160, 160, 160],
                "jitter_sigma": [0, 8, 8], "scale": [0.9, 1.1], "rotate": True, "p": 1.0}
@@ -135,7 +135,7 @@ def test_raw_value_augmentations_as_gunpowder_draws_them():
     """Per-section intensity scale and shift in their intervals, noise with its variance
     and probability, missing and low-contrast sections with theirs, the eight mirror and
     transpose outcomes equally often."""
-    from ntclass.device_augment import DeviceAugment
+    from ntclass.train.device_augment import DeviceAugment
 
     shape = (8, 16, 16)
     n = 4000

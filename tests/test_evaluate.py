@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ntclass.calibration import reliability
-from ntclass.evaluate import evaluate, neuron_calls
+from ntclass.evaluate.calibration import reliability
+from ntclass.evaluate.metrics import evaluate, neuron_calls
 
 CLASSES = ["ach", "gaba", "glu"]
 
@@ -89,7 +89,7 @@ def test_expected_calibration_error():
 
 
 def test_signed_edges_follow_the_presynaptic_neurons_call():
-    from ntclass.circuit import FLY_SIGNS, signed_edges
+    from ntclass.evaluate.circuit import FLY_SIGNS, signed_edges
     table = predictions([
         (1, "acetylcholine", [0.9, 0.05, 0.05]), (1, "acetylcholine", [0.8, 0.1, 0.1]),
         (2, "gaba", [0.1, 0.8, 0.1]), (3, "serotonin", [0.1, 0.1, 0.8]),
@@ -110,7 +110,7 @@ def test_signed_edges_follow_the_presynaptic_neurons_call():
 
 
 def test_comparison_table_has_one_row_per_run():
-    from ntclass.evaluate import comparison_table
+    from ntclass.evaluate.metrics import comparison_table
     metrics, _ = evaluate(HAND_MADE, CLASSES)
     table = comparison_table([metrics, metrics], [{"model": "a", "target": "test"},
                                                   {"model": "b", "target": "test"}], CLASSES)
@@ -132,7 +132,7 @@ def overconfident_predictions(n=4000, sharpen=3.0, seed=0):
 
 
 def test_temperature_scaling_undoes_overconfidence():
-    from ntclass.calibration import apply_temperature, fit_temperature
+    from ntclass.evaluate.calibration import apply_temperature, fit_temperature
     probabilities, labels, truth = overconfident_predictions()
     temperature = fit_temperature(probabilities, labels)
     assert temperature == pytest.approx(3.0, rel=0.1)
@@ -160,7 +160,12 @@ def temperature_table(probabilities, labels):
 def test_fitted_temperature_is_applied_in_evaluation(tmp_path):
     import json
 
-    from ntclass.evaluate import evaluate_predictions, fit_temperature_file
+    from ntclass.evaluate.metrics import (
+        EvaluationOutputs,
+        evaluate_predictions,
+        fit_temperature_file,
+    )
+    from ntclass.settings import Evaluation
     probabilities, labels, _ = overconfident_predictions(n=1000)
     temperature_table(probabilities, labels).to_csv(tmp_path / "validation.csv", index=False)
     record = fit_temperature_file(str(tmp_path / "validation.csv"), CLASSES, "validation",
@@ -172,11 +177,14 @@ def test_fitted_temperature_is_applied_in_evaluation(tmp_path):
     test_probabilities, test_labels, _ = overconfident_predictions(n=1000, seed=1)
     temperature_table(test_probabilities, test_labels).to_csv(tmp_path / "test.csv",
                                                               index=False)
-    settings = {"neuron_rule": "mean", "min_synapses": 1, "min_confidence": 0.0}
-    outs = [str(tmp_path / n) for n in ("m.json", "r.txt", "n.csv", "e.csv", "c.png", "k.png")]
-    raw = evaluate_predictions(str(tmp_path / "test.csv"), CLASSES, settings, "t", *outs)
-    scaled = evaluate_predictions(str(tmp_path / "test.csv"), CLASSES, settings, "t", *outs,
-                                  str(tmp_path / "temperature.json"))
+    settings = Evaluation(neuron_rule="mean", min_synapses=1, min_confidence=0.0, signs={})
+    outs = EvaluationOutputs(*(str(tmp_path / n) for n in (
+        "m.json", "r.txt", "n.csv", "e.csv", "c.png", "k.png")))
+    raw = evaluate_predictions(str(tmp_path / "test.csv"), classes=CLASSES, settings=settings,
+                               title="t", outputs=outs)
+    scaled = evaluate_predictions(str(tmp_path / "test.csv"), classes=CLASSES,
+                                  settings=settings, title="t", outputs=outs,
+                                  temperature_path=str(tmp_path / "temperature.json"))
     assert scaled["temperature"] == record["temperature"]
     assert scaled["synapse"]["accuracy"] == raw["synapse"]["accuracy"]
     assert scaled["synapse"]["ece_uncalibrated"] == raw["synapse"]["ece"]
@@ -186,7 +194,7 @@ def test_fitted_temperature_is_applied_in_evaluation(tmp_path):
 
 def test_temperature_needs_labelled_synapses(tmp_path):
     from ntclass.errors import NtclassError
-    from ntclass.evaluate import fit_temperature_file
+    from ntclass.evaluate.metrics import fit_temperature_file
     probabilities, labels, _ = overconfident_predictions(n=20)
     table = temperature_table(probabilities, labels).assign(nt=pd.NA)
     table.to_csv(tmp_path / "v.csv", index=False)

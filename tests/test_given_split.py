@@ -12,8 +12,8 @@ from test_split import synthetic_table
 
 from ntclass.cli import main
 from ntclass.errors import NtclassError
-from ntclass.legacy import read_legacy_split
-from ntclass.split import apply_given_split
+from ntclass.split.assign import apply_given_split
+from ntclass.split.legacy import read_legacy_split
 
 
 def parts_of(table: pd.DataFrame) -> dict[str, list[int]]:

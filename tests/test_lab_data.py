@@ -224,7 +224,7 @@ def test_hidden_files_in_a_cremi_folder_are_skipped(tiny_demo, tmp_path):
 def test_mongodb_post_sites_and_ambiguous_neurons(mongo_uri, tiny_demo, tmp_path):
     import pymongo
 
-    from ntclass.mongo import import_table
+    from ntclass.sources.mongo import import_table
 
     table = pd.read_csv(tiny_demo["table"])
     database = f"ntclass_lab_{uuid.uuid4().hex[:8]}"

@@ -11,9 +11,9 @@ import pytest
 from conftest import CLASSES
 
 from ntclass.errors import NtclassError
-from ntclass.mongo import import_table, redact_uri, resolve_uri
-from ntclass.sources import read_source
-from ntclass.synapses import read_table_source
+from ntclass.sources.mongo import import_table, redact_uri, resolve_uri
+from ntclass.sources.read import read_source
+from ntclass.sources.synapses import read_table_source
 
 
 def fresh_db() -> str:
@@ -83,12 +83,14 @@ def test_password_in_the_address_is_refused_and_redacted():
 
 def test_a_mongodb_target_read_in_many_batches_is_partitioned_as_in_one(imported, tmp_path):
     """Batches of 7 documents (one query each, by _id) give the same shards as one read."""
-    from ntclass.targets import read_shard_rows, write_target
+    from ntclass.predict.targets import read_shard_rows, write_target
+    from ntclass.settings import Partition
 
     source, n = imported
-    settings = {"shards": 3, "block_size": [320, 512, 512]}
     metas = [write_target(None, source, CLASSES, (40, 4, 4),
-                          {**settings, "read_batch_rows": rows}, str(tmp_path / str(rows)))
+                          Partition(shards=3, synapses_per_shard=None,
+                                    block_size=(320, 512, 512), read_batch_rows=rows),
+                          str(tmp_path / str(rows)))
              for rows in (7, 1_000_000)]
     assert metas[0] == metas[1] and metas[0]["synapses"] == n
     for shard in range(3):

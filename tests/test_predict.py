@@ -3,9 +3,10 @@ import pandas as pd
 import pytest
 import zarr
 
-from ntclass.cubes import CubeReader
 from ntclass.errors import NtclassError
-from ntclass.targets import morton_cells, read_shard_rows, write_target
+from ntclass.predict.cubes import CubeReader
+from ntclass.predict.targets import morton_cells, read_shard_rows, write_target
+from ntclass.settings import Partition
 from ntclass.volumes import crop_cubes, open_raw, write_zarr_volume
 
 
@@ -33,7 +34,8 @@ def write_table(tmp_path, table, shape=(120, 6000, 8000)):
 def test_a_target_is_cut_into_sorted_shards_holding_every_synapse_once(tmp_path, n_shards):
     table = random_synapses(500, extent=(4000, 20000, 30000))
     target = write_table(tmp_path, table, shape=(120, 6000, 8000))
-    settings = {"shards": n_shards, "block_size": [640, 2048, 2048], "read_batch_rows": 64}
+    settings = Partition(shards=n_shards, synapses_per_shard=None, block_size=(640, 2048, 2048),
+                         read_batch_rows=64)
     meta = write_target(None, target, ["a", "b"], None, settings, str(tmp_path / "t"))
     assert meta["synapses"] == 500 and meta["shards"] == n_shards
     shards = [read_shard_rows(tmp_path / "t", i) for i in range(n_shards)]
@@ -43,7 +45,7 @@ def test_a_target_is_cut_into_sorted_shards_holding_every_synapse_once(tmp_path,
     assert sorted(every["synapse_id"]) == list(range(500))
     cells = every["cell"].to_numpy(dtype=np.uint64)
     assert (np.diff(cells.astype(np.float64)) >= 0).all(), "sorted by the spatial key"
-    expected = morton_cells(every[["z", "y", "x"]].to_numpy(), settings["block_size"])
+    expected = morton_cells(every[["z", "y", "x"]].to_numpy(), settings.block_size)
     assert (cells == expected).all()
     assert not list((tmp_path / "t").glob("unsorted")), "no scratch files left behind"
 
@@ -56,7 +58,8 @@ def test_morton_cells_keep_neighbours_together():
 
 def test_a_target_with_auto_shards_gets_one_per_synapses_per_shard(tmp_path):
     target = write_table(tmp_path, random_synapses(250, extent=(4000, 20000, 30000)))
-    settings = {"shards": "auto", "synapses_per_shard": 100, "block_size": [640, 2048, 2048]}
+    settings = Partition(shards="auto", synapses_per_shard=100, block_size=(640, 2048, 2048),
+                         read_batch_rows=1000)
     meta = write_target(None, target, ["a"], None, settings, str(tmp_path / "t"))
     assert meta["shards"] == 3 and meta["rows_per_shard"] == [83, 84, 83]
 
@@ -65,7 +68,8 @@ def test_a_synapse_id_in_two_batches_is_refused(tmp_path):
     table = random_synapses(100, extent=(4000, 20000, 30000))
     table.loc[90, "synapse_id"] = 3  # the first batch of 64 rows holds id 3 too
     target = write_table(tmp_path, table)
-    settings = {"shards": 2, "block_size": [640, 2048, 2048], "read_batch_rows": 64}
+    settings = Partition(shards=2, synapses_per_shard=None, block_size=(640, 2048, 2048),
+                         read_batch_rows=64)
     with pytest.raises(NtclassError, match="synapse_id 3 occurs more than once"):
         write_target(None, target, ["a"], None, settings, str(tmp_path / "t"))
     assert not (tmp_path / "t").exists()
@@ -153,20 +157,8 @@ def test_crop_cubes_match_direct_reads_and_flag_padding(tmp_path):
     assert cubes[0, 2, 4, 4] == data[6, 30, 30]  # voxel shape//2 is the synapse
 
 
-def test_a_shard_job_imports_neither_training_nor_gunpowder_nor_tensorboard():
-    import subprocess
-    import sys
-
-    code = ("import sys, ntclass.predict, ntclass.results, ntclass.targets; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('gunpowder', 'tensorboardX') or m == 'ntclass.train'))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
-    assert out.strip() == "[]"
-
-
 def test_chunked_reads_stay_within_their_budget_and_read_again_what_they_dropped(tmp_path):
-    from ntclass.cubes import ChunkedReads
+    from ntclass.predict.cubes import ChunkedReads
     from ntclass.volumes import open_tensorstore
 
     data = np.random.default_rng(3).integers(0, 255, size=(12, 64, 64), dtype=np.uint8)

@@ -11,13 +11,13 @@ from conftest import CodeRunningPayload
 from workflow_helpers import ROOT
 
 from ntclass.errors import NtclassError
-from ntclass.train import load_model
+from ntclass.train.run import load_model
 
 PYTHON_SOURCES = sorted([*ROOT.glob("src/ntclass/**/*.py"), *ROOT.glob("workflow_scripts/*.py"),
                          *ROOT.glob("benchmarks/*.py")])
 WORKFLOW_SOURCES = sorted([ROOT / "Snakefile", *ROOT.glob("rules/*.smk")])
 # the one module that unpickles, with an unpickler that refuses every class
-PICKLE_LOADER = ROOT / "src/ntclass/legacy.py"
+PICKLE_LOADER = ROOT / "src/ntclass/split/legacy.py"
 
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from workflow_helpers import ROOT, TINY_CONFIG, snakemake, write_config
 
-from ntclass.mongo import import_table
+from ntclass.sources.mongo import import_table
 
 QUICK_TRAINING = {**TINY_CONFIG["training"], "iterations": 20, "save_every": 10,
                   "log_every": 10}

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from ntclass.errors import NtclassError
-from ntclass.split import PARTS, make_split, summarise
+from ntclass.split.assign import PARTS, make_split, summarise
 
 FRACTIONS = {"train": 0.7, "validation": 0.15, "test": 0.15}
 
@@ -118,7 +118,7 @@ def test_unknown_hemilineages_are_not_one_group():
 
 
 def test_other_nts_are_refused_or_left_out():
-    from ntclass.synapses import check_classes
+    from ntclass.sources.synapses import check_classes
 
     table = synthetic_table()
     with pytest.raises(NtclassError, match="NT 'ser' is not one of the configured classes.*"
@@ -134,7 +134,7 @@ def test_other_nts_are_refused_or_left_out():
 
 
 def test_a_stored_split_is_checked_like_a_split_file():
-    from ntclass.split import apply_stored_split
+    from ntclass.split.assign import apply_stored_split
 
     table = synthetic_table()
     table["stored_split"] = pd.array(np.where(table["pre_id"] % 5 == 0, "test", "train"),

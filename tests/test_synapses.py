@@ -7,7 +7,7 @@ import pytest
 from conftest import CLASSES
 
 from ntclass.errors import NtclassError
-from ntclass.synapses import read_cremi_source, read_table_source
+from ntclass.sources.synapses import read_cremi_source, read_table_source
 
 
 def read_demo_table(demo, path=None):

@@ -8,9 +8,9 @@ import torch
 from conftest import CLASSES
 
 from ntclass.errors import NtclassError
-from ntclass.split import make_split
-from ntclass.synapses import read_table_source
-from ntclass.train import TrainConfig, learning_rate_at, load_model, train
+from ntclass.sources.synapses import read_table_source
+from ntclass.split.assign import make_split
+from ntclass.train.run import TrainConfig, learning_rate_at, load_model, train
 
 SMALL = TrainConfig(
     architecture="vgg3d",
@@ -59,7 +59,7 @@ def test_model_pt_is_the_best_validated_model_and_the_last_is_kept(manifest, tmp
     assert best["iteration"] == ranked["iteration"].iloc[0]
     assert torch.load(out / "last.pt", weights_only=True)["iteration"] == 8
     # the validation figures are real: recomputing the best model's accuracy agrees
-    from ntclass.validation import ValidationSet
+    from ntclass.train.validation import ValidationSet
     table = pd.read_csv(manifest, dtype={"nt": "string", "split": "string"})
     data = ValidationSet(table[table["split"] == "validation"], CLASSES, cfg.input_shape,
                          cfg.voxel_size, cfg.validation_synapses, cfg.seed)
@@ -79,12 +79,12 @@ def test_resume_from_last_checkpoint(manifest, tmp_path, caplog):
     out = run(manifest, tmp_path, SMALL)
     longer = replace(SMALL, iterations=9, lr_schedule="cosine")
     # a longer run is another run: it starts from scratch in its own folder
-    with caplog.at_level(logging.INFO, logger="ntclass.train"):
+    with caplog.at_level(logging.INFO, logger="ntclass.train.run"):
         run(manifest, tmp_path, longer)
     assert "training from scratch" in caplog.text
     # the same run again resumes from its last checkpoint and redoes nothing
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="ntclass.train"):
+    with caplog.at_level(logging.INFO, logger="ntclass.train.run"):
         run(manifest, tmp_path, longer)
     assert "resuming from iteration 9" in caplog.text
     losses = pd.read_csv(out / "loss.csv")
@@ -117,9 +117,9 @@ def test_cosine_schedule():
 def one_batch(manifest, cfg):
     import gunpowder as gp
 
-    from ntclass.device_augment import iteration_generator
-    from ntclass.gp_nodes import centred_roi
-    from ntclass.train import build_batches, data_shape, device_augment
+    from ntclass.train.device_augment import iteration_generator
+    from ntclass.train.gp_nodes import centred_roi
+    from ntclass.train.run import build_batches, data_shape, device_augment
     table = pd.read_csv(manifest, dtype={"nt": "string", "split": "string"})
     keys = {"raw": gp.ArrayKey("RAW"), "label": gp.ArrayKey("LABEL")}
     source = build_batches(table[table["split"] == "train"], cfg, keys)
@@ -161,7 +161,7 @@ def test_missing_sections_are_blanked(manifest):
 
 
 def test_focal_loss_is_cross_entropy_at_gamma_0_and_discounts_easy_samples():
-    from ntclass.losses import build_loss
+    from ntclass.train.losses import build_loss
     logits = torch.tensor([[4.0, 0.0, 0.0], [0.2, 0.1, 0.0]])
     target = torch.tensor([0, 2])
     ce = torch.nn.functional.cross_entropy(logits, target)
@@ -181,7 +181,7 @@ def test_focal_loss_is_cross_entropy_at_gamma_0_and_discounts_easy_samples():
 def test_neither_locations_keep_away_from_every_synapse(manifest):
     from scipy.spatial import cKDTree
 
-    from ntclass.neither import background_locations
+    from ntclass.train.neither import background_locations
     from ntclass.volumes import open_raw
 
     table = pd.read_csv(manifest, dtype={"nt": "string", "split": "string"})

@@ -98,26 +98,6 @@ def test_rerun_has_nothing_to_do(finished_run):
     assert planned_jobs(finished_run) == {}
 
 
-def test_changing_the_split_seed_reruns_split_and_downstream_only(finished_run, tmp_path):
-    config = yaml.safe_load((finished_run / "config.yaml").read_text())
-    config["split"]["seed"] = 1
-    changed = tmp_path / "config.yaml"
-    changed.write_text(yaml.safe_dump(config))
-    jobs = planned_jobs(finished_run, config=changed)
-    # the shard jobs are planned once the target's checkpoint job has cut it into shards
-    assert jobs == {"split": 1, "target_synapses": 1, "train": 1, "training_curves": 1,
-                    "merge_predictions": 1, "evaluate": 1, "compare": 1, "all": 1}
-
-
-def test_changing_evaluation_settings_reruns_evaluation_only(finished_run, tmp_path):
-    config = yaml.safe_load((finished_run / "config.yaml").read_text())
-    config["evaluation"] = {"neuron_rule": "mean"}
-    changed = tmp_path / "config.yaml"
-    changed.write_text(yaml.safe_dump(config))
-    assert planned_jobs(finished_run, config=changed) == {"evaluate": 1, "compare": 1,
-                                                          "all": 1}
-
-
 def test_cremi_source_runs_too(finished_run, tmp_path):
     """The same data read from per-class CREMI folders: split and training work."""
     shutil.copytree(finished_run / "data/demo/cremi", tmp_path / "cremi")
@@ -234,7 +214,7 @@ def test_signed_edges_and_comparison(finished_run):
 
 
 def test_temperature_fitted_on_the_validation_part_and_applied(finished_run, tmp_path):
-    from ntclass.calibration import fit_temperature
+    from ntclass.evaluate.calibration import fit_temperature
     run = tmp_path / "run"
     shutil.copytree(finished_run, run, symlinks=True)  # times kept: the run stays finished
     config = yaml.safe_load((run / "config.yaml").read_text())

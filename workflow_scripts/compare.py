@@ -1,4 +1,4 @@
-from ntclass.evaluate import compare_runs
+from ntclass.evaluate.metrics import compare_runs
 from ntclass.workflow import run_job
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)

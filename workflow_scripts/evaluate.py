@@ -1,12 +1,14 @@
-from ntclass.evaluate import evaluate_predictions
+from ntclass.evaluate.metrics import EvaluationOutputs, evaluate_predictions
+from ntclass.settings import Evaluation
 from ntclass.workflow import run_job
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)
-p, out = sm.params, sm.output
+p = sm.params
 run_job(
     sm.log[0],
-    lambda: evaluate_predictions(sm.input.predictions, p.classes, p.evaluation, p.title,
-                                 out.metrics, out.report, out.neurons, out.edges,
-                                 out.confusion, out.calibration,
-                                 getattr(sm.input, "temperature", None)),
+    lambda: evaluate_predictions(
+        sm.input.predictions, classes=p.classes,
+        settings=Evaluation.from_config(p.evaluation, "evaluation"), title=p.title,
+        outputs=EvaluationOutputs.of(sm.output),
+        temperature_path=getattr(sm.input, "temperature", None)),
 )

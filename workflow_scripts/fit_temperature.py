@@ -1,4 +1,4 @@
-from ntclass.evaluate import fit_temperature_file
+from ntclass.evaluate.metrics import fit_temperature_file
 from ntclass.workflow import run_job
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)

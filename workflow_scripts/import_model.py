@@ -1,4 +1,4 @@
-from ntclass.checkpoints import import_model
+from ntclass.models.checkpoints import import_model
 from ntclass.workflow import run_job
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)

@@ -1,4 +1,4 @@
-from ntclass.results import merge_target
+from ntclass.predict.results import merge_target
 from ntclass.workflow import run_job
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)

@@ -1,4 +1,4 @@
-from ntclass.mongo import write_back
+from ntclass.sources.mongo import write_back
 from ntclass.workflow import run_job
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)

@@ -1,12 +1,15 @@
-from ntclass.predict import predict_target_shard
+from ntclass.predict.shard import predict_target_shard
+from ntclass.settings import Prediction
 from ntclass.workflow import run_job
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)
 p = sm.params
 run_job(
     sm.log[0],
-    lambda: predict_target_shard(sm.input.model, sm.input.synapses, p.shard, p.classes,
-                                 p.voxel_size, p.intensity_range, p.prediction, p.work_dir,
-                                 p.cache_dir, sm.output.shard),
+    lambda: predict_target_shard(
+        model=sm.input.model, target_dir=sm.input.synapses, shard=p.shard, classes=p.classes,
+        voxel_size=p.voxel_size, intensity_range=p.intensity_range,
+        settings=Prediction.from_config({**p.prediction, **p.work}, "prediction"),
+        work_base=p.work_dir, cache_base=p.cache_dir, out=sm.output.shard),
     threads=sm.threads,
 )

@@ -1,4 +1,4 @@
-from ntclass.results import write_predictions_csv
+from ntclass.predict.results import write_predictions_csv
 from ntclass.workflow import run_job
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)

@@ -1,4 +1,4 @@
-from ntclass.split import split_source
+from ntclass.split.assign import split_source
 from ntclass.workflow import run_job
 
 p, out = snakemake.params, snakemake.output  # noqa: F821 (provided by Snakemake)

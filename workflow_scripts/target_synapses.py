@@ -1,4 +1,5 @@
-from ntclass.targets import write_target
+from ntclass.predict.targets import write_target
+from ntclass.settings import Partition
 from ntclass.workflow import run_job
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)
@@ -6,6 +7,7 @@ p = sm.params
 manifest = getattr(sm.input, "manifest", None)  # split targets only
 run_job(
     sm.log[0],
-    lambda: write_target(manifest, p.target, p.classes, p.voxel_size, p.partition,
+    lambda: write_target(manifest, p.target, p.classes, p.voxel_size,
+                         Partition.from_config({**p.partition, **p.reading}, "prediction"),
                          sm.output.synapses),
 )

@@ -1,4 +1,4 @@
-from ntclass.train import TrainConfig, train
+from ntclass.train.run import TrainConfig, train
 from ntclass.workflow import run_job
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)

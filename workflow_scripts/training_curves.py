@@ -1,4 +1,4 @@
-from ntclass.plots import training_figure
+from ntclass.evaluate.plots import training_figure
 from ntclass.workflow import run_job
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)

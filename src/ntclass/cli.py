@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import NtclassError
+from ntclass.errors import NtclassError
 
 
 def summary(evaluation_dir: str) -> int:
@@ -30,8 +30,8 @@ def summary(evaluation_dir: str) -> int:
 
 
 def mongo_import(table: str, uri: str | None, database: str, replace: bool) -> int:
-    from .mongo import import_table, redact_uri
-    from .synapses import read_table_file
+    from ntclass.sources.mongo import import_table, redact_uri
+    from ntclass.sources.synapses import read_table_file
 
     source = {"uri": uri, "database": database}
     n = import_table(read_table_file(table), source, replace=replace)
@@ -41,8 +41,8 @@ def mongo_import(table: str, uri: str | None, database: str, replace: bool) -> i
 
 
 def import_split(legacy: str, out: str) -> int:
-    from .io import write_csv
-    from .legacy import read_legacy_split
+    from ntclass.io import write_csv
+    from ntclass.split.legacy import read_legacy_split
 
     table = read_legacy_split(legacy)
     write_csv(table, out)
@@ -51,17 +51,17 @@ def import_split(legacy: str, out: str) -> int:
     return 0
 
 
-EVALUATION_OUTPUTS = ("metrics.json", "report.txt", "neurons.csv", "edges.csv",
-                      "confusion.png", "calibration.png")
-
-
 def evaluate(predictions: str, config_path: str | None, classes: str | None, out: str,
              temperature: str | None) -> int:
     """The workflow's evaluation of an existing prediction table (CSV or Parquet)."""
     import yaml
 
-    from .config import evaluation_settings
-    from .evaluate import check_prediction_table, evaluate_predictions
+    from ntclass.config import evaluation_settings
+    from ntclass.evaluate.metrics import (
+        EvaluationOutputs,
+        check_prediction_table,
+        evaluate_predictions,
+    )
 
     config = {}
     if config_path:
@@ -74,9 +74,9 @@ def evaluate(predictions: str, config_path: str | None, classes: str | None, out
     settings = evaluation_settings(config.get("evaluation", {}))
     check_prediction_table(predictions, names)
     Path(out).mkdir(parents=True, exist_ok=True)
-    paths = [str(Path(out) / name) for name in EVALUATION_OUTPUTS]
-    metrics = evaluate_predictions(predictions, names, settings,
-                                   f"ntclass evaluation: {predictions}", *paths,
+    metrics = evaluate_predictions(predictions, classes=names, settings=settings,
+                                   title=f"ntclass evaluation: {predictions}",
+                                   outputs=EvaluationOutputs.in_folder(out),
                                    temperature_path=temperature)
     syn, neu = metrics["synapse"], metrics["neuron"]
     print(f"{syn['n']} labelled synapses, accuracy {syn['accuracy']}; {neu['n']} neurons, "

@@ -9,7 +9,8 @@ from collections.abc import Mapping
 import jsonschema
 import yaml
 
-from .errors import NtclassError
+from ntclass.errors import NtclassError
+from ntclass.settings import Evaluation
 
 _TYPE_NAMES = {"integer": "an integer", "number": "a number", "string": "a string",
                "boolean": "true or false", "array": "a list", "object": "a mapping",
@@ -178,13 +179,14 @@ def check_models_and_sources(config: Mapping) -> None:
                                "cremi or mongodb)")
 
 
-SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "config",
-                           "config.schema.yaml")
+# shipped inside the package, so that an installed wheel finds it too
+SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "config.schema.yaml")
 
 
 def evaluation_settings(section: Mapping, schema_path: str | os.PathLike | None = None
-                        ) -> dict:
-    """The evaluation section of a config with the schema's defaults filled in."""
+                        ) -> Evaluation:
+    """The evaluation section of a config with the schema's defaults filled in (temperature
+    scaling apart: a fitted temperature is given as a file)."""
     with open(schema_path or SCHEMA_PATH) as f:
         schema = yaml.safe_load(f)
     settings = copy.deepcopy(dict(section))
@@ -193,4 +195,5 @@ def evaluation_settings(section: Mapping, schema_path: str | os.PathLike | None 
             settings):
         error.path.appendleft("evaluation")
         raise NtclassError(_sentence(error))
-    return settings
+    settings.pop("temperature_scaling")
+    return Evaluation.from_config(settings, "evaluation")

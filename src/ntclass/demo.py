@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from .errors import NtclassError
-from .io import atomic_path, write_csv
-from .volumes import write_zarr_volume
+from ntclass.errors import NtclassError
+from ntclass.io import atomic_path, write_csv
+from ntclass.volumes import write_zarr_volume
 
 VOXEL_SIZE = (40, 4, 4)
 RAW_DATASET = "volumes/raw/s0"

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import NtclassError
+from ntclass.errors import NtclassError
 
 ID_COLUMNS = ("synapse_id", "pre_id", "post_id")
 ID_DTYPE = "UInt64"

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .ids import ID_COLUMNS, ID_DTYPE
+from ntclass.ids import ID_COLUMNS, ID_DTYPE
 
 
 @contextmanager

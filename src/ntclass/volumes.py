@@ -1,6 +1,5 @@
-"""Opening raw EM (zarr, N5, HDF5, neuroglancer precomputed), reading cubes in world
-coordinates (nm), and mapping raw intensities of any supported dtype to the network's
-input."""
+"""Opening raw EM (zarr, N5, HDF5, neuroglancer precomputed) and reading cubes in world
+coordinates (nm)."""
 
 from __future__ import annotations
 
@@ -18,56 +17,9 @@ import tensorstore as ts
 import zarr
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .errors import NtclassError
+from ntclass.errors import NtclassError
 
 HDF5_SUFFIXES = (".h5", ".hdf", ".hdf5", ".cremi")
-
-
-# Integer dtypes whose full range is a sensible default intensity range; wider integers
-# and floats need `intensity_range` in the config (their range says nothing about the data).
-_RANGE_BY_DTYPE = ("uint8", "int8", "uint16", "int16")
-
-
-@dataclass(frozen=True)
-class Intensity:
-    """Raw values `low`..`high` of dtype `dtype` map linearly onto the network's input
-    range, [0, 1] (then [-1, 1] before the model); values outside are clipped."""
-
-    dtype: str
-    low: float
-    high: float
-
-    def to_unit(self, data: np.ndarray) -> np.ndarray:
-        """float32 in [0, 1]. A division, not a multiplication by the reciprocal: uint16
-        raw that is uint8 raw times 257 then maps to exactly the same floats."""
-        out = (np.asarray(data).astype(np.float32) - np.float32(self.low)) / np.float32(
-            self.high - self.low)
-        return np.clip(out, 0, 1, out=out)
-
-    def record(self) -> list[float]:
-        return [self.low, self.high]
-
-
-def intensity_of(dtype, intensity_range: Sequence[float] | None, name: str) -> Intensity:
-    """The intensity mapping of raw of `dtype`: the configured range, or for 8- and 16-bit
-    integers their full range. Anything else stops with one sentence."""
-    dtype = np.dtype(dtype)
-    if dtype.kind not in "uif":
-        raise NtclassError(f"raw dataset '{name}' has dtype {dtype}; expected unsigned or "
-                           "signed integers or floats")
-    if intensity_range is not None:
-        low, high = (float(v) for v in intensity_range)
-        if not high > low:
-            raise NtclassError(f"intensity_range {list(intensity_range)} for raw '{name}' "
-                               "must go from a low to a higher value")
-        return Intensity(dtype.name, low, high)
-    if dtype.name in _RANGE_BY_DTYPE:
-        info = np.iinfo(dtype)
-        return Intensity(dtype.name, float(info.min), float(info.max))
-    kind = "floating-point" if dtype.kind == "f" else "wide integer"
-    raise NtclassError(f"raw dataset '{name}' has {kind} dtype {dtype}, whose range says "
-                       "nothing about its intensities; set intensity_range: [low, high] "
-                       "(for example [0, 1] or [0, 255]) in its source or target")
 
 
 @dataclass(frozen=True)

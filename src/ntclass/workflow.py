@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from .errors import NtclassError
+from ntclass.errors import NtclassError
 
 
 def _redirect_output(log_path: str) -> int:

@@ -1,4 +1,5 @@
-"""Model registry: each architecture is one module here that registers itself by name."""
+"""Models: the registry of architectures by name (each a module of `architectures/` that
+registers itself), the model file (`modelfile`) and foreign checkpoints (`checkpoints`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..errors import NtclassError
+from ntclass.errors import NtclassError
 
 _REGISTRY: dict[str, Callable[..., torch.nn.Module]] = {}
 
@@ -24,8 +25,9 @@ def register(name: str):
 
 
 def _load_all() -> None:
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
+    package = importlib.import_module(f"{__name__}.architectures")
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{info.name}")
 
 
 def architectures() -> list[str]:

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from .errors import NtclassError
-from .split import PARTS
+from ntclass.errors import NtclassError
+from ntclass.split.assign import PARTS
 
 PART_ALIASES = {"train": "train", "training": "train", "validation": "validation",
                 "val": "validation", "validate": "validation", "test": "test",

@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from .errors import NtclassError
-from .ids import ID_COLUMNS, missing_ids, to_ids
-from .io import NULLABLE_INTEGERS
-from .volumes import HDF5_SUFFIXES, intensity_of, open_raw_cached
+from ntclass.errors import NtclassError
+from ntclass.ids import ID_COLUMNS, missing_ids, to_ids
+from ntclass.intensity import intensity_of
+from ntclass.io import NULLABLE_INTEGERS
+from ntclass.volumes import HDF5_SUFFIXES, open_raw_cached
 
 LOCATION = ["z", "y", "x"]
 CORE_COLUMNS = ["synapse_id", *LOCATION, "raw_container", "raw_dataset", "nt", "pre_id",

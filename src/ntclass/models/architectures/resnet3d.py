@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from . import register
+from ntclass.models import register
 
 DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 

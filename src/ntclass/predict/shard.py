@@ -32,13 +32,15 @@ import pyarrow.parquet as pq
 import torch
 from funlib.geometry import Roi
 
-from .cubes import cpu_count, cube_reader
-from .errors import NtclassError
-from .io import NULLABLE_INTEGERS, atomic_path
-from .modelfile import load_model, pick_device
-from .targets import duckdb_connection, query_one, shard_file
-from .validation import to_network
-from .volumes import Intensity, RawVolume, intensity_of
+from ntclass.errors import NtclassError
+from ntclass.intensity import Intensity, intensity_of, to_network
+from ntclass.io import NULLABLE_INTEGERS, atomic_path
+from ntclass.models.modelfile import load_model, pick_device
+from ntclass.predict.cubes import cpu_count, cube_reader
+from ntclass.predict.targets import shard_file
+from ntclass.settings import Prediction
+from ntclass.sql import duckdb_connection, query_one
+from ntclass.volumes import RawVolume
 
 log = logging.getLogger(__name__)
 META_COLUMNS = ["synapse_id", "z", "y", "x", "pre_id", "post_id", "nt"]
@@ -46,22 +48,26 @@ META_COLUMNS = ["synapse_id", "z", "y", "x", "pre_id", "post_id", "nt"]
 KEY = ["raw_container", "raw_dataset", "z", "y", "x"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class PredictConfig:
-    classes: list[str]
-    voxel_size: list[int] | None  # None: the one stored with the raw
-    rows_per_block: int = 1024
-    batch_size: int = 32
-    workers: int = 1
-    device: str = "auto"
-    mixed_precision: bool = True  # bf16 autocast on a GPU
-    intensity_range: list[float] | None = None  # None: the dtype's range (8/16-bit ints)
+    """What a shard job predicts with: the classes, the raw's voxel size and intensity
+    range (None: the raw's own, the dtype's range) and the prediction settings."""
+
+    classes: tuple[str, ...]
+    voxel_size: tuple[int, int, int] | None
+    intensity_range: tuple[float, float] | None
+    settings: Prediction
 
     def result_key(self) -> dict:
         """The settings a prediction's value depends on (not how the work is cut)."""
-        return {"classes": self.classes, "voxel_size": self.voxel_size,
-                "device": pick_device(self.device), "mixed_precision": self.mixed_precision,
-                "intensity_range": self.intensity_range}
+        return {"classes": list(self.classes), "voxel_size": _list(self.voxel_size),
+                "device": pick_device(self.settings.device),
+                "mixed_precision": self.settings.mixed_precision,
+                "intensity_range": _list(self.intensity_range)}
+
+
+def _list(values) -> list | None:
+    return list(values) if values is not None else None
 
 
 # models saved before intensity mappings were recorded were all trained on uint8 raw
@@ -115,10 +121,10 @@ class BlockPredictor:
 
     def model(self):
         if self._model is None:
-            self._device = pick_device(self.cfg.device)
+            self._device = pick_device(self.cfg.settings.device)
             self._model, self._record = load_model(self.model_path, self.cfg.classes,
                                                    self._device)
-            self._threads = max(1, cpu_count() // self.cfg.workers)
+            self._threads = max(1, cpu_count() // self.cfg.settings.workers)
         return self._model
 
     def __call__(self, block) -> None:
@@ -157,8 +163,8 @@ class BlockPredictor:
 
     def _batches(self, pending: list):
         """The host's part: raw cubes, as read, in batches (pinned for a GPU)."""
-        for n, start in enumerate(range(0, len(pending), self.cfg.batch_size)):
-            part = pending[start:start + self.cfg.batch_size]
+        for n, start in enumerate(range(0, len(pending), self.cfg.settings.batch_size)):
+            part = pending[start:start + self.cfg.settings.batch_size]
             batch = self._buffer(n % 2, part[0].shape, part[0].dtype)[:len(part)]
             slots = batch.numpy()
             for i, cube in enumerate(part):  # each cube straight into its slot
@@ -172,7 +178,7 @@ class BlockPredictor:
         key = (which, tuple(shape), np.dtype(dtype).name)
         if key not in self._buffers:
             self._buffers[key] = torch.empty(
-                (self.cfg.batch_size, *shape), dtype=_TORCH_DTYPES[np.dtype(dtype)],
+                (self.cfg.settings.batch_size, *shape), dtype=_TORCH_DTYPES[np.dtype(dtype)],
                 pin_memory=torch.device(self._device).type == "cuda")
         return self._buffers[key]
 
@@ -181,7 +187,7 @@ class BlockPredictor:
         device = torch.device(self._device)
         on_gpu = device.type == "cuda"
         with torch.inference_mode(), torch.autocast(
-                "cuda", torch.bfloat16, enabled=on_gpu and self.cfg.mixed_precision):
+                "cuda", torch.bfloat16, enabled=on_gpu and self.cfg.settings.mixed_precision):
             x = to_network(batch.to(device, non_blocking=True), intensity)
             return torch.softmax(model(x).float(), dim=1).cpu().numpy()
 
@@ -339,7 +345,7 @@ def predict_shard(model_path: str, shard_path: Path, cfg: PredictConfig, work_ba
     cache.mkdir(parents=True, exist_ok=True)
     todo = work / "todo.parquet"
     if not todo.exists():
-        plan_todo(shard_path, cache, todo, cfg.rows_per_block, work)
+        plan_todo(shard_path, cache, todo, cfg.settings.rows_per_block, work)
     n_todo = pq.ParquetFile(todo).metadata.num_rows
     n_rows = pq.ParquetFile(shard_path).metadata.num_rows
     log.info("shard of %d synapses: %d locations to predict, the rest from the cache",
@@ -356,37 +362,30 @@ def predict_shard(model_path: str, shard_path: Path, cfg: PredictConfig, work_ba
 
 def _run_blocks(predictor: BlockPredictor, n_todo: int, cfg: PredictConfig, work: Path
                 ) -> None:
-    block = Roi((0,), (cfg.rows_per_block,))
+    block = Roi((0,), (cfg.settings.rows_per_block,))
     # daisy's worker logs default to ./daisy_logs/<task_id>, shared by every job running
     # at once; this shard's work folder is its own
     daisy.logging.set_log_basedir(work / "daisy_logs")
     task = daisy.Task(
         task_id="predict", total_roi=Roi((0,), (n_todo,)), read_roi=block, write_roi=block,
         process_function=predictor,
-        read_write_conflict=False, fit="shrink", max_workers=cfg.workers, max_retries=1,
+        read_write_conflict=False, fit="shrink", max_workers=cfg.settings.workers, max_retries=1,
         timeout=None, tracking_path=str(work / "tracking"))
-    ok = daisy.run_blockwise([task], multiprocessing=cfg.workers > 1, progress=False)
+    ok = daisy.run_blockwise([task], multiprocessing=cfg.settings.workers > 1, progress=False)
     if not ok:
         raise RuntimeError("some blocks of the shard failed; rerun to resume")
 
 
-def predict_target_shard(model_path: str, target_dir: str, shard: int,
-                         classes: Sequence[str], voxel_size: Sequence[int] | None,
-                         intensity_range: Sequence[float] | None, settings: dict,
-                         work_base: str, cache_base: str, out_path: str) -> None:
+def predict_target_shard(*, model: str, target_dir: str, shard: int, classes: Sequence[str],
+                         voxel_size: Sequence[int] | None,
+                         intensity_range: Sequence[float] | None, settings: Prediction,
+                         work_base: str, cache_base: str, out: str) -> None:
     """Predict shard `shard` of a target; the Snakemake job's entry point."""
     shard_path = Path(target_dir) / shard_file(shard)
     if not shard_path.exists():
         raise NtclassError(f"target '{target_dir}' has no shard {shard}")
-    cfg = PredictConfig(classes=list(classes),
-                        voxel_size=list(voxel_size) if voxel_size is not None else None,
-                        intensity_range=(list(intensity_range) if intensity_range is not None
-                                         else None),
-                        rows_per_block=settings["rows_per_block"],
-                        batch_size=settings["batch_size"], workers=settings["workers"],
-                        device=settings["device"],
-                        mixed_precision=settings.get("mixed_precision", True))
-    counts = predict_shard(model_path, shard_path, cfg, Path(work_base), Path(cache_base),
-                           out_path)
+    cfg = PredictConfig(classes=tuple(classes), voxel_size=_tuple(voxel_size),
+                        intensity_range=_tuple(intensity_range), settings=settings)
+    counts = predict_shard(model, shard_path, cfg, Path(work_base), Path(cache_base), out)
     log.info("shard %d: %d synapses, %d predicted now", shard, counts["synapses"],
              counts["predicted"])

@@ -8,8 +8,9 @@ import gunpowder as gp
 import numpy as np
 import pandas as pd
 
-from .synapses import LOCATION
-from .volumes import intensity_of, open_raw_cached
+from ntclass.intensity import intensity_of
+from ntclass.sources.synapses import LOCATION
+from ntclass.volumes import open_raw_cached
 
 # The synapse-centred frame is unbounded in practice; a finite box keeps gunpowder's
 # ROI arithmetic simple. Multiples of any voxel size we meet.

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from .ids import ID_DTYPE
+from ntclass.ids import ID_DTYPE
 
 # Dale's principle in the fly: cholinergic synapses excite, GABAergic and glutamatergic
 # ones inhibit; monoamines modulate (sign 0).

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .errors import NtclassError
-from .models import build_model
+from ntclass.errors import NtclassError
+from ntclass.models import build_model
 
 MODEL_FORMAT = "ntclass-model/1"
 

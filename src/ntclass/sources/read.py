@@ -6,9 +6,15 @@ from collections.abc import Iterator, Sequence
 
 import pandas as pd
 
-from .errors import NtclassError
-from .mongo import mongo_batches
-from .synapses import LocationCheck, check_unique_ids, cremi_batches, source_name, table_batches
+from ntclass.errors import NtclassError
+from ntclass.sources.mongo import mongo_batches
+from ntclass.sources.synapses import (
+    LocationCheck,
+    check_unique_ids,
+    cremi_batches,
+    source_name,
+    table_batches,
+)
 
 # rows per batch when a source is streamed: a few hundred MB of pandas at most
 BATCH_ROWS = 1_000_000

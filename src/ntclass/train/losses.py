@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import NtclassError
+from ntclass.errors import NtclassError
 
 
 class FocalLoss(torch.nn.Module):

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from .errors import NtclassError
-from .ids import ID_COLUMNS, to_ids
-from .io import NULLABLE_INTEGERS, write_json
-from .synapses import LOCATION, LocationCheck, check_classes, normalise
+from ntclass.errors import NtclassError
+from ntclass.ids import ID_COLUMNS, to_ids
+from ntclass.io import NULLABLE_INTEGERS, write_json
+from ntclass.sources.synapses import LOCATION, LocationCheck, check_classes, normalise
 
 log = logging.getLogger(__name__)
 BSON_MAX_INT = 2**63 - 1

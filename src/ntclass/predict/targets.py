@@ -11,23 +11,23 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import NtclassError
-from .ids import ID_DTYPE
-from .io import NULLABLE_INTEGERS, atomic_path, read_synapse_csv, write_json
-from .sources import location_check, source_batches
-from .synapses import LOCATION, OPTIONAL_COLUMNS
+from ntclass.errors import NtclassError
+from ntclass.ids import ID_DTYPE
+from ntclass.io import NULLABLE_INTEGERS, atomic_path, read_synapse_csv, write_json
+from ntclass.settings import Partition
+from ntclass.sources.read import location_check, source_batches
+from ntclass.sources.synapses import LOCATION, OPTIONAL_COLUMNS
+from ntclass.sql import duckdb_connection, query_one
 
 log = logging.getLogger(__name__)
 
@@ -86,40 +86,18 @@ def target_batches(manifest_path: str | None, target: dict, classes: Sequence[st
     check.finish()
 
 
-def duckdb_connection(temp_dir: Path, memory_limit: str = "1GB") -> duckdb.DuckDBPyConnection:
-    """DuckDB bounded in memory, spilling to `temp_dir`, on the job's cores."""
-    con = duckdb.connect()
-    threads = max(1, len(os.sched_getaffinity(0)))
-    con.execute(f"SET memory_limit = '{memory_limit}'; SET threads = {threads}; "
-                f"SET temp_directory = '{temp_dir}'; SET preserve_insertion_order = true")
-    return con
-
-
-def query_one(con: duckdb.DuckDBPyConnection, query: str) -> tuple | None:
-    """The first row of a query's result (None when it has none), the result consumed."""
-    rows = con.execute(query).fetchall()
-    return rows[0] if rows else None
-
-
-def n_shards_for(n: int, settings: dict) -> int:
-    shards = settings.get("shards", "auto")
-    if shards == "auto":
-        return max(1, math.ceil(n / settings.get("synapses_per_shard", 1_000_000)))
-    return int(shards)
-
-
 def write_target(manifest_path: str | None, target: dict, classes: Sequence[str],
-                 voxel_size: Sequence[int] | None, settings: dict, out_dir: str) -> dict:
+                 voxel_size: Sequence[int] | None, partition: Partition, out_dir: str
+                 ) -> dict:
     """Write a target's synapses as `shard-NNNNN.parquet` files (sorted spatially) and
     `meta.json` (counts), atomically: a killed job leaves no folder that looks complete."""
-    batch_rows = settings.get("read_batch_rows", 1_000_000)
     with atomic_path(out_dir, is_dir=True) as tmp:
         spill = tmp / "unsorted"
         spill.mkdir()
         n = 0
         for i, batch in enumerate(target_batches(manifest_path, target, classes, voxel_size,
-                                                 batch_rows)):
-            pq.write_table(as_arrow(batch, settings["block_size"]),
+                                                 partition.read_batch_rows)):
+            pq.write_table(as_arrow(batch, partition.block_size),
                            spill / f"part-{i:06d}.parquet")
             n += len(batch)
             log.info("read %d synapses", n)
@@ -137,7 +115,7 @@ def write_target(manifest_path: str | None, target: dict, classes: Sequence[str]
                     f"cell, z, y, x, synapse_id) TO '{sorted_path}' "
                     f"(FORMAT parquet, ROW_GROUP_SIZE {ROW_GROUP})")
         con.close()
-        n_shards = n_shards_for(n, settings)
+        n_shards = partition.n_shards(n)
         counts = _cut_into_shards(sorted_path, tmp, n, n_shards)
         sorted_path.unlink()
         shutil.rmtree(spill)

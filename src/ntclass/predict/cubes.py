@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 import tensorstore as ts
 
-from .volumes import RawVolume, open_raw_cached, open_tensorstore
+from ntclass.volumes import RawVolume, open_raw_cached, open_tensorstore
 
 
 def cpu_count() -> int:

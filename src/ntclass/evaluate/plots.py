@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .io import atomic_path  # noqa: E402
+from ntclass.io import atomic_path  # noqa: E402
 
 
 def _save(fig, path: str | os.PathLike) -> None:

@@ -16,8 +16,8 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from .io import NULLABLE_INTEGERS, atomic_path, read_synapse_csv
-from .targets import duckdb_connection
+from ntclass.io import NULLABLE_INTEGERS, atomic_path, read_synapse_csv
+from ntclass.sql import duckdb_connection
 
 
 def _q(name: str) -> str:

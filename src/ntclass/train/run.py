@@ -24,18 +24,18 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from . import modelfile
-from .checkpoints import init_weights
-from .device_augment import DeviceAugment, iteration_generator
-from .errors import NtclassError
-from .gp_nodes import AddClassLabel, SynapseCubeSource, centred_roi
-from .io import atomic_path, read_synapse_csv, write_csv
-from .losses import build_loss
-from .modelfile import load_model, pick_device  # noqa: F401 (re-exported)
-from .models import build_model
-from .neither import NEITHER, background_locations
-from .validation import ValidationSet
-from .volumes import intensity_of, open_raw_cached
+from ntclass.errors import NtclassError
+from ntclass.intensity import intensity_of
+from ntclass.io import atomic_path, read_synapse_csv, write_csv
+from ntclass.models import build_model, modelfile
+from ntclass.models.checkpoints import init_weights
+from ntclass.models.modelfile import load_model, pick_device  # noqa: F401 (re-exported)
+from ntclass.train.device_augment import DeviceAugment, iteration_generator
+from ntclass.train.gp_nodes import AddClassLabel, SynapseCubeSource, centred_roi
+from ntclass.train.losses import build_loss
+from ntclass.train.neither import NEITHER, background_locations
+from ntclass.train.validation import ValidationSet
+from ntclass.volumes import open_raw_cached
 
 log = logging.getLogger(__name__)
 

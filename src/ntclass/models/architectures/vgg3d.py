@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import register
+from ntclass.models import register
 
 
 def _per_level(value, n_levels: int, name: str) -> list:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import NtclassError
-from .io import atomic_path
-from .modelfile import MODEL_FORMAT, model_record
-from .models import build_model
+from ntclass.errors import NtclassError
+from ntclass.io import atomic_path
+from ntclass.models import build_model
+from ntclass.models.modelfile import MODEL_FORMAT, model_record
 
 # Synister's models were all trained on uint8 raw mapped by raw / 255 * 2 - 1: ntclass's
 # uint8 mapping (Intensity(0, 255), then [-1, 1]) is the same arithmetic

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import NtclassError
+from ntclass.errors import NtclassError
+from ntclass.intensity import unit_tensor
 
 # jitter is drawn from a normal distribution truncated at this many sigmas, so that the
 # context the data path provides always covers every sampled position
@@ -215,10 +216,7 @@ class DeviceAugment:
         (n, 1, *input_shape) in [-1, 1]."""
         n = cubes.shape[0]
         if self.raw_range is not None:
-            # Intensity.to_unit's arithmetic: a division, in float32
-            low, high = self.raw_range
-            cubes = cubes.to(torch.float32).sub_(low).div_(
-                float(np.float32(high - low))).clamp_(0, 1)
+            cubes = unit_tensor(cubes, *self.raw_range)
         if self.deform is not None:
             x = self.deform(cubes, generator)
         else:  # later steps work in place: never on the caller's tensor

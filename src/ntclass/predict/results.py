@@ -15,9 +15,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import NtclassError
-from .io import NULLABLE_INTEGERS, atomic_path
-from .targets import duckdb_connection, query_one, read_target_meta
+from ntclass.errors import NtclassError
+from ntclass.io import NULLABLE_INTEGERS, atomic_path
+from ntclass.predict.targets import read_target_meta
+from ntclass.sql import duckdb_connection, query_one
 
 log = logging.getLogger(__name__)
 BATCH_ROWS = 65536

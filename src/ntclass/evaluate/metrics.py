@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +17,18 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from . import outofcore
-from .calibration import (
+from ntclass.errors import NtclassError
+from ntclass.evaluate import outofcore
+from ntclass.evaluate.calibration import (
     apply_temperature,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
     reliability,
 )
-from .circuit import FLY_SIGNS
-from .errors import NtclassError
-from .ids import ID_DTYPE
+from ntclass.evaluate.circuit import FLY_SIGNS
+from ntclass.ids import ID_DTYPE
+from ntclass.settings import Evaluation
 
 NEURON_RULES = ("majority", "mean", "sum")
 
@@ -193,7 +196,7 @@ def fit_temperature_file(predictions_path: str, classes: Sequence[str], fitted_o
                          out_path: str) -> dict:
     """Fit a model's temperature on the labelled synapses of one prediction table (its
     validation part); write the temperature with the NLL and ECE before and after."""
-    from .io import write_json
+    from ntclass.io import write_json
 
     with outofcore.scratch() as work:
         con = outofcore.connect(predictions_path, Path(work))
@@ -235,30 +238,52 @@ def check_prediction_table(path: str, classes: Sequence[str]) -> None:
                                "probability column per class")
 
 
-def evaluate_predictions(predictions_path: str, classes: Sequence[str], settings: dict,
-                         title: str, metrics_out: str, report_out: str, neurons_out: str,
-                         edges_out: str, confusion_png: str, calibration_png: str,
+@dataclass(frozen=True)
+class EvaluationOutputs:
+    """The files of one evaluation, named as the rule's outputs."""
+
+    metrics: str
+    report: str
+    neurons: str
+    edges: str
+    confusion: str
+    calibration: str
+
+    @classmethod
+    def of(cls, named) -> EvaluationOutputs:
+        """From anything with these names as attributes (Snakemake's `output`)."""
+        return cls(**{f.name: str(getattr(named, f.name)) for f in fields(cls)})
+
+    @classmethod
+    def in_folder(cls, folder: str | os.PathLike) -> EvaluationOutputs:
+        return cls(**{f.name: str(Path(folder) / name) for f, name in zip(fields(cls), (
+            "metrics.json", "report.txt", "neurons.csv", "edges.csv", "confusion.png",
+            "calibration.png"))})
+
+
+def evaluate_predictions(predictions_path: str, *, classes: Sequence[str],
+                         settings: Evaluation, title: str, outputs: EvaluationOutputs,
                          temperature_path: str | None = None) -> dict:
     """Evaluate one prediction table (Parquet): metrics.json, report.txt, the neuron
     calls, the signed edge list and the figures. With a fitted temperature, every
     probability used (neuron calls, confidences, calibration) is temperature-scaled first.
     Only the labelled synapses are held in memory; the rest is aggregated out of core."""
-    from .io import write_csv, write_json, write_text
-    from .plots import confusion_figure, reliability_figure
+    from ntclass.evaluate.plots import confusion_figure, reliability_figure
+    from ntclass.io import write_csv, write_json, write_text
 
     temperature = None
     if temperature_path:
         temperature = json.loads(Path(temperature_path).read_text())["temperature"]
-    rule = settings["neuron_rule"]
+    rule = settings.neuron_rule
     with outofcore.scratch() as work:
         con = outofcore.connect(predictions_path, Path(work))
         labelled = outofcore.labelled_rows(con)
         view = outofcore.scaled_view(con, classes, temperature)
         neurons = calls_from_aggregates(outofcore.neuron_aggregates(con, view, classes),
-                                        classes, rule, settings["min_synapses"],
-                                        settings["min_confidence"])
-        signs = settings.get("signs") or FLY_SIGNS
-        outofcore.write_signed_edges(con, neurons, signs, edges_out)
+                                        classes, rule, settings.min_synapses,
+                                        settings.min_confidence)
+        signs = settings.signs or FLY_SIGNS
+        outofcore.write_signed_edges(con, neurons, signs, outputs.edges)
         con.close()
     if temperature is not None:
         raw_ece = expected_calibration_error(*_labelled_arrays(labelled, classes))
@@ -267,13 +292,13 @@ def evaluate_predictions(predictions_path: str, classes: Sequence[str], settings
     if temperature is not None:
         metrics["temperature"] = temperature
         metrics["synapse"]["ece_uncalibrated"] = raw_ece
-    write_csv(neurons, neurons_out)
+    write_csv(neurons, outputs.neurons)
     syn = metrics["synapse"]
     confusion_figure(syn["confusion_matrix"]["counts"] or np.zeros((len(classes),) * 2),
-                     classes, "synapses", confusion_png)
-    reliability_figure(syn["calibration"], title, calibration_png)
-    write_text(report_text(metrics, title), report_out)
-    write_json(metrics, metrics_out)
+                     classes, "synapses", outputs.confusion)
+    reliability_figure(syn["calibration"], title, outputs.calibration)
+    write_text(report_text(metrics, title), outputs.report)
+    write_json(metrics, outputs.metrics)
     return metrics
 
 
@@ -297,7 +322,7 @@ def comparison_table(metrics: Sequence[dict], runs: Sequence[dict],
 def compare_runs(metrics_paths: Sequence[str], runs: Sequence[dict], classes: Sequence[str],
                  csv_out: str, html_out: str) -> pd.DataFrame:
     """The comparison table as CSV and as an HTML page (for the Snakemake report)."""
-    from .io import write_csv, write_text
+    from ntclass.io import write_csv, write_text
 
     metrics = [json.loads(Path(p).read_text()) for p in metrics_paths]
     table = comparison_table(metrics, runs, classes)

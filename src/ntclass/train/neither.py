@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from .errors import NtclassError
-from .synapses import LOCATION
-from .volumes import open_raw_cached
+from ntclass.errors import NtclassError
+from ntclass.sources.synapses import LOCATION
+from ntclass.volumes import open_raw_cached
 
 NEITHER = "neither"
 

@@ -12,8 +12,8 @@ import pandas as pd
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
-from .errors import NtclassError
-from .ids import to_ids
+from ntclass.errors import NtclassError
+from ntclass.ids import to_ids
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def make_split(table: pd.DataFrame, method: str, fractions: Mapping[str, float],
 def apply_given_split(table: pd.DataFrame, assignment_path: str) -> pd.DataFrame:
     """Return `table` with the parts of a split file (`synapse_id`, `split`), which must
     name every labelled synapse of the table and nothing else."""
-    from .synapses import read_table_file
+    from ntclass.sources.synapses import read_table_file
 
     origin = f"split file '{assignment_path}'"
     given = read_table_file(assignment_path, "split file")
@@ -354,9 +354,9 @@ def summarise(manifest: pd.DataFrame, classes: Sequence[str], group_by: str = "p
 def split_source(source: dict, classes: Sequence[str], voxel_size: Sequence[int] | None,
                  split: Mapping, manifest_out: str, summary_out: str) -> pd.DataFrame:
     """Read the configured source, split it, write the manifest and its summary."""
-    from .io import write_csv
-    from .sources import read_source
-    from .synapses import source_name
+    from ntclass.io import write_csv
+    from ntclass.sources.read import read_source
+    from ntclass.sources.synapses import source_name
 
     stored = split.get("mongo_split") if split["method"] == "given" else None
     table = read_source(source, classes, voxel_size, split_field=stored)

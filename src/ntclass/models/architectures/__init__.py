@@ -1,0 +1,1 @@
+"""The built-in architectures: each module registers itself by name (`models.register`)."""

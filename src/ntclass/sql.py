@@ -1,0 +1,23 @@
+"""DuckDB, bounded: the connections and queries every out-of-core step shares."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+
+
+def duckdb_connection(temp_dir: Path, memory_limit: str = "1GB") -> duckdb.DuckDBPyConnection:
+    """DuckDB bounded in memory, spilling to `temp_dir`, on the job's cores."""
+    con = duckdb.connect()
+    threads = max(1, len(os.sched_getaffinity(0)))
+    con.execute(f"SET memory_limit = '{memory_limit}'; SET threads = {threads}; "
+                f"SET temp_directory = '{temp_dir}'; SET preserve_insertion_order = true")
+    return con
+
+
+def query_one(con: duckdb.DuckDBPyConnection, query: str) -> tuple | None:
+    """The first row of a query's result (None when it has none), the result consumed."""
+    rows = con.execute(query).fetchall()
+    return rows[0] if rows else None
