@@ -36,6 +36,7 @@ from ntclass.predict.cubes import cpu_count
 from ntclass.predict.shard import BlockPredictor, PredictConfig, predict_shard
 from ntclass.predict.targets import shard_file, write_target
 from ntclass.settings import Partition, Prediction
+from ntclass.sources.kinds import source_of
 
 VOXEL = (40, 4, 4)
 CUBE = (16, 160, 160)  # Synister's FAFB input shape
@@ -147,7 +148,7 @@ def main() -> None:
                      ).to_csv(tmp / "synapses.csv", index=False)
         target = {"type": "table", "table": str(tmp / "synapses.csv"),
                   "raw_container": str(tmp / "em.zarr"), "raw_dataset": "raw"}
-        write_target(None, target, CLASSES, None,
+        write_target(None, source_of(target), CLASSES, None,
                      Partition(shards=1, synapses_per_shard=None, block_size=(640, 1024, 1024),
                                read_batch_rows=1_000_000), str(tmp / "target"))
         shard = tmp / "target" / shard_file(0)

@@ -34,6 +34,7 @@ from ntclass.models import build_model
 from ntclass.predict.shard import PredictConfig, predict_shard
 from ntclass.predict.targets import shard_file, write_target
 from ntclass.settings import Partition, Prediction
+from ntclass.sources.kinds import source_of
 from ntclass.train.run import TrainConfig, model_record, pick_device
 from ntclass.volumes import write_zarr_volume
 
@@ -55,8 +56,9 @@ def model_settings(fafb: bool) -> tuple[dict, list[int], list[str]]:
 def write_model(path: Path, params: dict, shape: list[int], classes: list[str]) -> None:
     torch.manual_seed(0)
     model = build_model("vgg3d", shape, len(classes), **params)
-    cfg = TrainConfig(architecture="vgg3d", model_params=params, classes=classes,
-                      voxel_size=list(VOXEL), input_shape=shape)
+    cfg = TrainConfig.from_config({"architecture": "vgg3d", "model_params": params,
+                                   "classes": classes, "voxel_size": list(VOXEL),
+                                   "input_shape": shape})
     torch.save(model_record(model, cfg, 0), path)
 
 
@@ -88,7 +90,7 @@ def predict_once(args) -> dict:
         table.drop(columns=["raw_container", "raw_dataset"]).to_csv(tmp / "s.csv", index=False)
         target = {"type": "table", "table": str(tmp / "s.csv"), "raw_container": args.volume,
                   "raw_dataset": "raw"}
-        write_target(None, target, classes, None,
+        write_target(None, source_of(target), classes, None,
                      Partition(shards=1, synapses_per_shard=None,
                                block_size=tuple(args.block_size), read_batch_rows=1_000_000),
                      str(tmp / "target"))

@@ -20,7 +20,6 @@ waits.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import sys
 import tempfile
@@ -36,8 +35,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from predict_feed import write_em_volume  # noqa: E402
 
-from ntclass.config import model_training  # noqa: E402
+from ntclass.config import SCHEMA_PATH, model_training  # noqa: E402
 from ntclass.models import build_model  # noqa: E402
+from ntclass.settings import Augment  # noqa: E402
 from ntclass.train.device_augment import iteration_generator  # noqa: E402
 from ntclass.train.gp_nodes import centred_roi  # noqa: E402
 from ntclass.train.losses import build_loss  # noqa: E402
@@ -53,7 +53,7 @@ from ntclass.train.run import (  # noqa: E402
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "config/config.schema.yaml"
+SCHEMA = SCHEMA_PATH
 
 
 def fafb_config(args: argparse.Namespace) -> TrainConfig:
@@ -68,12 +68,13 @@ def fafb_config(args: argparse.Namespace) -> TrainConfig:
             **config["training"], "augment": yaml.safe_load(
                 (ROOT / "config/examples/fafb.yaml").read_text())["training"]["augment"]}},
             "vgg", SCHEMA)["augment"]
-    return TrainConfig(
-        architecture=model["architecture"], model_params=model["params"],
-        classes=config["classes"], voxel_size=config["voxel_size"],
-        input_shape=training["input_shape"], batch_size=training["batch_size"],
-        augment=augment, learning_rate=1e-4, iterations=10**9, save_every=10**9,
-        validate_every=0, device=args.device, cache_raw_mb=0)
+    return TrainConfig.from_config({
+        "architecture": model["architecture"], "model_params": model["params"],
+        "classes": config["classes"], "voxel_size": config["voxel_size"],
+        "input_shape": training["input_shape"], "batch_size": training["batch_size"],
+        "augment": augment, "learning_rate": 1e-4, "iterations": 10**9,
+        "save_every": 10**9, "validate_every": 0, "device": args.device,
+        "cache_raw_mb": 0})
 
 
 def random_synapses(volume: Path, cfg: TrainConfig, n: int, seed: int = 0) -> pd.DataFrame:
@@ -135,7 +136,7 @@ def bare_step_rate(cfg: TrainConfig, batches: int, warmup: int) -> float:
     torch.manual_seed(0)
     model = build_model(cfg.architecture, cfg.input_shape, len(cfg.classes), **cfg.model_params)
     net = Autocast(model, cfg.mixed_precision).to(device).train()
-    loss_fn = build_loss({}, cfg.classes).to(device)
+    loss_fn = build_loss(cfg.loss, cfg.classes).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
     x = torch.rand(cfg.batch_size, 1, *cfg.input_shape, device=device) * 2 - 1
     y = torch.randint(len(cfg.classes), (cfg.batch_size,), device=device)
@@ -161,7 +162,7 @@ def loop_rate(synapses: pd.DataFrame, cfg: TrainConfig, batches: int, warmup: in
     torch.manual_seed(0)
     model = build_model(cfg.architecture, cfg.input_shape, len(cfg.classes), **cfg.model_params)
     k = keys()
-    pipeline = build_pipeline(synapses, cfg, k, model, build_loss({}, cfg.classes),
+    pipeline = build_pipeline(synapses, cfg, k, model, build_loss(cfg.loss, cfg.classes),
                               str(checkpoints / "model"))
     request = gp.BatchRequest()
     request[k["raw"]] = gp.ArraySpec(roi=centred_roi(data_shape(cfg), cfg.voxel_size))
@@ -184,15 +185,13 @@ def _synchronise(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def only(augment: dict, name: str | None) -> dict:
+def only(augment: Augment, name: str | None) -> Augment:
     """`augment` with every augmentation off but `name` (None: all off)."""
-    out = copy.deepcopy(augment)
-    for key, value in out.items():
-        if key == "mirror_transpose":
-            out[key] = key == name
-        elif isinstance(value, dict):
-            value["enabled"] = key == name and augment[key].get("enabled", False)
-    return out
+    changes = {"mirror_transpose": augment.mirror_transpose and name == "mirror_transpose"}
+    for key in Augment.nested:
+        part = getattr(augment, key)
+        changes[key] = dataclasses.replace(part, enabled=part.enabled and key == name)
+    return dataclasses.replace(augment, **changes)
 
 
 def main() -> None:
@@ -226,8 +225,8 @@ def main() -> None:
 
         print("\ndata path, one process (batches/s; the augmentations named run on the "
               "device, and cost the data path only the context they need)")
-        names = [None] + [n for n in cfg.augment if n == "mirror_transpose" or (
-            isinstance(cfg.augment[n], dict) and cfg.augment[n].get("enabled"))]
+        names = [None] + (["mirror_transpose"] if cfg.augment.mirror_transpose else []) + [
+            n for n in Augment.nested if getattr(cfg.augment, n).enabled]
         for name in names:
             c = dataclasses.replace(cfg, augment=only(cfg.augment, name))
             label = "no augmentation" if name is None else f"{name} alone"

@@ -3,12 +3,15 @@ import re
 
 from ntclass.config import SCHEMA_PATH, imported_models, model_training
 from ntclass.predict.targets import read_target_meta
-from ntclass.workflow import canonical, source_paths, synapse_files
+from ntclass.sources.kinds import SplitPart
+from ntclass.workflow import canonical, configured_sources
 
 MODELS = list(config["models"])
 IMPORTED = imported_models(config)  # from checkpoints
 TRAINED = [m for m in MODELS if m not in IMPORTED]
 TARGETS = list(config["targets"])
+# the labelled source (None when only predicting) and the targets, as objects, built once
+SOURCE, TARGET = configured_sources(config)
 SCHEMA = SCHEMA_PATH
 ENV = "../envs/workstation.yaml"  # used with --sdm conda
 # checked now, while the config is read, so that a bad override stops before any job
@@ -71,7 +74,7 @@ def evaluation_params():
 
 def source_inputs(wildcards=None):
     """The synapse source's files, named, for rules that read the source."""
-    return source_paths(config)
+    return SOURCE.files() if SOURCE is not None else {}
 
 
 def split_inputs(wildcards=None):
@@ -87,28 +90,28 @@ def one_of(names):
 
 def raw_inputs(wildcards=None):
     """The raw volume alone (prediction reads raw, the manifest lists the synapses)."""
-    return {k: v for k, v in source_paths(config).items() if k in ("raw", "cremi")}
+    return {k: v for k, v in source_inputs().items() if k in ("raw", "cremi")}
 
 
 def target_inputs(wildcards):
     """What a target's synapse list is made from: the manifest, or its own source."""
-    target = config["targets"][wildcards.target]
-    if target["type"] == "split":
+    target = TARGET[wildcards.target]
+    if isinstance(target, SplitPart):
         return {"manifest": "results/split/manifest.csv"}
-    return synapse_files(target)
+    return target.files()
 
 
 def target_raw(wildcards):
     """The raw a target's cubes are read from."""
-    target = config["targets"][wildcards.target]
-    files = raw_inputs() if target["type"] == "split" else synapse_files(target)
+    target = TARGET[wildcards.target]
+    files = raw_inputs() if isinstance(target, SplitPart) else target.files()
     return {k: v for k, v in files.items() if k in ("raw", "cremi")}
 
 
 def target_intensity_range(wildcards):
     """The intensity range of a target's raw: a split part's is the source's."""
-    target = config["targets"][wildcards.target]
-    section = config["source"] if target["type"] == "split" else target
+    split = isinstance(TARGET[wildcards.target], SplitPart)
+    section = config["source"] if split else config["targets"][wildcards.target]
     return section.get("intensity_range")
 
 

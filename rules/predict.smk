@@ -7,6 +7,7 @@ checkpoint target_synapses:
         synapses=directory("results/targets/{target}"),
     params:
         target=target_params,
+        target_name=lambda wc: wc.target,
         classes=config["classes"],
         voxel_size=config.get("voxel_size"),
         partition=partition_params(),

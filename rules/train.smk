@@ -57,6 +57,7 @@ rule import_model:
         model=one_of(IMPORTED),
     params:
         entry=lambda wc: canonical(config["models"][wc.model]),
+        name=lambda wc: wc.model,
         classes=config["classes"],
         voxel_size=config.get("voxel_size"),
     log:

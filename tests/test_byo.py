@@ -26,6 +26,7 @@ from ntclass.errors import NtclassError
 from ntclass.models import build_model
 from ntclass.models.checkpoints import import_model, read_checkpoint
 from ntclass.models.modelfile import model_record
+from ntclass.settings import ImportedModel
 from ntclass.volumes import crop_cubes, open_raw
 
 # the config's classes: Synister's six plus tyramine, in ntclass's order
@@ -147,6 +148,10 @@ def test_evaluate_command_reproduces_the_workflows_evaluation(predict_only, tmp_
         pd.read_csv(run / "results/evaluation/own/demo/neurons.csv"), rtol=1e-6)
 
 
+def as_model(entry: dict) -> ImportedModel:
+    return ImportedModel.from_partial(entry, "models.m")
+
+
 def test_a_checkpoint_that_does_not_fit_names_the_tensor(tmp_path):
     save_gunpowder_checkpoint(synister_model(SYNISTER_SHAPE), tmp_path / "ckpt")
     entry = {"checkpoint": str(tmp_path / "ckpt"), "architecture": "vgg3d",
@@ -154,7 +159,7 @@ def test_a_checkpoint_that_does_not_fit_names_the_tensor(tmp_path):
              "checkpoint_classes": SYNISTER_CLASSES}
     with pytest.raises(NtclassError, match=r"tensor 'features.0.weight' has shape "
                        r"\[4, 1, 3, 3, 3\] in the checkpoint and \[8, 1, 3, 3, 3\]"):
-        import_model(entry["checkpoint"], entry, SYNISTER_CLASSES, [40, 4, 4],
+        import_model(entry["checkpoint"], as_model(entry), SYNISTER_CLASSES, [40, 4, 4],
                      tmp_path / "model.pt")
     assert not (tmp_path / "model.pt").exists()
 
@@ -165,12 +170,14 @@ def test_classes_are_matched_by_name_or_refused(tmp_path):
              "params": SYNISTER_PARAMS, "input_shape": SYNISTER_SHAPE,
              "checkpoint_classes": SYNISTER_CLASSES}
     with pytest.raises(NtclassError, match="'tyramine' is not among the outputs"):
-        import_model(entry["checkpoint"], entry, CLASSES, [40, 4, 4], tmp_path / "m.pt")
+        import_model(entry["checkpoint"], as_model(entry), CLASSES, [40, 4, 4],
+                     tmp_path / "m.pt")
     with pytest.raises(NtclassError, match="output for class 'octopamine'"):
-        import_model(entry["checkpoint"], entry, CLASSES[:4], [40, 4, 4], tmp_path / "m.pt")
+        import_model(entry["checkpoint"], as_model(entry), CLASSES[:4], [40, 4, 4],
+                     tmp_path / "m.pt")
     with pytest.raises(NtclassError, match="input_shape"):
-        import_model(entry["checkpoint"], {k: v for k, v in entry.items()
-                                           if k != "input_shape"}, SYNISTER_CLASSES,
+        import_model(entry["checkpoint"], as_model({k: v for k, v in entry.items()
+                                                    if k != "input_shape"}), SYNISTER_CLASSES,
                      [40, 4, 4], tmp_path / "m.pt")
 
 

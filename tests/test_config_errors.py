@@ -84,18 +84,18 @@ def test_class_folder_not_in_config(tmp_path, tiny_demo):
 def test_shipped_configs_are_valid(name):
     import yaml
 
-    from ntclass.config import check_config
+    from ntclass.config import SCHEMA_PATH, check_config
     config = yaml.safe_load((ROOT / "config" / name).read_text())
     if name == "two_models.yaml":  # used on top of the demo config
         config = {**yaml.safe_load((ROOT / "config/config.yaml").read_text()), **config}
-    check_config(config, ROOT / "config/config.schema.yaml")
+    check_config(config, SCHEMA_PATH)
 
 
 def test_a_models_override_of_a_section_gets_that_sections_defaults():
-    from ntclass.config import model_training
+    from ntclass.config import SCHEMA_PATH, model_training
     config = copy.deepcopy(TINY_CONFIG)
     config["models"]["tiny"]["training"] = {"augment": {"deform": {"enabled": True}}}
-    merged = model_training(config, "tiny", ROOT / "config/config.schema.yaml")
+    merged = model_training(config, "tiny", SCHEMA_PATH)
     assert merged["augment"]["deform"]["control_point_spacing"] == [160, 160, 160]
     assert merged["augment"]["mirror_transpose"] is True
     assert merged["augment"]["noise"] == {"enabled": False, "variance": 0.001, "p": 0.5}

@@ -10,9 +10,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from test_train import SMALL, manifest, run  # noqa: F401 (manifest: a fixture)
+from test_train import SMALL, manifest, only, run  # noqa: F401 (manifest: a fixture)
 
 from ntclass.errors import NtclassError
+from ntclass.settings import DeformAugment
 from ntclass.train.device_augment import JITTER_TRUNCATION, DeviceDeform, iteration_generator
 
 FAFB_DEFORM = {"enabled": True, "control_point_spacing": [160, 160, 160],
@@ -20,7 +21,9 @@ FAFB_DEFORM = {"enabled": True, "control_point_spacing": [160, 160, 160],
 
 
 def deform(shape=(8, 48, 48), voxel_size=(40, 4, 4), **settings) -> DeviceDeform:
-    return DeviceDeform.from_config({**FAFB_DEFORM, **settings}, shape, voxel_size)
+    return DeviceDeform.from_config(
+        DeformAugment.from_partial({**FAFB_DEFORM, **settings}, "training.augment.deform"),
+        shape, voxel_size)
 
 
 def test_the_synapse_stays_at_the_centre():
@@ -109,7 +112,7 @@ def test_seeded_by_iteration():
     assert not torch.equal(a, d(cubes, iteration_generator(1, 7)))
 
 
-WITH_DEFORM = replace(SMALL, augment={"deform": {**FAFB_DEFORM, "scale": [0.9, 1.1]}},
+WITH_DEFORM = replace(SMALL, augment=only(deform={**FAFB_DEFORM, "scale": [0.9, 1.1]}),
                       validate_every=0)
 
 
@@ -122,7 +125,7 @@ def test_training_with_the_device_deformation_is_reproducible_and_resumes(
     (folder,) = (b_dir / "checkpoints").iterdir()
     (folder / "model_checkpoint_6").unlink()
     c = torch.load(run(manifest, tmp_path, WITH_DEFORM, "b") / "model.pt", weights_only=True)
-    plain = torch.load(run(manifest, tmp_path, replace(WITH_DEFORM, augment={}), "p") /
+    plain = torch.load(run(manifest, tmp_path, replace(WITH_DEFORM, augment=only()), "p") /
                        "model.pt", weights_only=True)
     for key in a["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
@@ -141,7 +144,7 @@ def test_raw_value_augmentations_as_gunpowder_draws_them():
     n = 4000
 
     def run_only(**augment):
-        aug = DeviceAugment.from_config(augment, shape, (40, 4, 4))
+        aug = DeviceAugment.from_config(only(**augment), shape, (40, 4, 4))
         cubes = torch.rand(n, 1, *shape) * 0.5 + 0.25  # in [0.25, 0.75]: no clipping
         return cubes, (aug(cubes, torch.Generator().manual_seed(0)) + 1) / 2
 
@@ -173,7 +176,7 @@ def test_raw_value_augmentations_as_gunpowder_draws_them():
 
     marker = torch.zeros(n, 1, *shape)
     marker[:, :, :, 0, 1] = 1  # one voxel next to a corner: its place tells the outcome
-    aug = DeviceAugment.from_config({"mirror_transpose": True}, shape, (40, 4, 4))
+    aug = DeviceAugment.from_config(only(mirror_transpose=True), shape, (40, 4, 4))
     out = aug(marker, torch.Generator().manual_seed(0))
     where = (out[:, 0, 0] > 0).flatten(1).int().argmax(dim=1)
     counts = torch.bincount(where, minlength=16 * 16)
@@ -185,6 +188,6 @@ def test_raw_moved_as_stored_gives_the_same_input(manifest):  # noqa: F811
     """uint8 cubes mapped on the device equal the data path's own float mapping."""
     from test_train import ALL_AUGMENTATIONS, one_batch
 
-    as_floats = replace(SMALL, augment=ALL_AUGMENTATIONS)
+    as_floats = replace(SMALL, augment=only(**ALL_AUGMENTATIONS))
     as_stored = replace(as_floats, intensity={"uint8": [0.0, 255.0]})
     assert np.array_equal(one_batch(manifest, as_floats), one_batch(manifest, as_stored))

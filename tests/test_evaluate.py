@@ -88,8 +88,9 @@ def test_expected_calibration_error():
     assert [b["n"] for b in bins["bins"]] == [0, 2, 0, 0, 0, 0, 0, 0, 0, 2]
 
 
-def test_signed_edges_follow_the_presynaptic_neurons_call():
-    from ntclass.evaluate.circuit import FLY_SIGNS, signed_edges
+def test_signed_edges_follow_the_presynaptic_neurons_call(tmp_path):
+    from ntclass.evaluate.circuit import FLY_SIGNS, write_signed_edges
+    from ntclass.evaluate.outofcore import connect
     table = predictions([
         (1, "acetylcholine", [0.9, 0.05, 0.05]), (1, "acetylcholine", [0.8, 0.1, 0.1]),
         (2, "gaba", [0.1, 0.8, 0.1]), (3, "serotonin", [0.1, 0.1, 0.8]),
@@ -100,7 +101,9 @@ def test_signed_edges_follow_the_presynaptic_neurons_call():
     table["predicted_nt"] = np.array(classes)[table[classes].to_numpy().argmax(axis=1)]
     table["post_id"] = pd.array([2, 2, 3, 1, 1], dtype="Int64")
     neurons = neuron_calls(table, classes, "mean", min_confidence=0.5)
-    edges = signed_edges(table, neurons, FLY_SIGNS).set_index(["pre_id", "post_id"])
+    con = connect(table, tmp_path)
+    write_signed_edges(con, neurons, FLY_SIGNS, str(tmp_path / "edges.csv"))
+    edges = pd.read_csv(tmp_path / "edges.csv").set_index(["pre_id", "post_id"])
     assert edges.loc[(1, 2), "n_synapses"] == 2 and edges.loc[(1, 2), "sign"] == 1
     assert edges.loc[(2, 3), "pre_nt"] == "gaba" and edges.loc[(2, 3), "sign"] == -1
     assert edges.loc[(3, 1), "sign"] == 0  # serotonin: modulatory

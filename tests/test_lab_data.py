@@ -228,7 +228,7 @@ def test_mongodb_post_sites_and_ambiguous_neurons(mongo_uri, tiny_demo, tmp_path
 
     table = pd.read_csv(tiny_demo["table"])
     database = f"ntclass_lab_{uuid.uuid4().hex[:8]}"
-    import_table(table, {"uri": mongo_uri, "database": database})
+    import_table(table, mongo_uri, database)
     db = pymongo.MongoClient(mongo_uri)[database]
     # Synister marks every document; post-synaptic sites are no synapses to classify
     db.synapses.update_many({}, {"$set": {"prepost": "pre"}})

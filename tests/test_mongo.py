@@ -11,8 +11,8 @@ import pytest
 from conftest import CLASSES
 
 from ntclass.errors import NtclassError
+from ntclass.sources.kinds import source_of
 from ntclass.sources.mongo import import_table, redact_uri, resolve_uri
-from ntclass.sources.read import read_source
 from ntclass.sources.synapses import read_table_source
 
 
@@ -24,8 +24,12 @@ def fresh_db() -> str:
 def imported(mongo_uri, tiny_demo):
     source = {"type": "mongodb", "uri": mongo_uri, "database": fresh_db(),
               "raw_container": tiny_demo["volume"], "raw_dataset": "volumes/raw/s0"}
-    n = import_table(pd.read_csv(tiny_demo["table"]), source)
+    n = import_table(pd.read_csv(tiny_demo["table"]), mongo_uri, source["database"])
     return source, n
+
+
+def read_source(section: dict, classes, voxel_size=None):
+    return source_of(section).read(classes, voxel_size)
 
 
 def test_import_and_read_back_equal_the_table(imported, tiny_demo):
@@ -57,13 +61,13 @@ def test_synister_schema(imported, mongo_uri):
 def test_import_refuses_to_overwrite(imported, tiny_demo):
     source, _ = imported
     with pytest.raises(NtclassError, match="already holds 'synapses'; pass --replace"):
-        import_table(pd.read_csv(tiny_demo["table"]), source)
+        import_table(pd.read_csv(tiny_demo["table"]), source["uri"], source["database"])
 
 
 def test_unreachable_server_fails_fast_without_password(monkeypatch):
     monkeypatch.setenv("NTCLASS_MONGO_PASSWORD", "s3cret-pw")
     source = {"uri": "mongodb://alice@127.0.0.1:1", "database": "x"}
-    assert "s3cret-pw" in resolve_uri(source)  # the password is used to connect...
+    assert "s3cret-pw" in resolve_uri(source["uri"])  # the password is used to connect...
     start = time.monotonic()
     with pytest.raises(NtclassError) as err:
         read_source({**source, "type": "mongodb", "raw_container": "v.zarr"}, CLASSES)
@@ -75,7 +79,7 @@ def test_unreachable_server_fails_fast_without_password(monkeypatch):
 
 def test_password_in_the_address_is_refused_and_redacted():
     with pytest.raises(NtclassError) as err:
-        resolve_uri({"uri": "mongodb://bob:hunter2@db.example:27017/?authSource=admin"})
+        resolve_uri("mongodb://bob:hunter2@db.example:27017/?authSource=admin")
     assert "hunter2" not in str(err.value)
     assert "mongodb://bob:***@db.example:27017" in str(err.value)
     assert redact_uri("mongodb://h:1") == "mongodb://h:1"
@@ -87,7 +91,7 @@ def test_a_mongodb_target_read_in_many_batches_is_partitioned_as_in_one(imported
     from ntclass.settings import Partition
 
     source, n = imported
-    metas = [write_target(None, source, CLASSES, (40, 4, 4),
+    metas = [write_target(None, source_of(source), CLASSES, (40, 4, 4),
                           Partition(shards=3, synapses_per_shard=None,
                                     block_size=(320, 512, 512), read_batch_rows=rows),
                           str(tmp_path / str(rows)))

@@ -7,6 +7,7 @@ from ntclass.errors import NtclassError
 from ntclass.predict.cubes import CubeReader
 from ntclass.predict.targets import morton_cells, read_shard_rows, write_target
 from ntclass.settings import Partition
+from ntclass.sources.kinds import source_of
 from ntclass.volumes import crop_cubes, open_raw, write_zarr_volume
 
 
@@ -26,8 +27,8 @@ def write_table(tmp_path, table, shape=(120, 6000, 8000)):
         "raw", shape=shape, chunks=(16, 256, 256), dtype=np.uint8)
     array.attrs.update({"voxel_size": [40, 4, 4], "offset": [0, 0, 0]})
     table.to_csv(tmp_path / "synapses.csv", index=False)
-    return {"type": "table", "table": str(tmp_path / "synapses.csv"),
-            "raw_container": str(volume), "raw_dataset": "raw"}
+    return source_of({"type": "table", "table": str(tmp_path / "synapses.csv"),
+                      "raw_container": str(volume), "raw_dataset": "raw"}, "targets.t")
 
 
 @pytest.mark.parametrize("n_shards", [1, 3, 7])

@@ -34,7 +34,7 @@ def test_mongodb_as_source_and_as_target_with_write_back(mongo_uri, tmp_path):
     snakemake(tmp_path, "data/synapses.csv")  # the demo data, made by the workflow itself
     table = pd.read_csv(tmp_path / "data/synapses.csv")
     database = f"ntclass_wf_{uuid.uuid4().hex[:8]}"
-    import_table(table, {"uri": mongo_uri, "database": database})
+    import_table(table, mongo_uri, database)
     config = mongo_config(mongo_uri, database)
     config["demo"] = demo
     config["targets"] = {"db": {**config["source"], "write_back": True}}

@@ -8,16 +8,30 @@ import torch
 from conftest import CLASSES
 
 from ntclass.errors import NtclassError
+from ntclass.settings import Augment, Loss, Neither
 from ntclass.sources.synapses import read_table_source
 from ntclass.split.assign import make_split
-from ntclass.train.run import TrainConfig, learning_rate_at, load_model, train
+from ntclass.train.run import TrainConfig, TrainOutputs, learning_rate_at, load_model, train
 
-SMALL = TrainConfig(
-    architecture="vgg3d",
-    model_params={"fmaps": 2, "fc_size": 8, "dropout": 0.0, "global_pool": True,
-                  "downsample_factors": [[1, 2, 2], [2, 2, 2]]},
-    classes=list(CLASSES), voxel_size=[40, 4, 4], input_shape=[4, 24, 24], batch_size=2,
-    iterations=6, learning_rate=1e-3, save_every=3, log_every=3, validate_every=3)
+
+def only_section(**augment) -> dict:
+    """An augment section with just the augmentations given (the schema's defaults switch
+    some on)."""
+    return {"mirror_transpose": False, **{k: {"enabled": False} for k in Augment.nested},
+            **augment}
+
+
+def only(**augment) -> Augment:
+    return Augment.from_partial(only_section(**augment), "training.augment")
+
+
+SMALL = TrainConfig.from_config({
+    "architecture": "vgg3d",
+    "model_params": {"fmaps": 2, "fc_size": 8, "dropout": 0.0, "global_pool": True,
+                     "downsample_factors": [[1, 2, 2], [2, 2, 2]]},
+    "classes": list(CLASSES), "voxel_size": [40, 4, 4], "input_shape": [4, 24, 24],
+    "batch_size": 2, "iterations": 6, "learning_rate": 1e-3, "save_every": 3, "log_every": 3,
+    "validate_every": 3, "workers": 0, "augment": only_section()})
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +46,9 @@ def manifest(tiny_demo, tmp_path_factory):
 
 def run(manifest, tmp_path, cfg, name="m"):
     out = tmp_path / name
-    train(manifest, cfg, out / "model.pt", out / "last.pt", out / "loss.csv",
-          out / "validation.csv", out / "checkpoints")
+    outputs = TrainOutputs(*(str(out / n) for n in ("model.pt", "last.pt", "loss.csv",
+                                                   "validation.csv")))
+    train(manifest, cfg, outputs, out / "checkpoints")
     return out
 
 
@@ -146,8 +161,8 @@ ALL_AUGMENTATIONS = {
 
 
 def test_every_augmentation_runs_in_the_pipeline(manifest):
-    plain = one_batch(manifest, replace(SMALL, augment={}))
-    augmented = one_batch(manifest, replace(SMALL, augment=ALL_AUGMENTATIONS))
+    plain = one_batch(manifest, replace(SMALL, augment=only()))
+    augmented = one_batch(manifest, replace(SMALL, augment=only(**ALL_AUGMENTATIONS)))
     assert plain.shape == augmented.shape == (2, 1, 4, 24, 24)
     assert np.isfinite(augmented).all() and augmented.min() >= -1 and augmented.max() <= 1
     assert not np.allclose(plain, augmented)
@@ -156,7 +171,7 @@ def test_every_augmentation_runs_in_the_pipeline(manifest):
 def test_missing_sections_are_blanked(manifest):
     blank = {"defects": {"enabled": True, "prob_missing": 1.0, "prob_low_contrast": 0.0,
                          "contrast_scale": 0.1}}
-    raw = one_batch(manifest, replace(SMALL, augment=blank))
+    raw = one_batch(manifest, replace(SMALL, augment=only(**blank)))
     assert np.all(raw == -1)  # zeroed, then mapped from [0, 1] to [-1, 1]
 
 
@@ -165,17 +180,20 @@ def test_focal_loss_is_cross_entropy_at_gamma_0_and_discounts_easy_samples():
     logits = torch.tensor([[4.0, 0.0, 0.0], [0.2, 0.1, 0.0]])
     target = torch.tensor([0, 2])
     ce = torch.nn.functional.cross_entropy(logits, target)
-    focal0 = build_loss({"type": "focal", "gamma": 0.0}, ["a", "b", "c"])
+    def loss(section):
+        return Loss.from_partial(section, "training.loss")
+
+    focal0 = build_loss(loss({"type": "focal", "gamma": 0.0}), ["a", "b", "c"])
     assert float(focal0(logits, target)) == pytest.approx(float(ce))
-    focal2 = build_loss({"type": "focal", "gamma": 2.0}, ["a", "b", "c"])
+    focal2 = build_loss(loss({"type": "focal", "gamma": 2.0}), ["a", "b", "c"])
     per_sample = torch.nn.functional.cross_entropy(logits, target, reduction="none")
     easy, hard = [float(focal2(logits[i:i + 1], target[i:i + 1])) for i in (0, 1)]
     assert easy < 0.01 * float(per_sample[0]) and hard > 0.3 * float(per_sample[1])
-    weighted = build_loss({"class_weights": [1.0, 1.0, 3.0]}, ["a", "b", "c"])
+    weighted = build_loss(loss({"class_weights": [1.0, 1.0, 3.0]}), ["a", "b", "c"])
     expected = (per_sample[0] + 3 * per_sample[1]) / 4
     assert float(weighted(logits, target)) == pytest.approx(float(expected))
     with pytest.raises(NtclassError, match="class_weights has 2 values"):
-        build_loss({"class_weights": [1.0, 2.0]}, ["a", "b", "c"])
+        build_loss(loss({"class_weights": [1.0, 2.0]}), ["a", "b", "c"])
 
 
 def test_neither_locations_keep_away_from_every_synapse(manifest):
@@ -203,11 +221,48 @@ def test_neither_locations_keep_away_from_every_synapse(manifest):
 
 def test_a_neither_class_is_trained_on_background_cubes(manifest, tmp_path):
     cfg = replace(SMALL, classes=[*CLASSES, "neither"], iterations=4, validate_every=0,
-                  neither={"enabled": True, "min_distance": 300, "locations": 50})
+                  neither=Neither(enabled=True, min_distance=300, locations=50))
     out = run(manifest, tmp_path, cfg)
     model, record = load_model(out / "model.pt")
     assert record["classes"][-1] == "neither"
     assert model.classifier[-1].out_features == len(CLASSES) + 1
     with pytest.raises(NtclassError, match="class 'neither' has no training synapse.*"
                        "training.neither.enabled"):
-        run(manifest, tmp_path, replace(cfg, neither={}), name="without")
+        run(manifest, tmp_path, replace(cfg, neither=replace(cfg.neither, enabled=False)),
+            name="without")
+
+
+@pytest.mark.parametrize("kill", ["while writing checkpoint 6", "before atomic writes"])
+def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_last_good_one(
+        manifest, tmp_path, caplog, kill):
+    """The files a kill can leave: a partial temporary checkpoint (atomic writes), or, from
+    a writer without them, a truncated checkpoint under its final name; and a loss log
+    torn in its last row. The resumed run equals an uninterrupted one."""
+    cfg = replace(SMALL, validate_every=0)
+    whole = torch.load(run(manifest, tmp_path, cfg, "whole") / "model.pt",
+                       weights_only=True)["state_dict"]
+    killed = run(manifest, tmp_path, cfg, "killed")
+    (folder,) = (killed / "checkpoints").iterdir()
+    final = folder / "model_checkpoint_6"
+    data = final.read_bytes()
+    if kill == "while writing checkpoint 6":
+        final.unlink()
+        (folder / "incomplete-model_checkpoint_6").write_bytes(data[:len(data) // 2])
+    else:
+        final.write_bytes(data[:len(data) // 2])
+    with open(folder / "loss.csv", "a") as f:
+        f.write("3,0.4")  # a row cut short by the kill
+    for name in ("model.pt", "last.pt", "loss.csv"):
+        (killed / name).unlink()
+
+    with caplog.at_level(logging.INFO, logger="ntclass.train.run"):
+        run(manifest, tmp_path, cfg, "killed")
+    assert "resuming from iteration 3" in caplog.text
+    if kill == "before atomic writes":
+        assert f"checkpoint {final} does not load" in caplog.text
+        assert f"resuming from {folder / 'model_checkpoint_3'}" in caplog.text
+        assert (folder / "damaged-model_checkpoint_6").exists()
+    assert not list(folder.glob("incomplete-*"))
+    resumed = torch.load(killed / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert pd.read_csv(killed / "loss.csv")["iteration"].tolist() == [1, 2, 3, 4, 5, 6]

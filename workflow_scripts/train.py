@@ -1,11 +1,10 @@
-from ntclass.train.run import TrainConfig, train
+from ntclass.train.run import TrainConfig, TrainOutputs, train
 from ntclass.workflow import run_job
 
 sm = snakemake  # noqa: F821 (provided by Snakemake)
 run_job(
     sm.log[0],
-    lambda: train(sm.input.manifest, TrainConfig(**sm.params.training), sm.output.model,
-                  sm.output.last, sm.output.losses, sm.output.validation,
-                  sm.params.checkpoints),
+    lambda: train(sm.input.manifest, TrainConfig.from_config(sm.params.training),
+                  TrainOutputs.of(sm.output), sm.params.checkpoints),
     threads=sm.threads,
 )

@@ -33,8 +33,7 @@ def mongo_import(table: str, uri: str | None, database: str, replace: bool) -> i
     from ntclass.sources.mongo import import_table, redact_uri
     from ntclass.sources.synapses import read_table_file
 
-    source = {"uri": uri, "database": database}
-    n = import_table(read_table_file(table), source, replace=replace)
+    n = import_table(read_table_file(table), uri, database, replace=replace)
     where = redact_uri(uri) if uri else "$NTCLASS_MONGO_URI"
     print(f"imported {n} synapses from {table} into {where}, database {database}")
     return 0

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jsonschema
 import yaml
@@ -183,17 +184,34 @@ def check_models_and_sources(config: Mapping) -> None:
 SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "config.schema.yaml")
 
 
-def evaluation_settings(section: Mapping, schema_path: str | os.PathLike | None = None
-                        ) -> Evaluation:
+@functools.cache
+def _schema() -> dict:
+    """The shipped schema, read once per process (never modified)."""
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def with_defaults(section: Mapping, schema_keys: Sequence[str], where: str) -> dict:
+    """A copy of one config section, checked against its part of the schema (reached by
+    `schema_keys` from the top) with the schema's defaults filled in; `where` names it."""
+    schema = _schema()
+    sub = schema
+    for key in schema_keys:
+        sub = sub[key]
+    filled = copy.deepcopy(dict(section))
+    validator = _filling_defaults(jsonschema.Draft202012Validator)({**sub,
+                                                                    "$defs": schema["$defs"]})
+    for error in validator.iter_errors(filled):
+        path = [*where.split("."), *error.absolute_path]
+        error.path.clear()
+        error.path.extend(path)
+        raise NtclassError(_sentence(error))
+    return filled
+
+
+def evaluation_settings(section: Mapping) -> Evaluation:
     """The evaluation section of a config with the schema's defaults filled in (temperature
     scaling apart: a fitted temperature is given as a file)."""
-    with open(schema_path or SCHEMA_PATH) as f:
-        schema = yaml.safe_load(f)
-    settings = copy.deepcopy(dict(section))
-    sub = {**schema["properties"]["evaluation"], "$defs": schema["$defs"]}
-    for error in _filling_defaults(jsonschema.Draft202012Validator)(sub).iter_errors(
-            settings):
-        error.path.appendleft("evaluation")
-        raise NtclassError(_sentence(error))
+    settings = with_defaults(section, ("properties", "evaluation"), "evaluation")
     settings.pop("temperature_scaling")
     return Evaluation.from_config(settings, "evaluation")

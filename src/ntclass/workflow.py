@@ -91,31 +91,27 @@ def demo_outputs(config: Mapping) -> set[str]:
     return {str(out / "synapses.csv"), str(out / "volume.zarr"), str(out / "cremi")}
 
 
-def synapse_files(source: Mapping) -> dict[str, str]:
-    """The files a synapse source (the `source` section, or a target) reads, by role."""
-    if source["type"] == "table":
-        return {"table": source["table"], "raw": source["raw_container"]}
-    if source["type"] == "cremi":
-        return {"cremi": source["directory"]}
-    if source["type"] == "mongodb" and "raw_container" in source:
-        return {"raw": source["raw_container"]}
-    return {}
+def configured_sources(config: Mapping) -> tuple:
+    """The labelled source (None in a predict-only run) and each target, as objects."""
+    from ntclass.sources.kinds import source_of, target_of
 
-
-def source_paths(config: Mapping) -> dict[str, str]:
-    """The files the configured synapse source reads (named as Snakemake inputs); none in
-    a predict-only run."""
-    return synapse_files(config["source"]) if "source" in config else {}
+    source = source_of(config["source"]) if "source" in config else None
+    targets = {name: target_of(section, f"targets.{name}")
+               for name, section in config.get("targets", {}).items()}
+    return source, targets
 
 
 def check_source_paths(config: Mapping) -> None:
     """Stop early when a configured input is neither on disk nor made by the demo rule."""
+    from ntclass.sources.kinds import CremiSource
+
     made_by_demo = {os.path.normpath(p) for p in demo_outputs(config)}
-    sections = [("source", config["source"])] if "source" in config else []
-    sections += [
-        (f"targets.{name}", target) for name, target in config.get("targets", {}).items()]
-    for section, source in sections:
-        for key, path in synapse_files(source).items():
+    source, targets = configured_sources(config)
+    sections = [("source", source)] if source is not None else []
+    sections += [(f"targets.{name}", target) for name, target in targets.items()
+                 if hasattr(target, "files")]
+    for section, described in sections:
+        for key, path in described.files().items():
             if os.path.normpath(path) in made_by_demo or os.path.exists(path):
                 continue
             name = {"table": "table", "raw": "raw_container", "cremi": "directory"}[key]
@@ -136,11 +132,10 @@ def check_source_paths(config: Mapping) -> None:
             split["assignment"]):
         raise NtclassError(f"file '{split['assignment']}' given as split.assignment does not "
                            "exist")
-    source = config.get("source", {})
-    if source.get("type") == "cremi" and os.path.isdir(source["directory"]) and source.get(
-            "labelled", True):
+    if isinstance(source, CremiSource) and source.labelled and os.path.isdir(
+            source.directory):
         classes = set(config["classes"])
-        for entry in sorted(os.scandir(source["directory"]), key=lambda e: e.name):
+        for entry in sorted(os.scandir(source.directory), key=lambda e: e.name):
             if entry.is_dir() and not entry.name.startswith(".") and entry.name not in classes:
                 raise NtclassError(
                     f"class folder '{entry.path}' is not one of the configured classes "

@@ -1,12 +1,15 @@
-"""The signed circuit: directed neuron-to-neuron edges signed by the pre-synaptic NT."""
+"""The signed circuit: directed neuron-to-neuron edges signed by the pre-synaptic NT,
+aggregated out of core from the prediction table (view `preds` of `outofcore.connect`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+import duckdb
 import pandas as pd
+import pyarrow as pa
 
-from ntclass.ids import ID_DTYPE
+from ntclass.io import atomic_path
 
 # Dale's principle in the fly: cholinergic synapses excite, GABAergic and glutamatergic
 # ones inhibit; monoamines modulate (sign 0).
@@ -15,19 +18,21 @@ FLY_SIGNS = {"acetylcholine": 1, "gaba": -1, "glutamate": -1, "serotonin": 0, "d
 EDGE_COLUMNS = ["pre_id", "post_id", "n_synapses", "pre_nt", "sign"]
 
 
-def signed_edges(predictions: pd.DataFrame, neurons: pd.DataFrame,
-                 signs: Mapping[str, int]) -> pd.DataFrame:
-    """One row per (pre_id, post_id) pair with its synapse count, the pre-synaptic neuron's
-    NT call and the sign of that NT (+1, -1, or 0 for modulatory, unknown or 'unclear')."""
-    rows = predictions[predictions["pre_id"].notna() & predictions["post_id"].notna()]
-    if rows.empty:
-        return pd.DataFrame(columns=EDGE_COLUMNS)
-    edges = (rows.groupby(["pre_id", "post_id"], sort=True).size()
-             .rename("n_synapses").reset_index())
-    calls = neurons.set_index("pre_id")["predicted_nt"]
-    edges["pre_nt"] = edges["pre_id"].map(calls).astype("string")
-    edges["sign"] = edges["pre_nt"].map(lambda nt: int(signs.get(nt, 0)) if isinstance(
-        nt, str) else 0).astype(int)
-    edges["pre_id"] = edges["pre_id"].astype(ID_DTYPE)
-    edges["post_id"] = edges["post_id"].astype(ID_DTYPE)
-    return edges[EDGE_COLUMNS]
+def write_signed_edges(con: duckdb.DuckDBPyConnection, neurons: pd.DataFrame,
+                       signs: Mapping[str, int], out_csv: str) -> None:
+    """One row per (pre_id, post_id) pair with its synapse count, the pre-synaptic
+    neuron's call and that NT's sign (0: modulatory, unknown or 'unclear')."""
+    con.register("calls", pa.Table.from_pandas(neurons[["pre_id", "predicted_nt"]],
+                                               preserve_index=False))
+    con.register("signs", pa.table({"nt": list(signs), "sign": [int(v) for v in
+                                                               signs.values()]}))
+    with atomic_path(out_csv) as tmp:
+        con.execute(f"""
+            COPY (SELECT e.pre_id, e.post_id, e.n_synapses, c.predicted_nt AS pre_nt,
+                         coalesce(s.sign, 0) AS sign
+                  FROM (SELECT pre_id, post_id, count(*) AS n_synapses FROM preds
+                        WHERE pre_id IS NOT NULL AND post_id IS NOT NULL
+                        GROUP BY pre_id, post_id) e
+                  LEFT JOIN calls c USING (pre_id) LEFT JOIN signs s
+                  ON s.nt = c.predicted_nt ORDER BY e.pre_id, e.post_id)
+            TO '{tmp}' (FORMAT csv, HEADER true)""")

@@ -26,7 +26,7 @@ from ntclass.evaluate.calibration import (
     negative_log_likelihood,
     reliability,
 )
-from ntclass.evaluate.circuit import FLY_SIGNS
+from ntclass.evaluate.circuit import FLY_SIGNS, write_signed_edges
 from ntclass.ids import ID_DTYPE
 from ntclass.settings import Evaluation
 
@@ -75,13 +75,20 @@ def neuron_calls(predictions: pd.DataFrame | str, classes: Sequence[str],
     sum: argmax of summed probabilities, confidence = max / total (equal to mean's here).
     Neurons below `min_synapses` or `min_confidence` are called 'unclear'.
     """
-    if rule not in NEURON_RULES:
-        raise NtclassError(f"neuron rule '{rule}' is unknown; expected one of {NEURON_RULES}")
     with outofcore.scratch() as work:
         con = outofcore.connect(predictions, Path(work))
         view = outofcore.scaled_view(con, classes, temperature)
-        return calls_from_aggregates(outofcore.neuron_aggregates(con, view, classes),
-                                     classes, rule, min_synapses, min_confidence)
+        return calls_in(con, view, classes, rule, min_synapses, min_confidence)
+
+
+def calls_in(con, view: str, classes: Sequence[str], rule: str, min_synapses: int,
+             min_confidence: float) -> pd.DataFrame:
+    """The neuron calls of the predictions in view `view` of `con`: aggregated per neuron
+    out of core, then called by `rule`."""
+    if rule not in NEURON_RULES:
+        raise NtclassError(f"neuron rule '{rule}' is unknown; expected one of {NEURON_RULES}")
+    return calls_from_aggregates(outofcore.neuron_aggregates(con, view, classes), classes,
+                                 rule, min_synapses, min_confidence)
 
 
 def calls_from_aggregates(agg: pd.DataFrame, classes: Sequence[str], rule: str,
@@ -279,11 +286,9 @@ def evaluate_predictions(predictions_path: str, *, classes: Sequence[str],
         con = outofcore.connect(predictions_path, Path(work))
         labelled = outofcore.labelled_rows(con)
         view = outofcore.scaled_view(con, classes, temperature)
-        neurons = calls_from_aggregates(outofcore.neuron_aggregates(con, view, classes),
-                                        classes, rule, settings.min_synapses,
-                                        settings.min_confidence)
-        signs = settings.signs or FLY_SIGNS
-        outofcore.write_signed_edges(con, neurons, signs, outputs.edges)
+        neurons = calls_in(con, view, classes, rule, settings.min_synapses,
+                           settings.min_confidence)
+        write_signed_edges(con, neurons, settings.signs or FLY_SIGNS, outputs.edges)
         con.close()
     if temperature is not None:
         raw_ece = expected_calibration_error(*_labelled_arrays(labelled, classes))

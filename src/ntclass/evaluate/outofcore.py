@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from ntclass.io import NULLABLE_INTEGERS, atomic_path, read_synapse_csv
+from ntclass.io import NULLABLE_INTEGERS, read_synapse_csv
 from ntclass.sql import duckdb_connection
 
 
@@ -72,26 +72,6 @@ def neuron_aggregates(con: duckdb.DuckDBPyConnection, view: str, classes: Sequen
         SELECT agg.*, truth.nt FROM agg LEFT JOIN truth USING (pre_id) ORDER BY pre_id"""
     return con.sql(query).to_arrow_table().to_pandas(
         types_mapper=NULLABLE_INTEGERS.get)
-
-
-def write_signed_edges(con: duckdb.DuckDBPyConnection, neurons: pd.DataFrame,
-                       signs: Mapping[str, int], out_csv: str) -> None:
-    """One row per (pre_id, post_id) pair with its synapse count, the pre-synaptic
-    neuron's call and that NT's sign (0: modulatory, unknown or 'unclear')."""
-    con.register("calls", pa.Table.from_pandas(neurons[["pre_id", "predicted_nt"]],
-                                               preserve_index=False))
-    con.register("signs", pa.table({"nt": list(signs), "sign": [int(v) for v in
-                                                               signs.values()]}))
-    with atomic_path(out_csv) as tmp:
-        con.execute(f"""
-            COPY (SELECT e.pre_id, e.post_id, e.n_synapses, c.predicted_nt AS pre_nt,
-                         coalesce(s.sign, 0) AS sign
-                  FROM (SELECT pre_id, post_id, count(*) AS n_synapses FROM preds
-                        WHERE pre_id IS NOT NULL AND post_id IS NOT NULL
-                        GROUP BY pre_id, post_id) e
-                  LEFT JOIN calls c USING (pre_id) LEFT JOIN signs s
-                  ON s.nt = c.predicted_nt ORDER BY e.pre_id, e.post_id)
-            TO '{tmp}' (FORMAT csv, HEADER true)""")
 
 
 def labelled_rows(con: duckdb.DuckDBPyConnection, view: str = "preds") -> pd.DataFrame:

@@ -15,6 +15,7 @@ from ntclass.errors import NtclassError
 from ntclass.io import atomic_path
 from ntclass.models import build_model
 from ntclass.models.modelfile import MODEL_FORMAT, model_record
+from ntclass.settings import ImportedModel, InitFrom
 
 # Synister's models were all trained on uint8 raw mapped by raw / 255 * 2 - 1: ntclass's
 # uint8 mapping (Intensity(0, 255), then [-1, 1]) is the same arithmetic
@@ -128,7 +129,7 @@ def map_outputs(state: dict, layer: str, model_classes: Sequence[str],
     return out
 
 
-def import_model(checkpoint: str, entry: Mapping, classes: Sequence[str],
+def import_model(checkpoint: str, entry: ImportedModel, classes: Sequence[str],
                  voxel_size: Sequence[int] | None, out: str | os.PathLike) -> dict:
     """Write an ntclass model file for the model entry `entry` (config `models.<name>`)
     that names `checkpoint`: its weights, outputs in the order of `classes`."""
@@ -144,7 +145,7 @@ def import_model(checkpoint: str, entry: Mapping, classes: Sequence[str],
     check_fits(state, model, checkpoint, described["architecture"])
     layer = output_layer(model)
     state = map_outputs(state, layer, described["classes"], classes,
-                        entry.get("absent_classes", "refuse"), checkpoint)
+                        entry.absent_classes, checkpoint)
     model = build_model(described["architecture"], described["input_shape"], len(classes),
                         **described["params"])
     model.load_state_dict(state)
@@ -161,7 +162,7 @@ def import_model(checkpoint: str, entry: Mapping, classes: Sequence[str],
     return imported
 
 
-def _described(entry: Mapping, record: Mapping, path) -> dict:
+def _described(entry: ImportedModel, record: Mapping, path) -> dict:
     """Architecture, params, input shape, class order, voxel size and intensity mapping
     of a checkpoint: from its own record (ntclass) or from the config (gunpowder). Where
     both say something, they must agree."""
@@ -170,7 +171,7 @@ def _described(entry: Mapping, record: Mapping, path) -> dict:
             "voxel_size": "voxel_size"}
     out: dict = {}
     for key, record_key in keys.items():
-        given, stored = entry.get(key), record.get(record_key)
+        given, stored = getattr(entry, key), record.get(record_key)
         if key == "params" and given == {} and stored is not None:
             given = None  # the schema's default {} says nothing
         if given is not None and stored is not None and _plain(given) != _plain(stored):
@@ -194,22 +195,22 @@ def _plain(value):
     return value
 
 
-def init_weights(model: torch.nn.Module, init: Mapping, classes: Sequence[str],
+def init_weights(model: torch.nn.Module, init: InitFrom, classes: Sequence[str],
                  architecture: str) -> str:
     """Load the weights of `init` (config `training.init_from`) into `model`, for
     fine-tuning. With `output_layer: new` the model keeps its fresh (seeded) output layer;
     with `keep` the checkpoint's outputs are mapped to `classes` by name. Returns the
     checkpoint's sha256."""
-    path = init["checkpoint"]
+    path = init.checkpoint
     state, record = read_checkpoint(path)
     layer = output_layer(model)
-    if init.get("output_layer", "keep") == "new":
+    if init.output_layer == "new":
         check_fits(state, model, path, architecture, skip=layer)
         fresh = model.state_dict()
         state = {**{k: v for k, v in state.items() if not k.startswith(layer + ".")},
                  **{k: v for k, v in fresh.items() if k.startswith(layer + ".")}}
     else:
-        model_classes = init.get("classes") or record.get("classes")
+        model_classes = init.classes or record.get("classes")
         if not model_classes:
             raise NtclassError(f"training.init_from checkpoint '{path}' does not record its "
                                "class order; give training.init_from.classes, or "

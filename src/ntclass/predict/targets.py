@@ -25,7 +25,7 @@ from ntclass.errors import NtclassError
 from ntclass.ids import ID_DTYPE
 from ntclass.io import NULLABLE_INTEGERS, atomic_path, read_synapse_csv, write_json
 from ntclass.settings import Partition
-from ntclass.sources.read import location_check, source_batches
+from ntclass.sources.kinds import Source, SplitPart
 from ntclass.sources.synapses import LOCATION, OPTIONAL_COLUMNS
 from ntclass.sql import duckdb_connection, query_one
 
@@ -70,23 +70,25 @@ def as_arrow(df: pd.DataFrame, cell_size: Sequence[int]) -> pa.Table:
     return pa.Table.from_pandas(df, schema=SCHEMA, preserve_index=False)
 
 
-def target_batches(manifest_path: str | None, target: dict, classes: Sequence[str],
+def target_batches(manifest_path: str | None, target: Source | SplitPart,
+                   classes: Sequence[str],
                    voxel_size: Sequence[int] | None, batch_rows: int
                    ) -> Iterator[pd.DataFrame]:
     """The synapses a target names, in batches: a part of the split manifest (labelled
     data, small), or a synapse source of its own (table, CREMI folder, MongoDB)."""
-    if target["type"] == "split":
+    if isinstance(target, SplitPart):
         manifest = read_synapse_csv(manifest_path)
-        part = manifest[manifest["split"] == target["part"]].reset_index(drop=True)
+        part = manifest[manifest["split"] == target.part].reset_index(drop=True)
         for start in range(0, len(part), batch_rows):
             yield part.iloc[start:start + batch_rows]
         return
-    check = location_check(target, voxel_size)
-    yield from source_batches(target, classes, voxel_size, check, batch_rows)
+    check = target.location_check(voxel_size)
+    yield from target.batches(classes, check, batch_rows)
     check.finish()
 
 
-def write_target(manifest_path: str | None, target: dict, classes: Sequence[str],
+def write_target(manifest_path: str | None, target: Source | SplitPart,
+                 classes: Sequence[str],
                  voxel_size: Sequence[int] | None, partition: Partition, out_dir: str
                  ) -> dict:
     """Write a target's synapses as `shard-NNNNN.parquet` files (sorted spatially) and
@@ -102,7 +104,7 @@ def write_target(manifest_path: str | None, target: dict, classes: Sequence[str]
             n += len(batch)
             log.info("read %d synapses", n)
         if n == 0:
-            raise NtclassError(f"target of type {target['type']} holds no synapse")
+            raise NtclassError(f"the target ({target.name}) holds no synapse")
         con = duckdb_connection(tmp)
         parts = f"{spill}/*.parquet"
         dup = query_one(con, f"SELECT synapse_id FROM '{parts}' GROUP BY synapse_id "
@@ -121,7 +123,7 @@ def write_target(manifest_path: str | None, target: dict, classes: Sequence[str]
         shutil.rmtree(spill)
         meta = {"synapses": n, "shards": n_shards, "rows_per_shard": counts}
         write_json(meta, tmp / META)
-    log.info("target of type %s: %d synapses in %d shards", target["type"], n, n_shards)
+    log.info("target (%s): %d synapses in %d shards", target.name, n, n_shards)
     return meta
 
 

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from urllib.parse import quote_plus
 
 import numpy as np
@@ -44,9 +45,35 @@ def redact_uri(uri: str) -> str:
     return _CREDENTIALS.sub(hide, uri)
 
 
-def resolve_uri(source: Mapping) -> str:
+COLLECTIONS = {"synapses": "synapses", "skeletons": "skeletons",
+               "hemi_lineages": "hemi_lineages"}
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where a database in Synister's schema is: the address (None: NTCLASS_MONGO_URI),
+    the database and the names of its three collections."""
+
+    uri: str | None
+    database: str
+    collections: Mapping[str, str]
+
+    def open(self, timeout_s: float = 5.0):
+        """A pymongo database handle, checked with a ping; fails within `timeout_s`."""
+        return connect(self.uri, self.database, timeout_s)
+
+    def collection(self, db, name: str):
+        """One of Synister's three collections, under the name the source gives it."""
+        return db[self.collections[name]]
+
+    def shown(self) -> str:
+        """The address for logs and receipts, its password hidden."""
+        return redact_uri(self.uri or os.environ.get(URI_ENV, ""))
+
+
+def resolve_uri(uri: str | None) -> str:
     """The connection string to use, with the password from the environment."""
-    uri = source.get("uri") or os.environ.get(URI_ENV)
+    uri = uri or os.environ.get(URI_ENV)
     if not uri:
         raise NtclassError(f"source.uri is not set and {URI_ENV} is empty; give the MongoDB "
                            "address, e.g. mongodb://host:27017")
@@ -61,13 +88,13 @@ def resolve_uri(source: Mapping) -> str:
     return uri
 
 
-def connect(source: Mapping, timeout_s: float = 5.0):
+def connect(uri: str | None, database: str, timeout_s: float = 5.0):
     """A pymongo database handle, checked with a ping; fails within `timeout_s`."""
     import pymongo
     from pymongo.errors import PyMongoError
 
-    uri = resolve_uri(source)
-    shown = redact_uri(source.get("uri") or os.environ.get(URI_ENV, ""))
+    shown = redact_uri(uri or os.environ.get(URI_ENV, ""))
+    uri = resolve_uri(uri)
     try:
         client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=int(timeout_s * 1000),
                                      connectTimeoutMS=int(timeout_s * 1000))
@@ -75,10 +102,11 @@ def connect(source: Mapping, timeout_s: float = 5.0):
     except PyMongoError as e:
         raise NtclassError(f"cannot reach MongoDB at {shown} within {timeout_s:g} s "
                            f"({type(e).__name__})") from None
-    return client[source["database"]]
+    return client[database]
 
 
-def import_table(table: pd.DataFrame, source: Mapping, replace: bool = False) -> int:
+def import_table(table: pd.DataFrame, uri: str | None, database: str,
+                 replace: bool = False) -> int:
     """Write a synapse table into Synister's three collections; return synapses written."""
     table = normalise(table.assign(raw_container="", raw_dataset=""), "the synapse table")
     for col in ID_COLUMNS:
@@ -88,11 +116,11 @@ def import_table(table: pd.DataFrame, source: Mapping, replace: bool = False) ->
                 f"the synapse table's {col} {int(table[col][too_big].iloc[0])} is above "
                 "2^63 - 1, the largest integer MongoDB stores; keep such ids in a CSV or "
                 "Parquet source")
-    db = connect(source)
+    db = connect(uri, database)
     names = ("synapses", "skeletons", "hemi_lineages")
     existing = [n for n in names if db[n].estimated_document_count()]
     if existing and not replace:
-        raise NtclassError(f"database '{source['database']}' already holds '{existing[0]}'; "
+        raise NtclassError(f"database '{database}' already holds '{existing[0]}'; "
                            "pass --replace to overwrite it")
     for name in names:
         db.drop_collection(name)
@@ -142,24 +170,11 @@ def _columns(cursor, fields: Sequence[str]) -> dict[str, list]:
     return columns
 
 
-COLLECTIONS = {"synapses": "synapses", "skeletons": "skeletons",
-               "hemi_lineages": "hemi_lineages"}
-
-
-def collection_name(source: Mapping, name: str) -> str:
-    return {**COLLECTIONS, **(source.get("collections") or {})}[name]
-
-
-def collection(db, source: Mapping, name: str):
-    """One of Synister's three collections, under the name the source gives it."""
-    return db[collection_name(source, name)]
-
-
-def _skeleton_labels(db, source: Mapping) -> pd.DataFrame:
+def _skeleton_labels(db, conn: Connection) -> pd.DataFrame:
     """Per skeleton: its NT when exactly one is known, the candidates when several."""
-    skeletons = _columns(collection(db, source, "skeletons").find({}, {"_id": 0}),
+    skeletons = _columns(conn.collection(db, "skeletons").find({}, {"_id": 0}),
                          ["skeleton_id", "nt_known", "hemi_lineage_id"])
-    hemis = _columns(collection(db, source, "hemi_lineages").find({}, {"_id": 0}),
+    hemis = _columns(conn.collection(db, "hemi_lineages").find({}, {"_id": 0}),
                      ["hemi_lineage_id", "hemi_lineage_name"])
     names = dict(zip(hemis["hemi_lineage_id"], hemis["hemi_lineage_name"]))
     known = [sorted(set(v)) if isinstance(v, list) else [] for v in skeletons["nt_known"]]
@@ -183,10 +198,12 @@ SYNAPSE_FIELDS = ["synapse_id", "z", "y", "x", "skeleton_id", "post_skeleton_id"
                   "brain_region"]
 
 
-def mongo_batches(source: Mapping, classes: Sequence[str], check: LocationCheck,
-                  batch_rows: int = 1_000_000, other_nts: str = "leave_out",
-                  split_field: str | None = None) -> Iterator[pd.DataFrame]:
-    """The pre-synaptic sites of a MongoDB source (those its `filter` selects) in checked
+def mongo_batches(conn: Connection, raw_container: str, raw_dataset: str,
+                  classes: Sequence[str], check: LocationCheck, batch_rows: int,
+                  other_nts: str, split_field: str | None, synapse_filter: Mapping | None,
+                  skeleton_filter: Mapping | None) -> Iterator[pd.DataFrame]:
+    """The pre-synaptic sites of a MongoDB source (those `synapse_filter` and
+    `skeleton_filter` select) in checked
     batches, each labelled with its skeleton's single known NT. Skeletons with several
     known NTs stay unlabelled, their candidates kept in `nt_candidates` and counted in the
     log; NTs that are not among `classes` are left out (`nt_other`) or refused.
@@ -194,16 +211,16 @@ def mongo_batches(source: Mapping, classes: Sequence[str], check: LocationCheck,
 
     Each batch is one query for the next `batch_rows` documents by `_id` (always
     indexed), so no cursor stays open across batches and memory is one batch's."""
-    db = connect(source)
-    synapses = collection(db, source, "synapses")
-    origin = f"MongoDB database '{source['database']}'"
-    labels = _skeleton_labels(db, source)
+    db = conn.open()
+    synapses = conn.collection(db, "synapses")
+    origin = f"MongoDB database '{conn.database}'"
+    labels = _skeleton_labels(db, conn)
     fields = SYNAPSE_FIELDS + ([f"splits.{split_field}"] if split_field else [])
     projection = dict.fromkeys(fields, 1)
-    selected = [PRE_SYNAPTIC] + ([dict(source["filter"])] if source.get("filter") else [])
-    if source.get("skeleton_filter"):
-        skeletons = collection(db, source, "skeletons").distinct(
-            "skeleton_id", dict(source["skeleton_filter"]))
+    selected = [PRE_SYNAPTIC] + ([dict(synapse_filter)] if synapse_filter else [])
+    if skeleton_filter:
+        skeletons = conn.collection(db, "skeletons").distinct(
+            "skeleton_id", dict(skeleton_filter))
         selected.append({"skeleton_id": {"$in": skeletons}})
     last, first_row, several, several_neurons = None, 0, 0, set()
     while True:
@@ -218,7 +235,9 @@ def mongo_batches(source: Mapping, classes: Sequence[str], check: LocationCheck,
         if not docs:
             break
         last = docs[-1]["_id"]
-        batch = _synapse_frame(docs, labels, source, origin, split_field)
+        batch = _synapse_frame(docs, labels, origin, split_field)
+        batch["raw_container"] = raw_container
+        batch["raw_dataset"] = raw_dataset
         unclear = batch["nt_candidates"].notna()
         several += int(unclear.sum())
         several_neurons.update(batch.loc[unclear, "pre_id"].tolist())
@@ -235,7 +254,7 @@ def mongo_batches(source: Mapping, classes: Sequence[str], check: LocationCheck,
                     origin, several, len(several_neurons))
 
 
-def _synapse_frame(docs: list[dict], labels: pd.DataFrame, source: Mapping, origin: str,
+def _synapse_frame(docs: list[dict], labels: pd.DataFrame, origin: str,
                    split_field: str | None = None) -> pd.DataFrame:
     columns = _columns(docs, SYNAPSE_FIELDS)
     where = f"{origin}, collection 'synapses'"
@@ -251,20 +270,17 @@ def _synapse_frame(docs: list[dict], labels: pd.DataFrame, source: Mapping, orig
     if split_field:
         synapses["stored_split"] = pd.array(
             [(d.get("splits") or {}).get(split_field) for d in docs], dtype="string")
-    synapses = synapses.merge(labels, on="pre_id", how="left")
-    synapses["raw_container"] = source["raw_container"]
-    synapses["raw_dataset"] = source.get("raw_dataset", "volumes/raw/s0")
-    return synapses
+    return synapses.merge(labels, on="pre_id", how="left")
 
 
-def write_predictions(batches: Iterable[pd.DataFrame], source: Mapping, field: str,
+def write_predictions(batches: Iterable[pd.DataFrame], conn: Connection, field: str,
                       classes: Sequence[str]) -> int:
     """Store each synapse's prediction in its document of `synapses` under `field` (a
     dotted path, one per model): predicted NT, confidence and the class probabilities.
     One unordered bulk write per batch of predictions."""
     from pymongo import UpdateOne
 
-    synapses = collection(connect(source), source, "synapses")
+    synapses = conn.collection(conn.open(), "synapses")
     written = matched = 0
     for predictions in batches:
         records = predictions[["synapse_id", "predicted_nt", "confidence", *classes]
@@ -278,27 +294,49 @@ def write_predictions(batches: Iterable[pd.DataFrame], source: Mapping, field: s
     if matched != written:
         raise NtclassError(f"{written - matched} predicted synapses have no document in "
                            f"collection '{synapses.name}' of MongoDB database "
-                           f"'{source['database']}'")
+                           f"'{conn.database}'")
     return matched
 
 
-def synister_collection(target: Mapping, target_name: str, model: str) -> tuple[str, str]:
-    """Database and collection of Synister's prediction layout for one model and target:
-    `<database>_predictions`, `<split_name>_<experiment>_t<train>_p<predict>` (the names
-    SynisterDb.get_predictions reads)."""
-    layout = target["synister_write_back"]
-    experiment = layout.get("experiment", "{model}").replace("{model}", model)
-    name = (f"{layout.get('split_name') or target_name}_{experiment}"
-            f"_t{layout.get('train_number', 0)}_p{layout.get('predict_number', 0)}")
-    return f"{target['database']}_predictions", name
+@dataclass(frozen=True)
+class SynisterLayout:
+    """Where Synister's `get_predictions` reads a model's predictions of a target:
+    `<database>_predictions`, `<split_name>_<experiment>_t<train>_p<predict>`."""
+
+    split_name: str | None  # None: the target's name
+    experiment: str  # "{model}" is replaced by the model's name
+    train_number: int
+    predict_number: int
+
+    def collection(self, database: str, target_name: str, model: str) -> tuple[str, str]:
+        experiment = self.experiment.replace("{model}", model)
+        name = (f"{self.split_name or target_name}_{experiment}"
+                f"_t{self.train_number}_p{self.predict_number}")
+        return f"{database}_predictions", name
 
 
-def write_synister_predictions(batches: Iterable[pd.DataFrame], target: Mapping,
+@dataclass(frozen=True)
+class WriteBack:
+    """A MongoDB target's write-back: ntclass's field per model and/or Synister's layout."""
+
+    ntclass: bool
+    synister: SynisterLayout | None
+
+    @classmethod
+    def from_section(cls, target: Mapping) -> WriteBack:
+        layout = dict(target["synister_write_back"])
+        synister = (SynisterLayout(**{k: layout.get(k) for k in (
+            "split_name", "experiment", "train_number", "predict_number")})
+            if layout.pop("enabled") else None)
+        return cls(ntclass=bool(target["write_back"]), synister=synister)
+
+
+def write_synister_predictions(batches: Iterable[pd.DataFrame], conn: Connection,
                                database: str, name: str, classes: Sequence[str]) -> int:
     """Documents {synapse_id, prediction: [probabilities in class order]}, Synister's
     layout. Written to a scratch collection renamed over `name` at the end, so that a
     failed job never leaves a partial collection under Synister's name."""
-    db = connect({**target, "database": database})
+    db = connect(conn.uri, database)
     scratch = f"{name}.ntclass-incomplete"
     db.drop_collection(scratch)
     n = 0
@@ -318,8 +356,9 @@ def write_synister_predictions(batches: Iterable[pd.DataFrame], target: Mapping,
     return n
 
 
-def write_back(predictions_path: str, target: Mapping, target_name: str, model: str,
-               classes: Sequence[str], receipt_path: str, batch_rows: int = 10_000) -> None:
+def write_back(predictions_path: str, conn: Connection, write: WriteBack, target_name: str,
+               model: str, classes: Sequence[str], receipt_path: str,
+               batch_rows: int = 10_000) -> None:
     """The workflow step: predictions of `model` into the target's database, in ntclass's
     layout (a field of each synapse document) and/or Synister's (a collection of the
     predictions database), read and written in batches; then a receipt file (database,
@@ -328,16 +367,15 @@ def write_back(predictions_path: str, target: Mapping, target_name: str, model: 
         return (b.to_pandas(types_mapper=NULLABLE_INTEGERS.get) for b in
                 pq.ParquetFile(predictions_path).iter_batches(batch_size=batch_rows))
 
-    receipt: dict = {"uri": redact_uri(target.get("uri") or os.environ.get(URI_ENV, "")),
-                     "classes": list(classes)}
-    if target.get("write_back"):
+    receipt: dict = {"uri": conn.shown(), "classes": list(classes)}
+    if write.ntclass:
         field = f"ntclass.{model}"
-        n = write_predictions(batches(), target, field, classes)
-        receipt["ntclass"] = {"database": target["database"],
-                              "collection": collection_name(target, "synapses"),
+        n = write_predictions(batches(), conn, field, classes)
+        receipt["ntclass"] = {"database": conn.database,
+                              "collection": conn.collections["synapses"],
                               "field": field, "synapses": n}
-    if (target.get("synister_write_back") or {}).get("enabled"):
-        database, name = synister_collection(target, target_name, model)
-        n = write_synister_predictions(batches(), target, database, name, classes)
+    if write.synister is not None:
+        database, name = write.synister.collection(conn.database, target_name, model)
+        n = write_synister_predictions(batches(), conn, database, name, classes)
         receipt["synister"] = {"database": database, "collection": name, "synapses": n}
     write_json(receipt, receipt_path)

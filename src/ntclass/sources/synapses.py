@@ -377,13 +377,3 @@ def read_cremi_source(directory: str, classes: Sequence[str], labelled: bool = T
     df = pd.concat(list(cremi_batches(directory, classes, labelled, check, 1 << 62)))
     check.finish()
     return df
-
-
-def source_name(source: dict) -> str:
-    """How an error names a synapse source: its file, folder or database."""
-    kind = source["type"]
-    if kind == "table":
-        return f"synapse table '{source['table']}'"
-    if kind == "cremi":
-        return f"CREMI folder '{source['directory']}'"
-    return f"MongoDB database '{source.get('database')}'"

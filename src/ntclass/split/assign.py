@@ -14,6 +14,8 @@ from scipy.sparse import coo_array
 
 from ntclass.errors import NtclassError
 from ntclass.ids import to_ids
+from ntclass.settings import Split
+from ntclass.sources.kinds import Source
 
 log = logging.getLogger(__name__)
 
@@ -351,28 +353,23 @@ def summarise(manifest: pd.DataFrame, classes: Sequence[str], group_by: str = "p
     return summary
 
 
-def split_source(source: dict, classes: Sequence[str], voxel_size: Sequence[int] | None,
-                 split: Mapping, manifest_out: str, summary_out: str) -> pd.DataFrame:
+def split_source(source: Source, classes: Sequence[str], voxel_size: Sequence[int] | None,
+                 split: Split, manifest_out: str, summary_out: str) -> pd.DataFrame:
     """Read the configured source, split it, write the manifest and its summary."""
     from ntclass.io import write_csv
-    from ntclass.sources.read import read_source
-    from ntclass.sources.synapses import source_name
 
-    stored = split.get("mongo_split") if split["method"] == "given" else None
-    table = read_source(source, classes, voxel_size, split_field=stored)
+    table = source.read(classes, voxel_size, split_field=split.stored)
     report: dict = {}
-    if stored:
-        manifest = apply_stored_split(table, stored, source_name(source))
-    elif split["method"] == "given":
-        manifest = apply_given_split(table, split["assignment"])
+    if split.stored:
+        manifest = apply_stored_split(table, split.stored, source.name)
+    elif split.method == "given":
+        manifest = apply_given_split(table, split.assignment)
     else:
-        options = SplitOptions(node_limit=split.get("node_limit", SplitOptions.node_limit),
-                               mip_gap=split.get("mip_gap", SplitOptions.mip_gap))
-        manifest, report = make_split(table, split["method"], split["fractions"],
-                                      split["seed"], split.get("group_by", "pre_id"),
-                                      split["max_deviation"], options, source_name(source),
-                                      split.get("unknown_groups", ()))
-    group_by = split.get("group_by", "pre_id")
+        options = SplitOptions(node_limit=split.node_limit, mip_gap=split.mip_gap)
+        manifest, report = make_split(table, split.method, split.fractions, split.seed,
+                                      split.group_by, split.max_deviation, options,
+                                      source.name, split.unknown_groups)
+    group_by = split.group_by
     summary = summarise(manifest, classes, group_by, report)
     unlabelled = int(manifest["nt"].isna().sum())
     several = int(summary.loc[summary["nt"] == "unlabelled_several_nts", "total"].iloc[0])

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ntclass.errors import NtclassError
 from ntclass.intensity import unit_tensor
+from ntclass.settings import Augment, DeformAugment
 
 # jitter is drawn from a normal distribution truncated at this many sigmas, so that the
 # context the data path provides always covers every sampled position
@@ -42,24 +43,23 @@ class DeviceDeform:
     p: float
 
     @classmethod
-    def from_config(cls, deform: Mapping, input_shape: Sequence[int],
+    def from_config(cls, deform: DeformAugment, input_shape: Sequence[int],
                     voxel_size: Sequence[int]) -> DeviceDeform | None:
         """The deformation of `training.augment.deform`, or None when it is off."""
-        if not deform.get("enabled"):
+        if not deform.enabled:
             return None
-        sigma = [float(s) for s in deform["jitter_sigma"]]
+        sigma = [float(s) for s in deform.jitter_sigma]
         if sigma[0] != 0:
             raise NtclassError(
-                f"training.augment.deform.jitter_sigma {deform['jitter_sigma']} moves voxels "
+                f"training.augment.deform.jitter_sigma {list(deform.jitter_sigma)} moves voxels "
                 "across sections; the deformation is in-plane: give 0 for z")
-        low, high = (float(v) for v in deform["scale"])
+        low, high = (float(v) for v in deform.scale)
         if not 0 < low <= high:
-            raise NtclassError(f"training.augment.deform.scale {list(deform['scale'])} must "
+            raise NtclassError(f"training.augment.deform.scale {list(deform.scale)} must "
                                "be an interval of positive factors, low to high")
         return cls(tuple(int(v) for v in input_shape), tuple(int(v) for v in voxel_size),
-                   tuple(float(v) for v in deform["control_point_spacing"]),
-                   (sigma[1], sigma[2]), (low, high), bool(deform.get("rotate", True)),
-                   float(deform.get("p", 1.0)))
+                   tuple(float(v) for v in deform.control_point_spacing),
+                   (sigma[1], sigma[2]), (low, high), deform.rotate, float(deform.p))
 
     def context_shape(self) -> tuple[int, int, int]:
         """Voxels (z, y, x) of the cube the data path must provide, centred like the
@@ -189,22 +189,18 @@ class DeviceAugment:
     raw_range: tuple[float, float] | None = None
 
     @classmethod
-    def from_config(cls, augment: Mapping, input_shape: Sequence[int],
+    def from_config(cls, augment: Augment, input_shape: Sequence[int],
                     voxel_size: Sequence[int],
                     raw_range: tuple[float, float] | None = None) -> DeviceAugment:
-        def on(name: str) -> Mapping | None:
-            entry = augment.get(name) or {}
-            return entry if entry.get("enabled") else None
-
-        intensity, noise, defects = on("intensity"), on("noise"), on("defects")
+        intensity, noise, defects = augment.intensity, augment.noise, augment.defects
         return cls(
             tuple(int(v) for v in input_shape),
-            DeviceDeform.from_config(augment.get("deform") or {}, input_shape, voxel_size),
-            bool(augment.get("mirror_transpose", False)),
-            (*intensity["scale"], *intensity["shift"]) if intensity else None,
-            (float(noise["variance"]), float(noise["p"])) if noise else None,
-            (float(defects["prob_missing"]), float(defects["prob_low_contrast"]),
-             float(defects["contrast_scale"])) if defects else None,
+            DeviceDeform.from_config(augment.deform, input_shape, voxel_size),
+            augment.mirror_transpose,
+            (*intensity.scale, *intensity.shift) if intensity.enabled else None,
+            (float(noise.variance), float(noise.p)) if noise.enabled else None,
+            (float(defects.prob_missing), float(defects.prob_low_contrast),
+             float(defects.contrast_scale)) if defects.enabled else None,
             raw_range)
 
     def context_shape(self) -> tuple[int, int, int]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ntclass.errors import NtclassError
+from ntclass.settings import Loss
 
 
 class FocalLoss(torch.nn.Module):
@@ -29,15 +30,15 @@ class FocalLoss(torch.nn.Module):
         return loss.mean()
 
 
-def build_loss(settings: Mapping, classes: Sequence[str]) -> torch.nn.Module:
+def build_loss(settings: Loss, classes: Sequence[str]) -> torch.nn.Module:
     """The loss the config names: `type` cross_entropy or focal, `gamma`, `class_weights`."""
-    weights = settings.get("class_weights")
+    weights = settings.class_weights
     weight = None
     if weights is not None:
         if len(weights) != len(classes):
             raise NtclassError(f"training.loss.class_weights has {len(weights)} values, "
                                f"expected one per class ({len(classes)})")
         weight = torch.tensor(weights, dtype=torch.float32)
-    if settings.get("type", "cross_entropy") == "focal":
-        return FocalLoss(settings.get("gamma", 2.0), weight)
+    if settings.type == "focal":
+        return FocalLoss(settings.gamma, weight)
     return torch.nn.CrossEntropyLoss(weight=weight)

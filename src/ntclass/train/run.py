@@ -7,7 +7,6 @@ One source branch per class draws cubes centred on that class's training synapse
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -15,7 +14,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import gunpowder as gp
@@ -30,6 +29,7 @@ from ntclass.io import atomic_path, read_synapse_csv, write_csv
 from ntclass.models import build_model, modelfile
 from ntclass.models.checkpoints import init_weights
 from ntclass.models.modelfile import load_model, pick_device  # noqa: F401 (re-exported)
+from ntclass.settings import Augment, TrainConfig
 from ntclass.train.device_augment import DeviceAugment, iteration_generator
 from ntclass.train.gp_nodes import AddClassLabel, SynapseCubeSource, centred_roi
 from ntclass.train.losses import build_loss
@@ -38,43 +38,6 @@ from ntclass.train.validation import ValidationSet
 from ntclass.volumes import open_raw_cached
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    architecture: str
-    model_params: dict
-    classes: list[str]
-    voxel_size: list[int] | None  # None: the one stored with the raw
-    input_shape: list[int]
-    batch_size: int = 8
-    iterations: int = 1000
-    learning_rate: float = 1e-4
-    lr_schedule: str = "constant"
-    seed: int = 0
-    save_every: int = 500
-    log_every: int = 50
-    workers: int = 0
-    device: str = "auto"
-    cache_raw_mb: int = 1024
-    augment: dict = field(default_factory=dict)
-    loss: dict = field(default_factory=dict)
-    validate_every: int = 1000
-    validation_synapses: int = 1000
-    mixed_precision: bool = True
-    intensity_range: list[float] | None = None  # None: the dtype's range (8/16-bit integers)
-    # filled from the data by resolve_geometry: raw dtype -> [low, high] mapped to [0, 1]
-    intensity: dict = field(default_factory=dict)
-    # fine-tuning: {checkpoint, classes, output_layer}; its sha256 is added at the start
-    init_from: dict | None = None
-    # Synister's "neither" class: {enabled, min_distance (nm), locations}
-    neither: dict = field(default_factory=dict)
-
-    def digest(self, manifest: str | os.PathLike) -> str:
-        """Hash of everything that makes a run: a changed one never resumes a stale one."""
-        h = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
-        h.update(Path(manifest).read_bytes())
-        return h.hexdigest()[:16]
 
 
 def learning_rate_at(cfg: TrainConfig, iteration: int) -> float:
@@ -88,8 +51,21 @@ def learning_rate_at(cfg: TrainConfig, iteration: int) -> float:
     return float(cfg.learning_rate)
 
 
+# gunpowder writes a checkpoint to the name `_checkpoint_name` gives; ntclass gives it a
+# name that no resume reads (gunpowder's looks for "<basename>_checkpoint_*") and renames
+# it when the write is done
+INCOMPLETE = "incomplete-"
+
+
+def _incomplete(name: str) -> Path:
+    path = Path(name)
+    return path.with_name(INCOMPLETE + path.name)
+
+
 class ScheduledTrain(gp.torch.Train):
-    """gp.torch.Train with the learning rate set from the iteration before each step."""
+    """gp.torch.Train with the learning rate set from the iteration before each step, and
+    checkpoints written atomically: a job killed while writing one leaves only a temporary
+    file that no resume reads."""
 
     def __init__(self, *args, cfg: TrainConfig, **kwargs):
         super().__init__(*args, **kwargs)
@@ -105,6 +81,15 @@ class ScheduledTrain(gp.torch.Train):
             group["lr"] = learning_rate_at(self.cfg, self.iteration)
         self.model.iteration = self.iteration  # seeds the device augmentations
         super().train_step(batch, request)
+        if batch.iteration % self.save_every == 0:
+            name = super()._checkpoint_name(self.checkpoint_basename, batch.iteration)
+            written = _incomplete(name)
+            with open(written, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(written, name)
+
+    def _checkpoint_name(self, basename, iteration):
+        return str(_incomplete(super()._checkpoint_name(basename, iteration)))
 
 
 class Autocast(torch.nn.Module):
@@ -152,16 +137,16 @@ def data_shape(cfg: TrainConfig) -> list[int]:
     return list(device_augment(cfg).context_shape())
 
 
-def _augmentations(augment: dict) -> list[gp.BatchFilter]:
+def _augmentations(augment: Augment) -> list[gp.BatchFilter]:
     """Synister's augmentations that run in the data path: sections that slip or shift
     (lengths in nm). The others run on the device (`DeviceAugment`), where the benchmark
     showed them cheaper."""
     nodes: list[gp.BatchFilter] = []
-    if (misalign := augment.get("misalign", {})).get("enabled"):
+    if (misalign := augment.misalign).enabled:
         # sections that slip (one alone) or shift (it and all after it) in y/x
-        nodes.append(gp.ShiftAugment(prob_slip=misalign["prob_slip"],
-                                     prob_shift=misalign["prob_shift"],
-                                     sigma=misalign["sigma"], shift_axis=0))
+        nodes.append(gp.ShiftAugment(prob_slip=misalign.prob_slip,
+                                     prob_shift=misalign.prob_shift,
+                                     sigma=misalign.sigma, shift_axis=0))
     return nodes
 
 
@@ -220,10 +205,46 @@ def _request_seed(cfg: TrainConfig, iteration: int) -> int | None:
     return None if cfg.workers > 0 else cfg.seed * 1_000_003 + iteration
 
 
-def _latest_iteration(checkpoint_dir: Path) -> int:
-    found = [int(m.group(1)) for p in checkpoint_dir.glob("model_checkpoint_*")
-             if (m := re.fullmatch(r"model_checkpoint_(\d+)", p.name))]
-    return max(found, default=0)
+def _checkpoints(checkpoint_dir: Path) -> dict[int, Path]:
+    """The finished checkpoints of a run, by iteration."""
+    return {int(m.group(1)): p for p in checkpoint_dir.glob("model_checkpoint_*")
+            if (m := re.fullmatch(r"model_checkpoint_(\d+)", p.name))}
+
+
+def _loads(path: Path) -> str | None:
+    """Why a checkpoint does not load (None: it does)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, empty or not a checkpoint at all
+        return f"{type(e).__name__}: {e}".splitlines()[0]
+    if not isinstance(state, dict) or not {"model_state_dict", "optimizer_state_dict"
+                                            } <= set(state):
+        return "it holds no model and optimizer state"
+    return None
+
+
+def resume_point(checkpoint_dir: Path) -> int:
+    """The iteration of the newest checkpoint that loads (0: none). Newer ones that do not
+    load (written by a job killed mid-write before writes were atomic, or damaged since)
+    are set aside as `damaged-<name>`, so that gunpowder resumes from the good one."""
+    for left in checkpoint_dir.glob(INCOMPLETE + "*"):
+        log.info("removing %s, a checkpoint whose writing was interrupted", left)
+        left.unlink()
+    found = _checkpoints(checkpoint_dir)
+    damaged = []
+    for iteration in sorted(found, reverse=True):
+        reason = _loads(found[iteration])
+        if reason is None:
+            for bad, why in damaged:
+                log.warning("checkpoint %s does not load (%s); set aside as damaged-%s, "
+                            "resuming from %s", bad, why, bad.name, found[iteration])
+            return iteration
+        damaged.append((found[iteration], reason))
+        found[iteration].rename(found[iteration].with_name(f"damaged-{found[iteration].name}"))
+    for bad, why in damaged:
+        log.warning("checkpoint %s does not load (%s); set aside as damaged-%s, training "
+                    "from scratch", bad, why, bad.name)
+    return 0
 
 
 def _rows_up_to(path: Path, up_to: int) -> list[list[str]]:
@@ -232,7 +253,8 @@ def _rows_up_to(path: Path, up_to: int) -> list[list[str]]:
         return []
     with open(path, newline="") as f:
         rows = list(csv.reader(f))[1:]
-    return [r for r in rows if int(r[0]) <= up_to]
+    # a job killed while writing leaves at most a torn last row: whole rows only
+    return [r for r in rows if len(r) == 3 and r[0].isdigit() and int(r[0]) <= up_to]
 
 
 def model_record(model: torch.nn.Module, cfg: TrainConfig, iteration: int) -> dict:
@@ -340,13 +362,27 @@ def resolve_geometry(table: pd.DataFrame, cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, voxel_size=list(voxel_sizes.pop()), intensity=intensity)
 
 
-def train(manifest: str | os.PathLike, cfg: TrainConfig, model_out: str | os.PathLike,
-          last_out: str | os.PathLike, loss_out: str | os.PathLike,
-          validation_out: str | os.PathLike, checkpoint_root: str | os.PathLike) -> None:
+@dataclass(frozen=True)
+class TrainOutputs:
+    """The files of one training, named as the rule's outputs."""
+
+    model: str  # the best validated model
+    last: str
+    losses: str
+    validation: str
+
+    @classmethod
+    def of(cls, named) -> TrainOutputs:
+        """From anything with these names as attributes (Snakemake's `output`)."""
+        return cls(**{f.name: str(getattr(named, f.name)) for f in fields(cls)})
+
+
+def train(manifest: str | os.PathLike, cfg: TrainConfig, outputs: TrainOutputs,
+          checkpoint_root: str | os.PathLike) -> None:
     """Train one model on the manifest's `train` part, validating on its `validation` part.
 
-    Writes the best validated model to `model_out` (the last one where there is no
-    validation part), the last to `last_out`, and the loss and validation CSVs.
+    Writes the best validated model to `outputs.model` (the last one where there is no
+    validation part), the last to `outputs.last`, and the loss and validation CSVs.
     Checkpoints, the TensorBoard log and the CSVs of the run live in a folder of
     `checkpoint_root` named by the hash of `cfg` and the manifest: a rerun of the same
     run resumes there, a changed one starts afresh.
@@ -363,17 +399,16 @@ def train(manifest: str | os.PathLike, cfg: TrainConfig, model_out: str | os.Pat
     if cfg.init_from:
         digest = init_weights(model, cfg.init_from, cfg.classes, cfg.architecture)
         # the initial weights' identity, not their path, names the run (and its resume)
-        cfg = replace(cfg, init_from={**cfg.init_from, "sha256": digest})
+        cfg = replace(cfg, init_from=replace(cfg.init_from, sha256=digest))
         log.info("initial weights from %s (sha256 %s..., output layer: %s)",
-                 cfg.init_from["checkpoint"], digest[:12], cfg.init_from.get("output_layer",
-                                                                             "keep"))
+                 cfg.init_from.checkpoint, digest[:12], cfg.init_from.output_layer)
     model.train()
     loss = build_loss(cfg.loss, cfg.classes)
 
     checkpoint_dir = Path(checkpoint_root) / cfg.digest(manifest)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     (checkpoint_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    start = _latest_iteration(checkpoint_dir)
+    start = resume_point(checkpoint_dir)
     if start:
         log.info("resuming from iteration %d (%s)", start, checkpoint_dir)
     else:
@@ -385,19 +420,20 @@ def train(manifest: str | os.PathLike, cfg: TrainConfig, model_out: str | os.Pat
     keys = {"raw": gp.ArrayKey("RAW"), "label": gp.ArrayKey("LABEL"),
             "logits": gp.ArrayKey("LOGITS")}
     background = None
-    if cfg.neither.get("enabled"):
+    if cfg.neither.enabled:
         background = background_locations(
-            table, cfg.neither["locations"], cfg.neither["min_distance"], cfg.input_shape,
+            table, cfg.neither.locations, cfg.neither.min_distance, cfg.input_shape,
             cfg.voxel_size, cfg.seed)
         log.info("class '%s': %d random locations at least %g nm from every synapse",
-                 NEITHER, len(background), cfg.neither["min_distance"])
+                 NEITHER, len(background), cfg.neither.min_distance)
     pipeline = build_pipeline(table[table["split"] == "train"], cfg, keys, model, loss,
                               str(checkpoint_dir / "model"), background)
     writer = SummaryWriter(str(checkpoint_dir / "tensorboard"), purge_step=start + 1)
-    with open(losses_path, "w", newline="") as f, _progress(cfg, start) as bar:
+    # the rows kept are rewritten atomically, then the new ones appended as they come
+    with atomic_path(losses_path) as tmp, open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([["iteration", "loss", "seconds"], *rows])
+    with open(losses_path, "a", newline="") as f, _progress(cfg, start) as bar:
         loss_csv = csv.writer(f)
-        loss_csv.writerows([["iteration", "loss", "seconds"], *rows])
-        f.flush()
         t0 = time.perf_counter()
         with gp.build(pipeline):
             iteration = start
@@ -423,12 +459,12 @@ def train(manifest: str | os.PathLike, cfg: TrainConfig, model_out: str | os.Pat
                     validator(model, iteration, writer)
     writer.close()
     last = model_record(model, cfg, iteration)
-    with atomic_path(last_out) as tmp:
+    with atomic_path(outputs.last) as tmp:
         torch.save(last, tmp)
-    with atomic_path(model_out) as tmp:
+    with atomic_path(outputs.model) as tmp:
         if validator.best is not None:
             tmp.write_bytes(validator.best_path.read_bytes())
         else:
             torch.save(last, tmp)
-    write_csv(validator.table(), validation_out)
-    write_csv(pd.read_csv(losses_path), loss_out)
+    write_csv(validator.table(), outputs.validation)
+    write_csv(pd.read_csv(losses_path), outputs.losses)
