@@ -67,7 +67,13 @@ def evaluation_params():
     return canonical(
         {
             k: config["evaluation"][k]
-            for k in ("neuron_rule", "min_synapses", "min_confidence", "signs")
+            for k in (
+                "neuron_rule",
+                "min_synapses",
+                "min_confidence",
+                "signs",
+                "empty_cubes",
+            )
         }
     )
 

@@ -90,8 +90,8 @@ def in_voxels(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(z=table["z"] // 40, y=table["y"] // 4, x=table["x"] // 4)
 
 
-def cremi_in_voxels(folder: Path) -> None:
-    for path in folder.glob("*/*.hdf"):
+def cremi_in_voxels(folder: Path, files: list[Path] | None = None) -> None:
+    for path in files or folder.glob("*/*.hdf"):
         with h5py.File(path, "a") as f:
             f["annotations/locations"][...] = f["annotations/locations"][:] // [40, 4, 4]
 
@@ -196,8 +196,12 @@ CASES = {
         r"1/40, 1/4, 1/4 \(z, y, x\) of their raw volume; locations are expected in nm"),
     "CREMI files in voxels": (
         lambda d, t: cremi_config(d, t, cremi_in_voxels),
-        r"CREMI folder '.*cremi': all \d+ synapse locations lie within .* these look like "
-        r"voxel indices"),
+        r"CREMI folder '.*cremi': the synapse location in raw volume '.*\.hdf' "
+        r"\(volumes/raw\) lies within .* these look like voxel indices"),
+    "one CREMI file in voxels, the others in nm": (
+        lambda d, t: cremi_config(d, t, lambda f: cremi_in_voxels(f, [first_file(f)])),
+        r"CREMI folder '.*cremi': the synapse location in raw volume "
+        r"'.*/gaba/\d+\.hdf' \(volumes/raw\) lies within .* these look like voxel indices"),
     # ids
     "non-numeric pre_id": (
         lambda d, t: edited_table(d, t, lambda s: s.assign(

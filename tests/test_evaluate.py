@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -180,7 +182,8 @@ def test_fitted_temperature_is_applied_in_evaluation(tmp_path):
     test_probabilities, test_labels, _ = overconfident_predictions(n=1000, seed=1)
     temperature_table(test_probabilities, test_labels).to_csv(tmp_path / "test.csv",
                                                               index=False)
-    settings = Evaluation(neuron_rule="mean", min_synapses=1, min_confidence=0.0, signs={})
+    settings = Evaluation(neuron_rule="mean", min_synapses=1, min_confidence=0.0, signs={},
+                          empty_cubes="leave_out")
     outs = EvaluationOutputs(*(str(tmp_path / n) for n in (
         "m.json", "r.txt", "n.csv", "e.csv", "c.png", "k.png")))
     raw = evaluate_predictions(str(tmp_path / "test.csv"), classes=CLASSES, settings=settings,
@@ -204,3 +207,44 @@ def test_temperature_needs_labelled_synapses(tmp_path):
     with pytest.raises(NtclassError, match="target 'v' given as evaluation.temperature_scaling"):
         fit_temperature_file(str(tmp_path / "v.csv"), CLASSES, "v", str(tmp_path / "t.json"))
     assert not (tmp_path / "t.json").exists()
+
+
+FOREIGN = {
+    "percentages": (lambda t: t.assign(**{c: t[c] * 100 for c in CLASSES}),
+                    r"probabilities of synapse 0 sum to 100\.0.*\(percentages\? divide by 100\)"),
+    "logits": (lambda t: t.assign(**{c: np.log(t[c]) for c in CLASSES}),
+               r"probabilities of synapse 0 sum to -?\d.*\(logits or scores\? apply a softmax\)"),
+    "another case": (lambda t: t.assign(nt=t["nt"].str.upper()),
+                     r"column 'nt' holds 'ACH', which is not one of the classes ach, gaba, "
+                     r"glu \(did you mean 'ach'\?\)"),
+    "a class the model never had": (lambda t: t.assign(nt=t["nt"].replace("glu", "ser")),
+                                    r"column 'nt' holds 'ser', which is not one of the classes"),
+    "a missing class column": (lambda t: t.drop(columns="glu"),
+                               r"has no column 'glu'; expected .* one probability column per "
+                               r"class"),
+}
+
+
+@pytest.mark.parametrize("case", FOREIGN)
+def test_ntclass_evaluate_refuses_a_table_whose_values_mean_something_else(
+        tmp_path, capsys, case):
+    """A table from another tool: refused with one sentence, no metric written."""
+    from ntclass.cli import main
+
+    edit, sentence = FOREIGN[case]
+    table = HAND_MADE.assign(confidence=HAND_MADE[CLASSES].max(axis=1))
+    main(["evaluate", str(_written(table, tmp_path / "ok.csv")), "--classes",
+          ",".join(CLASSES), "--out", str(tmp_path / "ok")])
+    assert (tmp_path / "ok" / "metrics.json").exists()  # the unedited table is fine
+    path = _written(edit(table), tmp_path / "foreign.csv")
+    code = main(["evaluate", str(path), "--classes", ",".join(CLASSES),
+                 "--out", str(tmp_path / "out")])
+    said = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(said) == 1 and said[0].startswith("ntclass: prediction table")
+    assert re.search(sentence, said[0]), said[0]
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def _written(table: pd.DataFrame, path):
+    table.to_csv(path, index=False)
+    return path

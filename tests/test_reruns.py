@@ -59,6 +59,7 @@ CASES = [
     (("evaluation", "min_synapses"), 2, EVALUATION_ONLY, None),
     (("evaluation", "min_confidence"), 0.5, EVALUATION_ONLY, None),
     (("evaluation", "signs"), {"acetylcholine": 1, "gaba": 1}, EVALUATION_ONLY, None),
+    (("evaluation", "empty_cubes"), "keep", EVALUATION_ONLY, None),
     (("evaluation", "temperature_scaling"), {"enabled": True, "fit_on": "validation"},
      {"fit_temperature": MODELS, **EVALUATION_ONLY}, None),
     (("evaluation", "temperature_scaling"), {"enabled": False, "fit_on": "test"}, NOTHING,

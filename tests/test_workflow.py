@@ -140,6 +140,51 @@ def test_every_kind_of_target_predicts_the_same_cubes_alike(finished_run, tmp_pa
         assert metrics["synapse"]["n"] == len(table)
 
 
+def without_chunks(volume: Path, out: Path, drop) -> None:
+    """A copy of a zarr volume lacking the chunk files whose (z, y, x) index `drop`
+    selects, as an interrupted copy or a store that lost files leaves it."""
+    shutil.copytree(volume, out)
+    for chunk in (out / "volumes/raw/s0").glob("*.*.*"):
+        if drop(tuple(int(i) for i in chunk.name.split("."))):
+            chunk.unlink()
+
+
+def test_cubes_without_data_are_flagged_left_out_and_a_blank_volume_is_refused(
+        finished_run, tmp_path):
+    """Chunks (16 x 128 x 128 voxels) missing where y < 256: the cubes there hold only the
+    fill value. They are flagged, left out of the metrics and counted in the report; a
+    volume without any chunk stops the target with one sentence."""
+    volume = finished_run / "data/demo/volume.zarr"
+    without_chunks(volume, tmp_path / "holey.zarr", lambda key: key[1] < 2)
+    without_chunks(volume, tmp_path / "blank.zarr", lambda key: True)
+    config = yaml.safe_load((finished_run / "config.yaml").read_text())
+    table = {"type": "table", "table": "data/demo/synapses.csv"}
+    config["targets"] = {"holey": {**table, "raw_container": str(tmp_path / "holey.zarr")},
+                         "blank": {**table, "raw_container": str(tmp_path / "blank.zarr")}}
+    changed = tmp_path / "config.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    snakemake(finished_run, "results/evaluation/tiny/holey/metrics.json", config=changed)
+
+    pred = pd.read_parquet(finished_run / "results/predictions/tiny/holey/predictions.parquet")
+    y = (pred["y"] / 4).astype(int)  # voxels; cubes reach 24 voxels either side
+    assert pred.loc[y + 24 <= 256, "empty"].all()
+    assert not pred.loc[y - 24 >= 256, "empty"].any()
+    assert 0 < pred["empty"].sum() < len(pred)
+    metrics = json.loads(
+        (finished_run / "results/evaluation/tiny/holey/metrics.json").read_text())
+    assert metrics["empty_cubes"] == {"n": int(pred["empty"].sum()), "left_out": True}
+    assert metrics["synapse"]["n"] == int((~pred["empty"] & pred["nt"].notna()).sum())
+    report = (finished_run / "results/evaluation/tiny/holey/report.txt").read_text()
+    assert f"{int(pred['empty'].sum())} synapses' cubes held no data" in report
+
+    result = snakemake(finished_run, "results/predictions/tiny/blank/predictions.parquet",
+                       config=changed, check=False)
+    assert result.returncode != 0
+    assert (f"ntclass: raw '{tmp_path / 'blank.zarr'}' (dataset 'volumes/raw/s0'): 100% of "
+            f"the {len(pred)} synapses' cubes hold no data") in result.stderr
+    assert not (finished_run / "results/predictions/tiny/blank/predictions.parquet").exists()
+
+
 def predicted_now(run, target: str) -> int:
     """Locations the shards of `target` predicted in their last run (as their logs say)."""
     logs = (run / f"logs/predict/tiny/{target}").glob("[0-9]*.log")

@@ -95,6 +95,7 @@ class Evaluation(Section):
     min_synapses: int
     min_confidence: float
     signs: Mapping[str, int]  # NT -> 1, -1 or 0; NTs not listed get 0
+    empty_cubes: str  # leave_out or keep: synapses whose cubes held no data
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,16 @@ class RawVolume:
     def dtype(self) -> np.dtype:
         return np.dtype(self.data.dtype)
 
+    @property
+    def fill_value(self) -> float:
+        """What a reader returns where the store holds no chunk (0 unless the array
+        says otherwise)."""
+        for name in ("fill_value", "fillvalue"):  # zarr, h5py
+            value = getattr(self.data, name, None)
+            if value is not None:
+                return value
+        return 0
+
     def to_voxel(self, locations_nm: np.ndarray) -> np.ndarray:
         """Index of the voxel holding each location (N x 3 nm -> N x 3 int)."""
         rel = (np.asarray(locations_nm, dtype=np.float64) - self.offset) / self.voxel_size

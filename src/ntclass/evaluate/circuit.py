@@ -21,7 +21,13 @@ EDGE_COLUMNS = ["pre_id", "post_id", "n_synapses", "pre_nt", "sign"]
 def write_signed_edges(con: duckdb.DuckDBPyConnection, neurons: pd.DataFrame,
                        signs: Mapping[str, int], out_csv: str) -> None:
     """One row per (pre_id, post_id) pair with its synapse count, the pre-synaptic
-    neuron's call and that NT's sign (0: modulatory, unknown or 'unclear')."""
+    neuron's call and that NT's sign (0: modulatory, unknown or 'unclear'). A table
+    without post-synaptic partners (another tool's) has no edges: the header alone."""
+    columns = [row[0] for row in con.execute("DESCRIBE preds").fetchall()]
+    if "post_id" not in columns:
+        with atomic_path(out_csv) as tmp:
+            pd.DataFrame(columns=EDGE_COLUMNS).to_csv(tmp, index=False)
+        return
     con.register("calls", pa.Table.from_pandas(neurons[["pre_id", "predicted_nt"]],
                                                preserve_index=False))
     con.register("signs", pa.table({"nt": list(signs), "sign": [int(v) for v in

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -30,6 +31,7 @@ from ntclass.evaluate.circuit import FLY_SIGNS, write_signed_edges
 from ntclass.ids import ID_DTYPE
 from ntclass.settings import Evaluation
 
+log = logging.getLogger(__name__)
 NEURON_RULES = ("majority", "mean", "sum")
 
 
@@ -179,6 +181,12 @@ def report_text(metrics: dict, title: str) -> str:
     if neu["n"]:
         lines += ["", "  confusion matrix (rows: true, columns: predicted)",
                   _table(neu["confusion_matrix"]["counts"], classes)]
+    empty = metrics.get("empty_cubes") or {"n": 0}
+    if empty["n"]:
+        lines += ["", f"{empty['n']} synapses' cubes held no data (at least 99 % of their "
+                      "voxels the volume's fill value, as where chunks are missing): "
+                      + ("left out of everything above" if empty["left_out"] else
+                         "kept (evaluation.empty_cubes: keep)")]
     return "\n".join(lines) + "\n"
 
 
@@ -206,7 +214,8 @@ def fit_temperature_file(predictions_path: str, classes: Sequence[str], fitted_o
     from ntclass.io import write_json
 
     with outofcore.scratch() as work:
-        con = outofcore.connect(predictions_path, Path(work))
+        # cubes without data say nothing about calibration
+        con = outofcore.connect(predictions_path, Path(work), leave_out_empty=True)
         labelled = outofcore.labelled_rows(con)
         con.close()
     probabilities, labels = _labelled_arrays(labelled, classes)
@@ -243,6 +252,59 @@ def check_prediction_table(path: str, classes: Sequence[str]) -> None:
             raise NtclassError(f"prediction table '{path}' has no column '{column}'; "
                                f"expected {', '.join(PREDICTION_COLUMNS)} and one "
                                "probability column per class")
+    with outofcore.scratch() as work:
+        con = outofcore.connect(path, Path(work))
+        try:
+            _check_probabilities(con, path, classes)
+            for column, allowed in (("nt", list(classes)),
+                                    ("predicted_nt", [*classes, "unclear"])):
+                _check_names(con, path, column, allowed)
+        finally:
+            con.close()
+
+
+# float32 probabilities of 7 classes sum to 1 within a few 1e-7; percentages, logits and
+# unnormalised scores miss it by far more
+SUM_TOLERANCE = 1e-3
+
+
+def _check_probabilities(con, path: str, classes: Sequence[str]) -> None:
+    """Every row's class columns are probabilities: in [0, 1], summing to 1."""
+    columns = [outofcore.quoted(c) for c in classes]
+    total = " + ".join(f"{c}::DOUBLE" for c in columns)
+    outside = " OR ".join(f"{c}::DOUBLE < 0 OR {c}::DOUBLE > 1 OR {c} IS NULL"
+                          for c in columns)
+    try:
+        row = con.execute(f"""SELECT synapse_id, {total} FROM everything
+                              WHERE abs({total} - 1) > {SUM_TOLERANCE} OR {outside}
+                              LIMIT 1""").fetchone()
+    except Exception as e:  # a column that is not numeric
+        raise NtclassError(f"prediction table '{path}': the class columns "
+                           f"{', '.join(classes)} must hold probabilities (numbers), but "
+                           f"reading them failed ({str(e).splitlines()[0]})") from None
+    if row is not None:
+        synapse, total = row
+        hint = (" (percentages? divide by 100)" if total is not None and
+                abs(total - 100) < 0.1 else " (logits or scores? apply a softmax)")
+        raise NtclassError(
+            f"prediction table '{path}': the class probabilities of synapse {synapse} sum "
+            f"to {total if total is None else round(total, 6)}, or one lies outside [0, 1]; "
+            f"expected probabilities that sum to 1 per row{hint}")
+
+
+def _check_names(con, path: str, column: str, allowed: Sequence[str]) -> None:
+    """A class-name column holds only the given names (or nothing)."""
+    found = [v for (v,) in con.execute(
+        f"SELECT DISTINCT {column}::VARCHAR FROM everything WHERE {column} IS NOT NULL "
+        f"ORDER BY 1").fetchall() if v not in allowed]
+    if found:
+        value = found[0]
+        near = [c for c in allowed if c.lower() == value.strip().lower()]
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise NtclassError(
+            f"prediction table '{path}': column '{column}' holds '{value}', which is not one "
+            f"of the classes {', '.join(allowed)}{hint}; map it to a class name, or give "
+            "the classes with --classes")
 
 
 @dataclass(frozen=True)
@@ -283,7 +345,9 @@ def evaluate_predictions(predictions_path: str, *, classes: Sequence[str],
         temperature = json.loads(Path(temperature_path).read_text())["temperature"]
     rule = settings.neuron_rule
     with outofcore.scratch() as work:
-        con = outofcore.connect(predictions_path, Path(work))
+        con = outofcore.connect(predictions_path, Path(work),
+                                leave_out_empty=settings.empty_cubes == "leave_out")
+        n_empty = outofcore.empty_cubes(con)
         labelled = outofcore.labelled_rows(con)
         view = outofcore.scaled_view(con, classes, temperature)
         neurons = calls_in(con, view, classes, rule, settings.min_synapses,
@@ -297,6 +361,10 @@ def evaluate_predictions(predictions_path: str, *, classes: Sequence[str],
     if temperature is not None:
         metrics["temperature"] = temperature
         metrics["synapse"]["ece_uncalibrated"] = raw_ece
+    metrics["empty_cubes"] = {"n": n_empty, "left_out": settings.empty_cubes == "leave_out"}
+    if n_empty:
+        log.warning("%d synapses' cubes held no data (the volume's fill value); %s", n_empty,
+                    "left out" if settings.empty_cubes == "leave_out" else "kept")
     write_csv(neurons, outputs.neurons)
     syn = metrics["synapse"]
     confusion_figure(syn["confusion_matrix"]["counts"] or np.zeros((len(classes),) * 2),

@@ -20,22 +20,41 @@ from ntclass.io import NULLABLE_INTEGERS, read_synapse_csv
 from ntclass.sql import duckdb_connection
 
 
-def _q(name: str) -> str:
+def quoted(name: str) -> str:
+    """A column name as a DuckDB identifier."""
     return '"' + name.replace('"', '""') + '"'
 
 
-def connect(predictions: str | os.PathLike | pd.DataFrame, work: Path
-            ) -> duckdb.DuckDBPyConnection:
+_q = quoted
+
+
+def connect(predictions: str | os.PathLike | pd.DataFrame, work: Path,
+            leave_out_empty: bool = False) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the predictions as view `preds` (a Parquet file, read
-    out of core; or a CSV the workflow wrote, or a frame, held in memory)."""
+    out of core; or a CSV the workflow wrote, or a frame, held in memory), without the
+    synapses whose cubes held no data when `leave_out_empty`; all of them are `everything`."""
     con = duckdb_connection(work)
     if not isinstance(predictions, pd.DataFrame) and str(predictions).endswith(".csv"):
         predictions = read_synapse_csv(predictions)
     if isinstance(predictions, pd.DataFrame):
-        con.register("preds", pa.Table.from_pandas(predictions, preserve_index=False))
+        con.register("everything", pa.Table.from_pandas(predictions, preserve_index=False))
     else:
-        con.execute(f"CREATE VIEW preds AS SELECT * FROM read_parquet('{predictions}')")
+        con.execute(f"CREATE VIEW everything AS SELECT * FROM read_parquet('{predictions}')")
+    kept = "WHERE NOT coalesce(empty, false)" if leave_out_empty and _has_empty(con) else ""
+    con.execute(f"CREATE VIEW preds AS SELECT * FROM everything {kept}")
     return con
+
+
+def _has_empty(con: duckdb.DuckDBPyConnection) -> bool:
+    """Tables of other tools have no `empty` column: none of their synapses is flagged."""
+    return "empty" in [row[0] for row in con.execute("DESCRIBE everything").fetchall()]
+
+
+def empty_cubes(con: duckdb.DuckDBPyConnection) -> int:
+    """How many synapses' cubes held no data (see predict.cubes.EMPTY_SHARE)."""
+    if not _has_empty(con):
+        return 0
+    return con.execute("SELECT count(*) FROM everything WHERE empty").fetchone()[0]
 
 
 def scaled_view(con: duckdb.DuckDBPyConnection, classes: Sequence[str],

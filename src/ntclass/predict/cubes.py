@@ -39,6 +39,14 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="ntclass-read")
 
 
+# A cube holds no data when at least this share of its voxels inside the volume are the
+# volume's fill value: what every reader returns where chunks are missing (an interrupted
+# copy, chunks never written, the unimaged parts of a brain, a store that lost files).
+# EM has no such uniform stretches; a synapse at the edge of the imaged tissue keeps a
+# few percent of real voxels and is not flagged.
+EMPTY_SHARE = 0.99
+
+
 class PendingCube:
     """A cube being read: `result()` waits for it and pads what lies outside the volume.
     `read(out)` writes the voxels inside the volume into `out`."""
@@ -57,6 +65,15 @@ class PendingCube:
             out[...] = 0
             self.read(out[self.inner])
         return out
+
+    def holds_no_data(self, cube: np.ndarray, fill) -> bool:
+        """Whether the cube's voxels inside the volume are (nearly) all `fill` (see
+        EMPTY_SHARE); a cube wholly outside the volume holds none either."""
+        inside = cube if self.inner is None else cube[self.inner]
+        if inside.size == 0:
+            return True
+        data = np.count_nonzero(inside) if fill == 0 else np.count_nonzero(inside != fill)
+        return data <= (1 - EMPTY_SHARE) * inside.size
 
 
 class ChunkedReads:

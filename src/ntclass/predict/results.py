@@ -43,10 +43,11 @@ def merge_target(shard_paths: Sequence[str], target_dir: str, out_parquet: str) 
         dup = query_one(con, f"SELECT synapse_id FROM read_parquet({listed}) GROUP BY 1 "
                               "HAVING count(*) > 1 LIMIT 1")[0]
         raise NtclassError(f"synapse {dup} was predicted by two shards")
-    con.close()
     if n != expected:
         raise NtclassError(f"the target has {expected} synapses but its shards hold {n} "
                            "predictions")
+    check_cubes_hold_data(con, listed, target_dir)
+    con.close()
     # an empty shard's columns come from pandas: take the types of one with rows
     filled = [p for p in files if pq.ParquetFile(p).metadata.num_rows] or files
     schema = pq.read_schema(filled[0])
@@ -57,6 +58,31 @@ def merge_target(shard_paths: Sequence[str], target_dir: str, out_parquet: str) 
                                    row_group_size=BATCH_ROWS)
     log.info("%d predictions from %d shards", n, len(files))
     return n
+
+
+# a target whose volume gave cubes without data for more than this share of its synapses
+# is refused: its predictions would be the model's answer to blank input
+MOST_EMPTY = 0.5
+
+
+def check_cubes_hold_data(con, listed: str, target_dir: str) -> None:
+    """Refuse a target most of whose cubes from one raw volume held no data; log the
+    count of such cubes."""
+    rows = con.execute(f"""
+        SELECT t.raw_container, t.raw_dataset, count(*), count(*) FILTER (p.empty)
+        FROM read_parquet({listed}) p
+        JOIN read_parquet('{Path(target_dir) / "shard-*.parquet"}') t USING (synapse_id)
+        GROUP BY 1, 2 ORDER BY 1, 2""").fetchall()
+    for container, dataset, n, empty in rows:
+        if empty:
+            log.warning("raw '%s' (%s): %d of %d synapses' cubes hold no data", container,
+                        dataset, empty, n)
+        if n and empty / n > MOST_EMPTY:
+            raise NtclassError(
+                f"raw '{container}' (dataset '{dataset}'): {empty / n:.0%} of the {n} "
+                "synapses' cubes hold no data (at least 99 % of their voxels are the fill "
+                "value, as where chunks are missing or were never written); check that the "
+                "volume is complete and that the synapse locations lie in its imaged part")
 
 
 def write_predictions_csv(parquet: str, out_csv: str) -> None:

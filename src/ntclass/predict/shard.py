@@ -36,7 +36,7 @@ from ntclass.errors import NtclassError
 from ntclass.intensity import Intensity, intensity_of, to_network
 from ntclass.io import NULLABLE_INTEGERS, atomic_path
 from ntclass.models.modelfile import load_model, pick_device
-from ntclass.predict.cubes import cpu_count, cube_reader
+from ntclass.predict.cubes import EMPTY_SHARE, cpu_count, cube_reader
 from ntclass.predict.targets import shard_file
 from ntclass.settings import Prediction
 from ntclass.sql import duckdb_connection, query_one
@@ -63,7 +63,7 @@ class PredictConfig:
         return {"classes": list(self.classes), "voxel_size": _list(self.voxel_size),
                 "device": pick_device(self.settings.device),
                 "mixed_precision": self.settings.mixed_precision,
-                "intensity_range": _list(self.intensity_range)}
+                "intensity_range": _list(self.intensity_range), "empty_share": EMPTY_SHARE}
 
 
 def _list(values) -> list | None:
@@ -130,19 +130,22 @@ class BlockPredictor:
     def __call__(self, block) -> None:
         begin, end = block.write_roi.begin[0], block.write_roi.end[0]
         rows = read_rows(self.todo, begin, end)
-        probs, padded = self.predict(rows)
+        probs, padded, empty = self.predict(rows)
         out = rows[[*KEY, "cell"]].copy()
         for i, nt in enumerate(self.cfg.classes):
             out[nt] = probs[:, i]
         out["padded"] = padded
+        out["empty"] = empty
         with atomic_path(self.blocks_dir / f"{block.block_id[1]}.parquet") as tmp:
             out.to_parquet(tmp, index=False)
 
-    def predict(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Class probabilities (N x classes, float32) and padded flags of some rows."""
+    def predict(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Class probabilities (N x classes, float32), and flags of the cubes that reach
+        outside the volume (padded) and of those that hold no data (empty) of some rows."""
         model = self.model()
         probs = np.zeros((len(rows), len(self.cfg.classes)), dtype=np.float32)
         padded = np.zeros(len(rows), dtype=bool)
+        empty = np.zeros(len(rows), dtype=bool)
         for (container, dataset), idx in rows.groupby(
                 ["raw_container", "raw_dataset"], sort=False).indices.items():
             reader = cube_reader(container, dataset, _tuple(self.cfg.voxel_size),
@@ -152,23 +155,30 @@ class BlockPredictor:
                                             self.cfg.intensity_range, self.model_path)
             locations = rows[["z", "y", "x"]].to_numpy(dtype=np.float64)[idx]
             pending, padded[idx] = reader.submit(locations)
-            probs[idx] = self._infer(model, pending, intensity)
-        return probs, padded
+            flags = np.zeros(len(idx), dtype=bool)
+            probs[idx] = self._infer(model, pending, intensity, flags,
+                                     reader.volume.fill_value)
+            empty[idx] = flags
+        return probs, padded, empty
 
-    def _infer(self, model, pending: list, intensity: Intensity) -> np.ndarray:
+    def _infer(self, model, pending: list, intensity: Intensity, empty: np.ndarray,
+               fill) -> np.ndarray:
         """Batches in order; later cubes are still being read while the model runs."""
-        out = [self._run(model, batch, intensity) for batch in self._batches(pending)]
+        out = [self._run(model, batch, intensity)
+               for batch in self._batches(pending, empty, fill)]
         return np.concatenate(out) if out else np.zeros((0, len(self.cfg.classes)),
                                                         np.float32)
 
-    def _batches(self, pending: list):
-        """The host's part: raw cubes, as read, in batches (pinned for a GPU)."""
+    def _batches(self, pending: list, empty: np.ndarray, fill):
+        """The host's part: raw cubes, as read, in batches (pinned for a GPU); marks in
+        `empty` the cubes that hold no data."""
         for n, start in enumerate(range(0, len(pending), self.cfg.settings.batch_size)):
             part = pending[start:start + self.cfg.settings.batch_size]
             batch = self._buffer(n % 2, part[0].shape, part[0].dtype)[:len(part)]
             slots = batch.numpy()
             for i, cube in enumerate(part):  # each cube straight into its slot
                 cube.result(slots[i])
+                empty[start + i] = cube.holds_no_data(slots[i], fill)
             yield batch
 
     def _buffer(self, which: int, shape: tuple[int, ...], dtype) -> torch.Tensor:
@@ -268,7 +278,7 @@ def write_shard_table(shard_path: Path, cache: Path, classes: Sequence[str], out
               f"(SELECT DISTINCT ON ({', '.join(KEY)}) * FROM read_parquet('{cached}') "
               "WHERE cell BETWEEN $lo AND $hi)")
     lo, hi = _cell_range(con, shard_path)
-    query = (f"SELECT {meta}, {probs}, c.padded FROM read_parquet('{shard_path}', "
+    query = (f"SELECT {meta}, {probs}, c.padded, c.empty FROM read_parquet('{shard_path}', "
              f"file_row_number = true) t LEFT JOIN {source} c USING ({', '.join(KEY)}) "
              "ORDER BY t.file_row_number") if cached else None
     n = 0
@@ -288,7 +298,8 @@ def write_shard_table(shard_path: Path, cache: Path, classes: Sequence[str], out
         if writer is None:  # an empty shard: the columns, no rows
             empty = read_rows(shard_path, 0, 0).reindex(columns=META_COLUMNS)
             _with_calls(empty.assign(**{c: np.float32(0) for c in classes},
-                                    padded=False), classes).to_parquet(tmp, index=False)
+                                    padded=False, empty=False), classes).to_parquet(
+                tmp, index=False)
         else:
             writer.close()
     con.close()
@@ -308,7 +319,8 @@ def _with_calls(df: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     df["predicted_nt"] = pd.array(np.asarray(classes, dtype=object)[best], dtype="string")
     df["confidence"] = values.max(axis=1) if len(values) else np.zeros(0, np.float32)
     df["padded"] = df["padded"].astype(bool)
-    return df[[*META_COLUMNS, *classes, "predicted_nt", "confidence", "padded"]]
+    df["empty"] = df["empty"].astype(bool)
+    return df[[*META_COLUMNS, *classes, "predicted_nt", "confidence", "padded", "empty"]]
 
 
 # -------------------------------------------------------------------------- the shard

@@ -155,8 +155,9 @@ class LocationCheck:
         self.intensity_range = intensity_range
         self.origin = origin
         self.n = 0
-        # per volume: its voxel size, and whether a location left the voxel-index corner
-        self.corner: dict[tuple[str, str], tuple[np.ndarray, bool]] = {}
+        # per volume: its voxel size, whether a location left the voxel-index corner, and
+        # its number of locations
+        self.corner: dict[tuple[str, str], tuple[np.ndarray, bool, int]] = {}
 
     def add(self, df: pd.DataFrame) -> None:
         for (container, dataset), rows in df.groupby(["raw_container", "raw_dataset"],
@@ -178,22 +179,30 @@ class LocationCheck:
             axes = vs > 1
             left = (not axes.any() or bool(np.any(
                 ((locations - vol.offset) / extent)[:, axes] * vs[axes] >= 1)))
-            _, before = self.corner.get((container, dataset), (vs, False))
-            self.corner[(container, dataset)] = (vs, before or left)
+            _, before, n = self.corner.get((container, dataset), (vs, False, 0))
+            self.corner[(container, dataset)] = (vs, before or left, n + len(rows))
             self.n += len(rows)
 
     def finish(self) -> None:
         """Locations given in voxels, read as nm, all fall into the corner of their
-        volumes that is a voxel size smaller than the volume on every axis. Real synapses
-        of a source (two or more) never all do."""
-        if self.n < 2 or any(left for _, left in self.corner.values()):
+        volume that is a voxel size smaller than the volume on every axis; real synapses
+        practically never do (a crop is centred on its synapse, a large volume's corner
+        is a small share of it). Each volume, so each file of a CREMI folder, is judged on
+        its own, so that a part of a source given in voxels is found too; a source of a
+        single synapse is not judged."""
+        if self.n < 2:
             return
-        vs = next(iter(self.corner.values()))[0]
-        raise NtclassError(
-            f"{self.origin}: all {self.n} synapse locations lie within the first "
-            f"1/{int(vs[0])}, 1/{int(vs[1])}, 1/{int(vs[2])} (z, y, x) of their raw volume; "
-            "locations are expected in nm (world coordinates), and these look like voxel "
-            f"indices: multiply them by the voxel size {list(map(int, vs))} nm")
+        for (container, dataset), (vs, left, n) in self.corner.items():
+            if left:
+                continue
+            where = "" if len(self.corner) == 1 else f" in raw volume '{container}' ({dataset})"
+            what = (f"all {n} synapse locations{where} lie" if n > 1 else
+                    f"the synapse location{where} lies")
+            raise NtclassError(
+                f"{self.origin}: {what} within the first "
+                f"1/{int(vs[0])}, 1/{int(vs[1])}, 1/{int(vs[2])} (z, y, x) of their raw "
+                "volume; locations are expected in nm (world coordinates), and these look "
+                f"like voxel indices: multiply them by the voxel size {list(map(int, vs))} nm")
 
 
 def check_locations(df: pd.DataFrame, voxel_size: Sequence[int] | None,
