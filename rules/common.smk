@@ -181,6 +181,18 @@ def evaluation_inputs(wildcards):
     return inputs
 
 
+def superseded_outputs(wildcards):
+    """The outputs made from a model's predictions of a target (see rule predict_shard)."""
+    m, t = wildcards.model, wildcards.target
+    names = ["metrics.json", "report.txt", "neurons.csv", "edges.csv", "confusion.png"]
+    return [
+        f"results/predictions/{m}/{t}/predictions.parquet",
+        f"results/predictions/{m}/{t}/predictions.csv",
+        f"results/predictions/{m}/{t}/mongo_write_back.json",
+        *(f"results/evaluation/{m}/{t}/{name}" for name in names + ["calibration.png"]),
+    ]
+
+
 def evaluation_targets():
     return expand(
         "results/evaluation/{model}/{target}/metrics.json", model=MODELS, target=TARGETS

@@ -40,6 +40,9 @@ rule predict_shard:
         # finished predictions by location, model and settings: a new release of the
         # target predicts only its new synapses
         cache_dir=lambda wc: f"results/predictions/{wc.model}/{wc.target}/cache",
+        # outputs of an earlier prediction of this model and target, removed when a shard
+        # starts anew: a rerun that fails leaves none of them looking current
+        supersedes=superseded_outputs,
     threads: config["prediction"]["threads"]
     resources:
         mem_mb=config["prediction"]["mem_mb"],

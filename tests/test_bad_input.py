@@ -96,6 +96,25 @@ def cremi_in_voxels(folder: Path, files: list[Path] | None = None) -> None:
             f["annotations/locations"][...] = f["annotations/locations"][:] // [40, 4, 4]
 
 
+def latin1_table(demo, tmp_path) -> dict:
+    """The demo table with a hemilineage named in Latin-1 on its second data row."""
+    table = pd.read_csv(demo["table"]).assign(hemilineage="DA1")
+    table.loc[1, "hemilineage"] = "DAé"
+    path = tmp_path / "synapses.csv"
+    path.write_bytes(table.to_csv(index=False).encode("latin-1"))
+    return table_config(demo, path)
+
+
+def excel_table(demo, tmp_path) -> dict:
+    """An .xlsx workbook (a zip archive) under a .csv name, as a download often is."""
+    import zipfile
+
+    path = tmp_path / "synapses.csv"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("[Content_Types].xml", "<Types/>")
+    return table_config(demo, path)
+
+
 def swap_types(path: Path) -> None:
     with h5py.File(path, "a") as f:
         f["annotations/types"][...] = f["annotations/types"][:][::-1]
@@ -153,7 +172,24 @@ CASES = {
         r"synapse table '.*synapses\.csv': synapse_id \d+ occurs more than once"),
     "NaN coordinate": (
         lambda d, t: edited_table(d, t, lambda s: s.assign(z=s["z"].where(s.index != 3))),
-        r"synapses\.csv': column 'z' has a missing or non-numeric value at row 3"),
+        r"synapses\.csv': column 'z' holds no value at row 3; expected a number \(nm\)"),
+    "decimal commas": (
+        lambda d, t: edited_table(d, t, lambda s: s.assign(
+            x=s["x"].astype(str).where(s.index != 4, "1234,5"))),
+        r"synapses\.csv': column 'x' holds '1234,5' at row 4; it looks like a decimal comma: "
+        r"write numbers with decimal points"),
+    "a CSV in Latin-1": (
+        lambda d, t: latin1_table(d, t),
+        r"synapses\.csv' is not UTF-8 text: line 3 holds byte 0xe9 \(Latin-1 or Windows "
+        r"text\?\); save it as UTF-8"),
+    "a table given as the raw container": (
+        lambda d, t: {**table_config(d, d["table"]),
+                      "source": {**table_config(d, d["table"])["source"],
+                                 "raw_container": d["table"]}},
+        r"raw container '.*synapses\.csv' is a table; raw_container names the raw EM volume"),
+    "an Excel workbook named .csv": (
+        lambda d, t: excel_table(d, t),
+        r"synapses\.csv' is an Excel workbook, not a CSV; save it as CSV UTF-8"),
     "negative coordinate": (
         lambda d, t: edited_table(d, t, lambda s: s.assign(y=s["y"].where(s.index != 2, -8.0))),
         r"synapses\.csv': column 'y' has a negative coordinate at row 2"),

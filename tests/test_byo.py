@@ -257,3 +257,57 @@ def test_a_missing_checkpoint_is_named(tmp_path, tiny_demo):
     assert ("ntclass: file 'gone/model_checkpoint_9' given as models.m.checkpoint does not "
             "exist") in refusal(tmp_path, tiny_demo,
                                 {"m": {"checkpoint": "gone/model_checkpoint_9"}})
+
+
+NOT_A_CHECKPOINT = {
+    "a Git LFS pointer": (b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n"
+                          b"size 123\n", r"is a Git LFS pointer, not the checkpoint itself"),
+    "a text file": (b"epoch 10, loss 0.3\n", r"is not a PyTorch checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_A_CHECKPOINT)
+def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path, case):
+    content, sentence = NOT_A_CHECKPOINT[case]
+    (tmp_path / "model.pt").write_bytes(content)
+    with pytest.raises(NtclassError, match=sentence) as error:
+        read_checkpoint(tmp_path / "model.pt")
+    assert "weights_only=False" not in str(error.value)
+
+
+def test_mismatches_name_their_cause(tmp_path):
+    """More outputs than checkpoint_classes: the class order, not the params. Features of
+    another cube shape: the input shape, not the params."""
+    save_gunpowder_checkpoint(synister_model(SYNISTER_SHAPE), tmp_path / "ckpt")
+    entry = {"checkpoint": str(tmp_path / "ckpt"), "architecture": "vgg3d",
+             "params": SYNISTER_PARAMS, "input_shape": SYNISTER_SHAPE,
+             "checkpoint_classes": SYNISTER_CLASSES[:-1]}
+    with pytest.raises(NtclassError, match=r"has \d+ outputs, but its class order "
+                       r"\(checkpoint_classes\) names \d+"):
+        import_model(entry["checkpoint"], as_model(entry), SYNISTER_CLASSES[:-1], [40, 4, 4],
+                     tmp_path / "m.pt")
+    other = [SYNISTER_SHAPE[0], SYNISTER_SHAPE[1] * 2, SYNISTER_SHAPE[2] * 2]
+    with pytest.raises(NtclassError, match=r"trained on cubes of another shape.*give the "
+                       r"input_shape it was trained on"):
+        import_model(entry["checkpoint"], as_model({**entry, "input_shape": other,
+                                                    "checkpoint_classes": SYNISTER_CLASSES}),
+                     SYNISTER_CLASSES, [40, 4, 4], tmp_path / "m.pt")
+
+
+def test_fine_tuning_on_fewer_classes_is_pointed_to_a_new_output_layer(tmp_path):
+    from ntclass.models.checkpoints import init_weights
+    from ntclass.settings import InitFrom
+
+    params = {"fmaps": 2, "fc_size": 8, "downsample_factors": [[1, 2, 2], [2, 2, 2]],
+              "global_pool": True}
+    four = build_model("vgg3d", [4, 24, 24], 4, **params)
+    torch.save(model_record(four, architecture="vgg3d", model_params=params,
+                            classes=["a", "b", "c", "d"], input_shape=[4, 24, 24],
+                            voxel_size=[40, 4, 4], intensity={}, iteration=1),
+               tmp_path / "four.pt")
+    three = build_model("vgg3d", [4, 24, 24], 3, **params)
+    init = InitFrom(checkpoint=str(tmp_path / "four.pt"), classes=None, output_layer="keep",
+                    sha256=None)
+    with pytest.raises(NtclassError, match=r"output for class 'd'.*set training.init_from."
+                       r"output_layer: new"):
+        init_weights(three, init, ["a", "b", "c"], "vgg3d")

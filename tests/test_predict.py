@@ -178,3 +178,19 @@ def test_chunked_reads_stay_within_their_budget_and_read_again_what_they_dropped
     distinct = len({k for keys in reads.keys for k in keys})
     assert reads.chunks_read > distinct  # dropped chunks were read again
     assert most <= 8 * (reads.window + 1)  # never more than the window's chunks
+
+
+def test_an_empty_split_part_names_the_target_and_the_part(tmp_path):
+    from ntclass.sources.kinds import target_of
+
+    manifest = random_synapses(20, extent=(4000, 20000, 30000)).assign(
+        split="train", raw_container="v.zarr", raw_dataset="raw")
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    target = target_of({"type": "split", "part": "validation"}, "targets.val")
+    settings = Partition(shards=1, synapses_per_shard=None, block_size=(640, 2048, 2048),
+                         read_batch_rows=64)
+    with pytest.raises(NtclassError, match=r"target 'val' \(the split's validation part\) "
+                       "holds no synapse"):
+        write_target(str(tmp_path / "manifest.csv"), target, ["a"], None, settings,
+                     str(tmp_path / "t"))
+    assert not (tmp_path / "t").exists()

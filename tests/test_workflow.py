@@ -185,6 +185,38 @@ def test_cubes_without_data_are_flagged_left_out_and_a_blank_volume_is_refused(
     assert not (finished_run / "results/predictions/tiny/blank/predictions.parquet").exists()
 
 
+def test_damaged_cache_files_are_predicted_again_and_a_failed_rerun_leaves_nothing_stale(
+        finished_run, tmp_path):
+    """Truncated cache files: their synapses are predicted again, to the same values. A
+    model whose outputs are NaN: refused with one sentence naming it, and the earlier
+    predictions and evaluation of that model and target are gone."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, symlinks=True)
+    predictions = run / "results/predictions/tiny/test/predictions.parquet"
+    before = pd.read_parquet(predictions)
+    damaged = sorted((run / "results/predictions/tiny/test/cache").rglob("*.parquet"))
+    assert damaged
+    for path in damaged:
+        path.write_bytes(path.read_bytes()[:200])
+    snakemake(run, "--forcerun", "predict_shard", "--",
+              "results/evaluation/tiny/test/metrics.json")
+    logs = "".join(p.read_text() for p in (run / "logs/predict/tiny/test").glob("[0-9].log"))
+    assert f"cache file {damaged[0]} is damaged" in logs
+    pd.testing.assert_frame_equal(pd.read_parquet(predictions), before)
+
+    model = run / "results/models/tiny/model.pt"
+    record = torch.load(model, weights_only=True)
+    record["state_dict"] = {k: v * float("nan") if v.is_floating_point() else v
+                            for k, v in record["state_dict"].items()}
+    torch.save(record, model)
+    result = snakemake(run, "results/evaluation/tiny/test/metrics.json", check=False)
+    assert result.returncode != 0
+    assert f"ntclass: model '{Path('results/models/tiny/model.pt')}' gives NaN or infinite " \
+           "outputs" in result.stderr, result.stderr[-2000:]
+    assert not predictions.exists()
+    assert not (run / "results/evaluation/tiny/test/metrics.json").exists()
+
+
 def predicted_now(run, target: str) -> int:
     """Locations the shards of `target` predicted in their last run (as their logs say)."""
     logs = (run / f"logs/predict/tiny/{target}").glob("[0-9]*.log")

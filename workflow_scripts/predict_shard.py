@@ -10,6 +10,7 @@ run_job(
         model=sm.input.model, target_dir=sm.input.synapses, shard=p.shard, classes=p.classes,
         voxel_size=p.voxel_size, intensity_range=p.intensity_range,
         settings=Prediction.from_config({**p.prediction, **p.work}, "prediction"),
-        work_base=p.work_dir, cache_base=p.cache_dir, out=sm.output.shard),
+        work_base=p.work_dir, cache_base=p.cache_dir, out=sm.output.shard,
+        supersedes=p.supersedes),
     threads=sm.threads,
 )

@@ -86,3 +86,9 @@ def write_json(obj: object, path: str | os.PathLike) -> None:
 def write_text(text: str, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def remove_files(paths) -> None:
+    """Delete the files that exist among `paths`."""
+    for path in paths:
+        Path(path).unlink(missing_ok=True)

@@ -194,6 +194,12 @@ def open_raw(container: str | os.PathLike, dataset: str,
         raise NtclassError(f"raw container '{container}' does not exist")
     if _is_precomputed(container):
         return _open_precomputed(container, dataset, voxel_size)
+    if os.path.isfile(container) and not h5py.is_hdf5(container):
+        kind = ("a table" if container.lower().endswith((".csv", ".tsv", ".parquet", ".pq"))
+                else "not an HDF5 file")
+        raise NtclassError(f"raw container '{container}' is {kind}; raw_container names the "
+                           "raw EM volume: a zarr or N5 folder, an HDF5 file or a neuroglancer "
+                           "precomputed volume")
     try:
         if Path(container).suffix.lower() in HDF5_SUFFIXES or os.path.isfile(container):
             data = _open_h5(container)[dataset]

@@ -26,14 +26,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     """The state dict of a checkpoint and, for an ntclass model file, its record (empty
     for a gunpowder checkpoint or a bare state dict). Nothing but tensors and plain types
     is unpickled."""
+    _check_is_checkpoint(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise NtclassError(f"checkpoint '{path}' does not exist") from None
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise NtclassError(f"cannot load checkpoint '{path}' with weights_only (tensors and "
-                           f"plain types only): {first}") from None
+                           f"plain types only): {_load_failure(e)}") from None
     if isinstance(loaded, dict) and loaded.get("format") == MODEL_FORMAT:
         return loaded["state_dict"], loaded
     if isinstance(loaded, dict) and isinstance(loaded.get("model_state_dict"), dict):
@@ -44,6 +42,41 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     raise NtclassError(f"checkpoint '{path}' is neither an ntclass model file, nor a dict "
                        "holding 'model_state_dict' (as gunpowder's Train node writes it), nor "
                        "a state dict")
+
+
+# a Git LFS pointer stands in for a large file that was never fetched
+LFS_POINTER = b"version https://git-lfs"
+
+
+def _check_is_checkpoint(path: str | os.PathLike) -> None:
+    """Refuse a file that is no PyTorch checkpoint at all (torch.load would name a pickle
+    detail, or advise loading it unsafely)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except FileNotFoundError:
+        raise NtclassError(f"checkpoint '{path}' does not exist") from None
+    except OSError as e:
+        raise NtclassError(f"cannot read checkpoint '{path}': {e.strerror}") from None
+    if head.startswith(LFS_POINTER):
+        raise NtclassError(f"checkpoint '{path}' is a Git LFS pointer, not the checkpoint "
+                           "itself; fetch it (git lfs pull) and give the fetched file")
+    # torch.save writes a zip archive; older PyTorch wrote a pickle (protocol 2+: 0x80)
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        raise NtclassError(f"checkpoint '{path}' is not a PyTorch checkpoint (neither the zip "
+                           "archive torch.save writes nor a pickle); give a model.pt or a "
+                           "checkpoint written by gunpowder's Train node")
+
+
+def _load_failure(error: Exception) -> str:
+    """What made a weights_only load fail, without PyTorch's advice to load unsafely."""
+    text = str(error).strip()
+    if "Weights only load failed" in text:
+        detail = next((line.strip() for line in text.splitlines()
+                       if "Unsupported" in line or "WeightsUnpickler error" in line), "")
+        return ("it holds Python objects other than tensors and plain types, which ntclass "
+                "never unpickles (they could run code)" + (f": {detail}" if detail else ""))
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -66,11 +99,22 @@ def output_layer(model: torch.nn.Module) -> str:
     return name
 
 
+def _first_linear(model: torch.nn.Module) -> str | None:
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            return name
+    return None
+
+
 def check_fits(state: Mapping[str, torch.Tensor], model: torch.nn.Module, path,
-               architecture: str, skip: str | None = None) -> None:
+               architecture: str, skip: str | None = None,
+               shape_key: str = "input_shape") -> None:
     """Refuse, naming the first mismatching tensor, a state dict that does not fit `model`
-    (tensors whose names start with `skip` are not compared)."""
+    (tensors whose names start with `skip` are not compared). Where the mismatch is the
+    width of the first fully connected layer, the cause is the cube shape (`shape_key`):
+    the features it flattens grow with it."""
     expected = model.state_dict()
+    first = _first_linear(model)
     for name, tensor in expected.items():
         if skip and name.startswith(skip + "."):
             continue
@@ -78,7 +122,15 @@ def check_fits(state: Mapping[str, torch.Tensor], model: torch.nn.Module, path,
             raise NtclassError(f"checkpoint '{path}' does not fit architecture "
                                f"'{architecture}' with the configured params: it has no tensor "
                                f"'{name}' (shape {list(tensor.shape)} in the model)")
-        if tuple(state[name].shape) != tuple(tensor.shape):
+        got, want = tuple(state[name].shape), tuple(tensor.shape)
+        if got != want and name == f"{first}.weight" and got[0] == want[0]:
+            # every layer before it fits: the features it flattens differ in number
+            raise NtclassError(
+                f"checkpoint '{path}' was trained on cubes of another shape: its first fully "
+                f"connected layer ('{first}') takes {got[1]} features, and the model for the "
+                f"configured {shape_key} takes {want[1]}; give the {shape_key} it was "
+                "trained on")
+        if got != want:
             raise NtclassError(f"checkpoint '{path}' does not fit architecture "
                                f"'{architecture}' with the configured params: tensor '{name}' "
                                f"has shape {list(state[name].shape)} in the checkpoint and "
@@ -90,8 +142,20 @@ def check_fits(state: Mapping[str, torch.Tensor], model: torch.nn.Module, path,
                            "in the model")
 
 
+def check_output_count(state: Mapping[str, torch.Tensor], layer: str, n_classes: int,
+                       path, classes_key: str) -> None:
+    """The checkpoint's output layer has one output per class of its class order."""
+    weight = state.get(f"{layer}.weight")
+    if weight is not None and weight.shape[0] != n_classes:
+        raise NtclassError(f"checkpoint '{path}' has {weight.shape[0]} outputs, but its "
+                           f"class order ({classes_key}) names {n_classes}; list the "
+                           "checkpoint's classes in the order of its outputs")
+
+
 def map_outputs(state: dict, layer: str, model_classes: Sequence[str],
-                classes: Sequence[str], absent: str, path) -> dict:
+                classes: Sequence[str], absent: str, path,
+                classes_key: str = "checkpoint_classes",
+                unlisted_hint: str = "add it to classes (in any position)") -> dict:
     """`state` with the rows of its output layer in the order of `classes`, found by name
     in `model_classes`. A class the model lacks is refused, or with `absent: zero` gets a
     row whose logit is -inf (probability exactly 0). Outputs the config does not list are
@@ -100,17 +164,15 @@ def map_outputs(state: dict, layer: str, model_classes: Sequence[str],
     unlisted = [c for c in model_classes if c not in classes]
     if unlisted:
         raise NtclassError(f"checkpoint '{path}' has an output for class '{unlisted[0]}', "
-                           f"which is not among the configured classes {classes}; add it to "
-                           "classes (in any position)")
+                           f"which is not among the configured classes {classes}; "
+                           f"{unlisted_hint}")
     missing = [c for c in classes if c not in model_classes]
     if missing and absent != "zero":
         raise NtclassError(f"the configured class '{missing[0]}' is not among the outputs "
                            f"{model_classes} of checkpoint '{path}'; remove it from classes, "
                            "or set absent_classes: zero to give it probability 0")
+    check_output_count(state, layer, len(model_classes), path, classes_key)
     weight, bias = state[f"{layer}.weight"], state.get(f"{layer}.bias")
-    if weight.shape[0] != len(model_classes):
-        raise NtclassError(f"checkpoint '{path}' has {weight.shape[0]} outputs, but its "
-                           f"class order (checkpoint_classes) names {len(model_classes)}")
     if missing and bias is None:
         raise NtclassError(f"checkpoint '{path}': absent_classes: zero needs an output layer "
                            "with a bias")
@@ -142,8 +204,10 @@ def import_model(checkpoint: str, entry: ImportedModel, classes: Sequence[str],
                            "x) in the model entry or at the top of the config")
     model = build_model(described["architecture"], described["input_shape"],
                         len(described["classes"]), **described["params"])
-    check_fits(state, model, checkpoint, described["architecture"])
     layer = output_layer(model)
+    check_output_count(state, layer, len(described["classes"]), checkpoint,
+                       "checkpoint_classes")
+    check_fits(state, model, checkpoint, described["architecture"])
     state = map_outputs(state, layer, described["classes"], classes,
                         entry.absent_classes, checkpoint)
     model = build_model(described["architecture"], described["input_shape"], len(classes),
@@ -205,7 +269,8 @@ def init_weights(model: torch.nn.Module, init: InitFrom, classes: Sequence[str],
     state, record = read_checkpoint(path)
     layer = output_layer(model)
     if init.output_layer == "new":
-        check_fits(state, model, path, architecture, skip=layer)
+        check_fits(state, model, path, architecture, skip=layer,
+                   shape_key="training.input_shape")
         fresh = model.state_dict()
         state = {**{k: v for k, v in state.items() if not k.startswith(layer + ".")},
                  **{k: v for k, v in fresh.items() if k.startswith(layer + ".")}}
@@ -215,7 +280,11 @@ def init_weights(model: torch.nn.Module, init: InitFrom, classes: Sequence[str],
             raise NtclassError(f"training.init_from checkpoint '{path}' does not record its "
                                "class order; give training.init_from.classes, or "
                                "output_layer: new")
-        state = map_outputs(state, layer, model_classes, classes, "refuse", path)
-        check_fits(state, model, path, architecture)
+        state = map_outputs(
+            state, layer, model_classes, classes, "refuse", path,
+            classes_key="training.init_from.classes",
+            unlisted_hint="to fine-tune on fewer classes, set training.init_from."
+                          "output_layer: new (a fresh output layer for the classes)")
+        check_fits(state, model, path, architecture, shape_key="training.input_shape")
     model.load_state_dict(state)
     return file_digest(path)

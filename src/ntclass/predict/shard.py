@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from funlib.geometry import Roi
 
 from ntclass.errors import NtclassError
 from ntclass.intensity import Intensity, intensity_of, to_network
-from ntclass.io import NULLABLE_INTEGERS, atomic_path
+from ntclass.io import NULLABLE_INTEGERS, atomic_path, remove_files
 from ntclass.models.modelfile import load_model, pick_device
 from ntclass.predict.cubes import EMPTY_SHARE, cpu_count, cube_reader
 from ntclass.predict.targets import shard_file
@@ -251,8 +252,10 @@ def plan_todo(shard_path: Path, cache: Path, todo: Path, rows_per_block: int,
 
 # ------------------------------------------------------------------------------ write
 
-def publish_blocks(blocks_dir: Path, n_todo: int, out: Path) -> None:
-    """All finished blocks as one cache file; refuses when rows are missing or doubled."""
+def publish_blocks(blocks_dir: Path, n_todo: int, out: Path, classes: Sequence[str],
+                   model_path: str) -> None:
+    """All finished blocks as one cache file; refuses when rows are missing or doubled,
+    and a model whose probabilities are not finite."""
     files = sorted(blocks_dir.glob("*.parquet"), key=lambda p: int(p.stem))
     n = sum(pq.ParquetFile(p).metadata.num_rows for p in files)
     if n != n_todo:
@@ -263,7 +266,44 @@ def publish_blocks(blocks_dir: Path, n_todo: int, out: Path) -> None:
     schema = pq.read_schema(files[0])
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for p in files:
-            writer.write_table(pq.read_table(p, schema=schema))
+            table = pq.read_table(p, schema=schema)
+            probabilities = np.stack([table[c].to_numpy(zero_copy_only=False)
+                                      for c in classes], axis=1)
+            if not np.isfinite(probabilities).all():
+                bad = int((~np.isfinite(probabilities).all(axis=1)).sum())
+                raise NtclassError(
+                    f"model '{model_path}' gives NaN or infinite outputs ({bad} of the "
+                    f"{table.num_rows} synapses of a block); its weights are damaged or its "
+                    "training diverged: retrain it (e.g. with a lower learning rate) or "
+                    "replace the file")
+            writer.write_table(table)
+
+
+def damaged_parquet(path: Path) -> str | None:
+    """Why a Parquet file cannot be read (None: its footer and schema read), as a job
+    killed mid-write by an older version, a full disk or a lost file leaves it."""
+    try:
+        pq.ParquetFile(path).schema_arrow  # noqa: B018 (reads the footer)
+    except Exception as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
+
+
+def set_aside_damaged(cache: Path, work: Path) -> None:
+    """Delete damaged cache files (their rows are predicted again) and a work folder that
+    holds a damaged file (the shard's work is planned again); say which."""
+    for path in sorted(cache.glob("*.parquet")):
+        if (why := damaged_parquet(path)) is not None:
+            log.warning("cache file %s is damaged (%s); deleted: its synapses are predicted "
+                        "again", path, why)
+            path.unlink()
+    if work.exists():
+        for path in sorted(work.rglob("*.parquet")):
+            if (why := damaged_parquet(path)) is not None:
+                log.warning("work file %s is damaged (%s); the shard's work folder %s is "
+                            "deleted and planned again", path, why, work)
+                shutil.rmtree(work)
+                return
 
 
 def write_shard_table(shard_path: Path, cache: Path, classes: Sequence[str], out: Path,
@@ -353,6 +393,7 @@ def predict_shard(model_path: str, shard_path: Path, cfg: PredictConfig, work_ba
     work = work_base / _digest(model_digest, _file_digest(shard_path),
                                json.dumps(asdict(cfg), sort_keys=True).encode())
     blocks = work / "blocks"
+    set_aside_damaged(cache, work)
     blocks.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
     todo = work / "todo.parquet"
@@ -365,7 +406,8 @@ def predict_shard(model_path: str, shard_path: Path, cfg: PredictConfig, work_ba
     if n_todo:
         predictor = (predictor or BlockPredictor)(model_path, todo, cfg, blocks)
         _run_blocks(predictor, n_todo, cfg, work)
-        publish_blocks(blocks, n_todo, cache / f"{work.name}.parquet")
+        publish_blocks(blocks, n_todo, cache / f"{work.name}.parquet", cfg.classes,
+                       model_path)
     n = write_shard_table(shard_path, cache, cfg.classes, Path(out_path), work)
     if n != n_rows:
         raise NtclassError(f"shard '{shard_path}' has {n_rows} synapses but {n} predictions")
@@ -391,8 +433,12 @@ def _run_blocks(predictor: BlockPredictor, n_todo: int, cfg: PredictConfig, work
 def predict_target_shard(*, model: str, target_dir: str, shard: int, classes: Sequence[str],
                          voxel_size: Sequence[int] | None,
                          intensity_range: Sequence[float] | None, settings: Prediction,
-                         work_base: str, cache_base: str, out: str) -> None:
-    """Predict shard `shard` of a target; the Snakemake job's entry point."""
+                         work_base: str, cache_base: str, out: str,
+                         supersedes: Sequence[str]) -> None:
+    """Predict shard `shard` of a target; the Snakemake job's entry point. `supersedes`:
+    outputs of an earlier prediction of the target, deleted first, so that a failed
+    rerun leaves none of them looking current."""
+    remove_files(supersedes)
     shard_path = Path(target_dir) / shard_file(shard)
     if not shard_path.exists():
         raise NtclassError(f"target '{target_dir}' has no shard {shard}")

@@ -104,14 +104,14 @@ def write_target(manifest_path: str | None, target: Source | SplitPart,
             n += len(batch)
             log.info("read %d synapses", n)
         if n == 0:
-            raise NtclassError(f"the target ({target.name}) holds no synapse")
+            raise NtclassError(f"{target.name} holds no synapse")
         con = duckdb_connection(tmp)
         parts = f"{spill}/*.parquet"
         dup = query_one(con, f"SELECT synapse_id FROM '{parts}' GROUP BY synapse_id "
                               "HAVING count(*) > 1 LIMIT 1")
         if dup:
-            raise NtclassError(f"the target's synapse_id {dup[0]} occurs more than once; "
-                               "synapse ids must be unique")
+            raise NtclassError(f"{target.name}: synapse_id {dup[0]} occurs more than once "
+                               "(in two read batches); synapse ids must be unique")
         sorted_path = tmp / "sorted.parquet"
         con.execute(f"COPY (SELECT * FROM '{parts}' ORDER BY raw_container, raw_dataset, "
                     f"cell, z, y, x, synapse_id) TO '{sorted_path}' "

@@ -177,10 +177,11 @@ class SplitPart:
 
     type: ClassVar[str] = "split"
     part: str
+    target: str  # its name among the config's targets
 
     @property
     def name(self) -> str:
-        return f"the split's {self.part} part"
+        return f"target '{self.target}' (the split's {self.part} part)"
 
 
 KINDS: dict[str, type[Source]] = {k.type: k for k in (TableSource, CremiSource, MongoSource)}
@@ -204,5 +205,5 @@ def target_of(section: Mapping[str, Any], where: str) -> Source | SplitPart:
     if section.get("type") == SplitPart.type:
         section = with_defaults(section, ("properties", "targets", "additionalProperties"),
                                 where)
-        return SplitPart(section["part"])
+        return SplitPart(section["part"], where.removeprefix("targets."))
     return source_of(section, where)

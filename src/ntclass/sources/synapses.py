@@ -9,6 +9,7 @@ coordinates), where to read raw (`raw_container`, `raw_dataset`), `nt` (class na
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def iter_table_file(path: str | os.PathLike, what: str = "synapse table",
     path = str(path)
     if not os.path.exists(path):
         raise NtclassError(f"{what} '{path}' does not exist")
+    _check_is_text_table(path, what)
     try:
         if path.endswith((".parquet", ".pq")):
             batches = (b.to_pandas(types_mapper=NULLABLE_INTEGERS.get) for b in
@@ -68,8 +70,38 @@ def iter_table_file(path: str | os.PathLike, what: str = "synapse table",
                            "per synapse") from None
     except NtclassError:
         raise
+    except UnicodeDecodeError:
+        raise NtclassError(_not_utf8(path, what)) from None
     except Exception as e:  # pandas and Arrow raise many types; the user needs the file
         raise NtclassError(f"cannot read {what} '{path}': {e}") from None
+
+
+# the first bytes of files that are tables of another kind
+_SPREADSHEETS = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0")  # .xlsx (a zip), .xls
+
+
+def _check_is_text_table(path: str, what: str) -> None:
+    """Refuse a spreadsheet given as a CSV (or under any name but .parquet)."""
+    if path.endswith((".parquet", ".pq")):
+        return
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(_SPREADSHEETS):
+        raise NtclassError(f"{what} '{path}' is an Excel workbook, not a CSV; save it as "
+                           "CSV UTF-8 (comma-separated) or Parquet")
+
+
+def _not_utf8(path: str, what: str) -> str:
+    """Where a CSV stops being UTF-8: its line and the byte."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                byte = line[e.start:e.start + 1].hex()
+                return (f"{what} '{path}' is not UTF-8 text: line {number} holds byte "
+                        f"0x{byte} (Latin-1 or Windows text?); save it as UTF-8 (CSV UTF-8)")
+    return f"{what} '{path}' is not UTF-8 text; save it as UTF-8"
 
 
 def _check_separator(df: pd.DataFrame, path: str, what: str) -> None:
@@ -98,9 +130,14 @@ def normalise(df: pd.DataFrame, origin: str, first_row: int = 0) -> pd.DataFrame
     for col in LOCATION:
         values = pd.to_numeric(df[col], errors="coerce")
         if values.isna().any():
-            row = first_row + int(np.flatnonzero(values.isna().to_numpy())[0])
-            raise NtclassError(
-                f"{origin}: column '{col}' has a missing or non-numeric value at row {row}")
+            at = int(np.flatnonzero(values.isna().to_numpy())[0])
+            value = df[col].iloc[at]
+            shown = "no value" if pd.isna(value) else f"'{value}'"
+            hint = ("; it looks like a decimal comma: write numbers with decimal points"
+                    if isinstance(value, str) and re.fullmatch(r"-?\d+,\d+", value.strip())
+                    else "; expected a number (nm)")
+            raise NtclassError(f"{origin}: column '{col}' holds {shown} at row "
+                               f"{first_row + at}{hint}")
         if (values < 0).any():
             row = first_row + int(np.flatnonzero((values < 0).to_numpy())[0])
             raise NtclassError(
