@@ -117,3 +117,23 @@ def test_filters_select_part_of_a_database(imported, tiny_demo):
         table.loc[table["nt"] == "gaba", "synapse_id"])
     with pytest.raises(NtclassError, match="no pre-synaptic site that the filters select"):
         read_source({**source, "filter": {"skeleton_id": -1}}, CLASSES, (40, 4, 4))
+
+
+def test_the_readmes_unlabelled_skeleton_filter_works_in_both_layouts(mongo_uri, tiny_demo):
+    """Synister stores an unlabelled skeleton's nt_known as null, mongo-import as []."""
+    import pymongo
+
+    database = fresh_db()
+    db = pymongo.MongoClient(mongo_uri)[database]
+    db.skeletons.insert_many([{"skeleton_id": 1, "nt_known": None, "hemi_lineage_id": None},
+                              {"skeleton_id": 2, "nt_known": [], "hemi_lineage_id": None},
+                              {"skeleton_id": 3, "nt_known": ["gaba"],
+                               "hemi_lineage_id": None}])
+    db.synapses.insert_many([{"synapse_id": 10 + s, "z": 400.0, "y": 400.0 + 8 * s,
+                              "x": 400.0, "skeleton_id": s, "prepost": "pre"}
+                             for s in (1, 2, 3)])
+    source = {"type": "mongodb", "uri": mongo_uri, "database": database,
+              "raw_container": tiny_demo["volume"],
+              "skeleton_filter": {"$or": [{"nt_known": None}, {"nt_known": {"$size": 0}}]}}
+    found = read_source(source, CLASSES, (40, 4, 4))
+    assert sorted(found["synapse_id"]) == [11, 12]

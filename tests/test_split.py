@@ -115,6 +115,12 @@ def test_unknown_hemilineages_are_not_one_group():
     # known hemilineages still stay whole
     known = manifest[~ser]
     assert (known.groupby("hemilineage")["split"].nunique() == 1).all()
+    # the summary counts the groups the split used: each serotonin neuron one
+    summary = summarise(manifest, ["ach", "gaba", "glu", "ser"], "hemilineage",
+                        unknown_groups=SYNISTER_UNKNOWN).set_index("nt")
+    neurons = manifest[ser].groupby("split")["pre_id"].nunique()
+    assert [summary.loc["ser", f"{p}_groups"] for p in PARTS] == [neurons[p] for p in PARTS]
+    assert neurons.max() > 2  # more groups than the two spellings of "unknown"
 
 
 def test_other_nts_are_refused_or_left_out():

@@ -123,7 +123,10 @@ def _solve_group_assignment(counts: np.ndarray, targets: np.ndarray, seed: int,
         raise NtclassError(
             f"the grouped split's integer program found no split within split.node_limit "
             f"{options.node_limit} nodes ({res.message}); raise split.node_limit")
-    # the gap in the objective's own unit: summed |deviation| / NT size over NTs and parts
+    # the gap in the objective's own unit: how much lower the objective (summed per-NT
+    # fraction deviations, plus group-count deviations weighted GROUP_BALANCE_WEIGHT) of a
+    # better split could be. "optimal" is HiGHS's stop within mip_rel_gap, which is relative
+    # to the objective plus its offset of 1: the gap may then reach mip_gap x (1 + objective)
     report = {"optimal": bool(res.status == 0),
               "gap": max(float(res.fun - res.mip_dual_bound), 0.0),
               "nodes": int(res.mip_node_count)}
@@ -317,11 +320,17 @@ def separate_unknown_groups(groups: pd.Series, neurons: pd.Series,
 
 
 def summarise(manifest: pd.DataFrame, classes: Sequence[str], group_by: str = "pre_id",
-              report: Mapping | None = None) -> pd.DataFrame:
+              report: Mapping | None = None, unknown_groups: Sequence[str] = ()
+              ) -> pd.DataFrame:
     """Synapses per NT and part with each part's fraction of the NT; groups (`group_by`,
-    e.g. neurons) per NT and part; the grouped split's optimality gap; and two rows that
-    count the unlabelled synapses, and among them those of neurons with several known NTs."""
+    e.g. neurons) per NT and part, counted as the split made them (each neuron with an
+    `unknown_groups` value a group of its own); the grouped split's optimality gap; and two
+    rows that count the unlabelled synapses, and among them those of neurons with several
+    known NTs."""
     labelled = manifest[manifest["split"].notna()]
+    if group_by in labelled and unknown_groups:
+        labelled = labelled.assign(**{group_by: separate_unknown_groups(
+            labelled[group_by], labelled["pre_id"], unknown_groups)})
     counts = pd.crosstab(labelled["nt"], labelled["split"]).reindex(
         index=list(classes), columns=list(PARTS), fill_value=0)
     total = counts.sum(axis=1)
@@ -370,7 +379,8 @@ def split_source(source: Source, classes: Sequence[str], voxel_size: Sequence[in
                                       split.group_by, split.max_deviation, options,
                                       source.name, split.unknown_groups)
     group_by = split.group_by
-    summary = summarise(manifest, classes, group_by, report)
+    summary = summarise(manifest, classes, group_by, report,
+                        split.unknown_groups if split.method == "grouped" else ())
     unlabelled = int(manifest["nt"].isna().sum())
     several = int(summary.loc[summary["nt"] == "unlabelled_several_nts", "total"].iloc[0])
     left_out = int(manifest["nt_other"].notna().sum()) if "nt_other" in manifest else 0
@@ -378,9 +388,12 @@ def split_source(source: Source, classes: Sequence[str], voxel_size: Sequence[in
              "NTs, %d of NTs that are not among the classes, left out)", len(manifest),
              len(manifest) - unlabelled, unlabelled, several, left_out)
     if report:
-        log.info("grouped split: %s after %d nodes, gap %.4g (summed fraction deviation)",
-                 "optimal" if report["optimal"] else "node limit reached", report["nodes"],
-                 report["gap"])
+        log.info("grouped split: %s after %d nodes; a better split could lower the summed "
+                 "per-NT fraction deviations (plus %g x the group-count deviations) by at "
+                 "most %.4g (the summary's optimality_gap)",
+                 f"within split.mip_gap {split.mip_gap:g} (relative to 1 + that sum)"
+                 if report["optimal"] else f"stopped at split.node_limit {split.node_limit}",
+                 report["nodes"], GROUP_BALANCE_WEIGHT, report["gap"])
     write_csv(manifest, manifest_out)
     write_csv(summary, summary_out)
     return manifest
