@@ -73,3 +73,22 @@ def synister_probabilities(model: SynisterVgg3D, cubes: np.ndarray) -> np.ndarra
     raw = cubes.astype(np.float32) / 255.0 * 2.0 - 1.0
     with torch.no_grad():
         return torch.softmax(model(torch.tensor(raw)), dim=1).numpy()
+
+
+def synister_cubes(volume, locations: np.ndarray, shape) -> np.ndarray:
+    """Cubes as Synister's predict_pipeline crops them (synister.utils.get_raw): each
+    location truncated to whole nm, minus shape / 2 voxels, a ROI of the cube's size
+    snapped to the closest voxel corner by funlib.geometry, read from the volume (an
+    ntclass RawVolume here, in place of daisy's dataset)."""
+    from funlib.geometry import Coordinate, Roi
+
+    size, voxel_size = Coordinate(shape), Coordinate(volume.voxel_size)
+    cubes = []
+    for loc in locations:
+        loc = Coordinate(tuple(int(v) for v in loc))
+        offset_nm = loc - (size / 2 * voxel_size)
+        roi = Roi(offset_nm, size * voxel_size).snap_to_grid(voxel_size, mode="closest")
+        begin = (roi.begin - Coordinate(volume.offset)) / voxel_size
+        cube, _ = volume.read(np.array(begin), tuple(size))
+        cubes.append(cube)
+    return np.stack(cubes)

@@ -194,3 +194,26 @@ def test_an_empty_split_part_names_the_target_and_the_part(tmp_path):
         write_target(str(tmp_path / "manifest.csv"), target, ["a"], None, settings,
                      str(tmp_path / "t"))
     assert not (tmp_path / "t").exists()
+
+
+def test_cube_begins_follow_synisters_crop_off_the_grid(tmp_path):
+    """The synister convention against Synister's own crop (funlib.geometry's snap), on
+    locations anywhere inside their voxels; the ntclass convention is the voxel that
+    holds the location."""
+    from synister_reference import synister_cubes
+
+    from ntclass.volumes import cube_begins
+
+    data = np.random.default_rng(1).integers(0, 255, size=(40, 120, 120), dtype=np.uint8)
+    write_zarr_volume(tmp_path / "v.zarr", "raw", data, (40, 4, 4), offset=(400, 40, 40))
+    volume = open_raw(tmp_path / "v.zarr", "raw")
+    rng = np.random.default_rng(2)
+    locations = volume.offset + rng.uniform([400, 120, 120], [1200, 360, 360], (300, 3))
+    shape = (8, 24, 24)
+    begins = cube_begins(volume, locations, shape, "synister")
+    theirs = synister_cubes(volume, locations, shape)
+    ours = np.stack([volume.read(b, shape)[0] for b in begins])
+    assert np.array_equal(ours, theirs)
+    ntclass = cube_begins(volume, locations, shape, "ntclass")
+    assert np.array_equal(ntclass, volume.to_voxel(locations) - np.array(shape) // 2)
+    assert (ntclass != begins).any(axis=1).mean() > 0.5

@@ -159,7 +159,7 @@ def check_models_and_sources(config: Mapping) -> None:
                                f"'{name}' comes from a checkpoint and is not trained; to "
                                "fine-tune it, train a model with training.init_from")
         if "checkpoint" not in entry:
-            for key in ("checkpoint_classes", "input_shape", "voxel_size"):
+            for key in ("checkpoint_classes", "input_shape", "voxel_size", "crop"):
                 if key in entry:
                     raise NtclassError(f"config key 'models.{name}.{key}' describes a "
                                        "checkpoint, but the model has no 'checkpoint'")

@@ -127,7 +127,7 @@ class ImportedModel(Section):
 
     schema: ClassVar = ("properties", "models", "additionalProperties")
     optional: ClassVar = ("architecture", "checkpoint_classes", "input_shape", "voxel_size",
-                          "training")
+                          "training", "crop")
     checkpoint: str
     architecture: str | None
     params: Mapping[str, Any]
@@ -135,6 +135,7 @@ class ImportedModel(Section):
     input_shape: tuple[int, int, int] | None
     voxel_size: tuple[int, int, int] | None
     absent_classes: str  # refuse, or zero: configured classes it lacks get probability 0
+    crop: str | None  # where its trainer placed cubes (volumes.CROPS); None: as recorded
     training: Mapping | None  # refused by the config check for imported models
 
 

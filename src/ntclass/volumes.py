@@ -313,6 +313,30 @@ def write_zarr_volume(container: str | os.PathLike, dataset: str, data: np.ndarr
     })
 
 
+# Where a cube sits around its synapse, as the model's trainer placed it:
+#   ntclass: the voxel that holds the location is voxel shape // 2 of the cube;
+#   synister: Synister's crop (synister.utils.get_raw): the location truncated to whole nm,
+#     minus shape / 2 voxels, snapped to the closest voxel corner (ties down), as
+#     funlib's Roi.snap_to_grid(mode="closest") does. The two differ by one voxel on an
+#     axis where the location lies in the upper half of its voxel.
+CROPS = ("ntclass", "synister")
+
+
+def cube_begins(volume: RawVolume, locations: np.ndarray, shape: Sequence[int],
+                crop: str) -> np.ndarray:
+    """The first voxel (z, y, x, in the volume) of the cube of `shape` around each
+    location (N x 3 nm), by the convention `crop` (see CROPS)."""
+    shape = np.asarray(shape, dtype=np.int64)
+    if crop == "ntclass":
+        return volume.to_voxel(locations) - shape // 2
+    if crop != "synister":
+        raise NtclassError(f"crop convention '{crop}' is unknown; expected one of {CROPS}")
+    vs = np.asarray(volume.voxel_size, dtype=np.int64)
+    start = np.trunc(np.asarray(locations, dtype=np.float64)).astype(np.int64) - (
+        shape // 2) * vs
+    return (start + (vs - 1) // 2) // vs - np.asarray(volume.offset, dtype=np.int64) // vs
+
+
 def crop_cubes(volume: RawVolume, locations: np.ndarray, shape: Sequence[int]
                ) -> tuple[np.ndarray, np.ndarray]:
     """Cubes of `shape` centred on each location (voxel shape//2 holds the synapse),

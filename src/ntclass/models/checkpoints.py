@@ -217,7 +217,7 @@ def import_model(checkpoint: str, entry: ImportedModel, classes: Sequence[str],
         model, architecture=described["architecture"], model_params=described["params"],
         classes=classes, input_shape=described["input_shape"],
         voxel_size=described["voxel_size"], intensity=described["intensity"],
-        iteration=int(record.get("iteration", 0)))
+        iteration=int(record.get("iteration", 0)), crop=described["crop"])
     imported["source"] = {"checkpoint": str(checkpoint), "sha256": file_digest(checkpoint),
                           "classes": list(described["classes"])}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -248,6 +248,9 @@ def _described(entry: ImportedModel, record: Mapping, path) -> dict:
         out[key] = value
     out["classes"] = out.pop("checkpoint_classes")
     out["intensity"] = dict(record.get("intensity") or SYNISTER_INTENSITY)
+    # an ntclass file records its crop (older ones: ntclass's); a gunpowder checkpoint was
+    # trained by Synister's (or a trainer the entry names)
+    out["crop"] = entry.crop or record.get("crop") or ("ntclass" if record else "synister")
     return out
 
 

@@ -25,7 +25,8 @@ def pick_device(name: str) -> str:
 
 def model_record(model: torch.nn.Module, *, architecture: str, model_params: dict,
                  classes: Sequence[str], input_shape: Sequence[int],
-                 voxel_size: Sequence[int], intensity: dict, iteration: int) -> dict:
+                 voxel_size: Sequence[int], intensity: dict, iteration: int,
+                 crop: str) -> dict:
     """What `model.pt` holds: plain types and tensors only, loadable with weights_only."""
     return {
         "format": MODEL_FORMAT,
@@ -36,6 +37,7 @@ def model_record(model: torch.nn.Module, *, architecture: str, model_params: dic
         "voxel_size": list(voxel_size),
         "intensity": dict(intensity),
         "iteration": int(iteration),
+        "crop": crop,  # where its cubes sit around their synapse (volumes.CROPS)
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
 

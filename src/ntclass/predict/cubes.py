@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 import tensorstore as ts
 
-from ntclass.volumes import RawVolume, open_raw_cached, open_tensorstore
+from ntclass.volumes import RawVolume, cube_begins, open_raw_cached, open_tensorstore
 
 
 def cpu_count() -> int:
@@ -153,11 +153,12 @@ class CubeReader:
         self.pool = None if self.store is not None else _pool(threads)
         self.voxels_read = 0  # voxels of the cubes (what the model sees)
 
-    def submit(self, locations: np.ndarray) -> tuple[list[PendingCube], np.ndarray]:
-        """Start reading the cube of every location (in this order); returns them and a
-        padded flag each."""
+    def submit(self, locations: np.ndarray, crop: str = "ntclass"
+               ) -> tuple[list[PendingCube], np.ndarray]:
+        """Start reading the cube of every location (in this order), placed by the crop
+        convention `crop` (volumes.CROPS); returns them and a padded flag each."""
         shape = np.asarray(self.shape)
-        begins = self.volume.to_voxel(locations) - shape // 2
+        begins = cube_begins(self.volume, locations, shape, crop)
         lo = np.maximum(begins, 0)
         hi = np.minimum(begins + shape, self.volume.shape)
         padded = np.any((lo != begins) | (hi != begins + shape), axis=1)

@@ -155,7 +155,9 @@ class BlockPredictor:
             intensity = model_input_mapping(reader.volume, self._record,
                                             self.cfg.intensity_range, self.model_path)
             locations = rows[["z", "y", "x"]].to_numpy(dtype=np.float64)[idx]
-            pending, padded[idx] = reader.submit(locations)
+            # where the model's trainer placed its cubes (files before this record: ntclass)
+            pending, padded[idx] = reader.submit(locations,
+                                                 self._record.get("crop", "ntclass"))
             flags = np.zeros(len(idx), dtype=bool)
             probs[idx] = self._infer(model, pending, intensity, flags,
                                      reader.volume.fill_value)

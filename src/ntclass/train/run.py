@@ -262,7 +262,7 @@ def model_record(model: torch.nn.Module, cfg: TrainConfig, iteration: int) -> di
     return modelfile.model_record(
         model, architecture=cfg.architecture, model_params=cfg.model_params,
         classes=cfg.classes, input_shape=cfg.input_shape, voxel_size=cfg.voxel_size,
-        intensity=cfg.intensity, iteration=iteration)
+        intensity=cfg.intensity, iteration=iteration, crop="ntclass")
 
 
 class _LineWriter:
