@@ -277,7 +277,8 @@ def _check_probabilities(con, path: str, classes: Sequence[str]) -> None:
     try:
         row = con.execute(f"""SELECT synapse_id, {total} FROM everything
                               WHERE abs({total} - 1) > {SUM_TOLERANCE} OR {outside}
-                              LIMIT 1""").fetchone()
+                              LIMIT 1""").fetchall()
+        row = row[0] if row else None
     except Exception as e:  # a column that is not numeric
         raise NtclassError(f"prediction table '{path}': the class columns "
                            f"{', '.join(classes)} must hold probabilities (numbers), but "

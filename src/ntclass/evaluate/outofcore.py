@@ -54,7 +54,7 @@ def empty_cubes(con: duckdb.DuckDBPyConnection) -> int:
     """How many synapses' cubes held no data (see predict.cubes.EMPTY_SHARE)."""
     if not _has_empty(con):
         return 0
-    return con.execute("SELECT count(*) FROM everything WHERE empty").fetchone()[0]
+    return con.execute("SELECT count(*) FROM everything WHERE empty").fetchall()[0][0]
 
 
 def scaled_view(con: duckdb.DuckDBPyConnection, classes: Sequence[str],
