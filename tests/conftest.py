@@ -35,6 +35,18 @@ def tiny_demo(tmp_path_factory) -> dict[str, str]:
     return write_demo(out, TINY)
 
 
+@pytest.fixture(scope="session")
+def two_model_run(tmp_path_factory) -> Path:
+    """The finished run of `two_model_config`, shared read-only: tests copy it to change
+    anything."""
+    from workflow_helpers import snakemake, two_model_config, write_config
+
+    directory = tmp_path_factory.mktemp("two_models")
+    write_config(directory, two_model_config())
+    snakemake(directory)
+    return directory
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -3,7 +3,6 @@ with the outputs of an uninterrupted run; jobs running at once never write the s
 
 from __future__ import annotations
 
-import copy
 import os
 import random
 import shutil
@@ -17,11 +16,9 @@ import pandas as pd
 import pytest
 import torch
 from workflow_helpers import (
-    TINY_CONFIG,
     planned_jobs,
     snakemake,
     start_snakemake,
-    write_config,
 )
 
 PRED = "results/predictions/{model}/test"
@@ -59,17 +56,9 @@ STAGES = {
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
+def finished_run(two_model_run) -> Path:
     """Two small models, two shards: the uninterrupted reference."""
-    config = copy.deepcopy(TINY_CONFIG)
-    config["training"].update({"iterations": 40, "save_every": 10, "log_every": 10,
-                               "validate_every": 20})
-    config["models"] = {"a": config["models"]["tiny"],
-                        "b": {**config["models"]["tiny"], "training": {"seed": 1}}}
-    directory = tmp_path_factory.mktemp("reference")
-    write_config(directory, config)
-    snakemake(directory)
-    return directory
+    return two_model_run
 
 
 def copy_without(reference: Path, destination: Path, paths) -> Path:

@@ -1,6 +1,6 @@
 """Exact reruns: a changed config value plans exactly the jobs whose outputs depend on it.
 
-One finished project (two models, two targets, two shards each); each case changes one
+The shared finished project (two models, two targets, two shards each); each case changes one
 value and compares the dry run's jobs with the expected ones. Where the target's checkpoint
 job is planned, that job runs in a copy of the project and a second dry run shows the
 shard jobs after it.
@@ -8,25 +8,13 @@ shard jobs after it.
 
 from __future__ import annotations
 
-import copy
 import shutil
 
 import pytest
-from workflow_helpers import TINY_CONFIG, planned_jobs, snakemake, write_config
+from workflow_helpers import planned_jobs, snakemake, two_model_config, write_config
 
 MODELS, TARGETS, SHARDS = 2, 2, 2
 RUNS = MODELS * TARGETS
-
-
-def base_config() -> dict:
-    config = copy.deepcopy(TINY_CONFIG)
-    config["training"].update({"iterations": 40, "save_every": 20, "log_every": 10,
-                               "validate_every": 20})
-    tiny = config["models"]["tiny"]
-    config["models"] = {"a": tiny, "b": copy.deepcopy(tiny)}
-    config["targets"] = {"test": {"type": "split", "part": "test"},
-                         "validation": {"type": "split", "part": "validation"}}
-    return config
 
 
 def downstream_of_predictions(runs: int = RUNS, shards: int = SHARDS) -> dict[str, int]:
@@ -74,16 +62,13 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("reruns")
-    write_config(directory, base_config())
-    snakemake(directory)
-    assert planned_jobs(directory) == {}
-    return directory
+def finished(two_model_run):
+    assert planned_jobs(two_model_run) == {}
+    return two_model_run
 
 
 def changed_config(path: tuple, value) -> dict:
-    config = base_config()
+    config = two_model_config()
     section = config
     for key in path[:-1]:
         section = section.setdefault(key, {})

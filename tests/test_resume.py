@@ -55,12 +55,26 @@ def test_killed_training_resumes_and_a_changed_rate_retrains_only_that_model(tmp
     proc.wait()
     assert not (tmp_path / "results/models/a/model.pt").exists()
 
+    # what a kill during a checkpoint's write leaves: the temporary file of the next one;
+    # and a checkpoint torn under its final name, as a writer without atomic writes left it
+    (folder,) = (tmp_path / "results/models/a/checkpoints").iterdir()
+    newest = max((p for p in folder.glob("model_checkpoint_*")),
+                 key=lambda p: int(p.name.rsplit("_", 1)[1]))
+    newest_iteration = int(newest.name.rsplit("_", 1)[1])
+    (folder / f"incomplete-model_checkpoint_{newest_iteration + 20}").write_bytes(
+        newest.read_bytes()[:1000])
+    torn = folder / f"model_checkpoint_{newest_iteration + 40}"
+    torn.write_bytes(newest.read_bytes()[:1000])
+
     snakemake(tmp_path, "--unlock")  # a killed Snakemake leaves its lock behind
     snakemake(tmp_path, "--rerun-incomplete", "results/models/a/model.pt",
               "results/models/b/model.pt")
     log = (tmp_path / "logs/train/a.log").read_text()
     resumed = [int(n) for n in re.findall(r"resuming from iteration (\d+)", log)]
-    assert resumed and resumed[-1] >= 60, log[-2000:]
+    assert resumed and resumed[-1] == newest_iteration >= 60, log[-2000:]
+    assert f"checkpoint {torn.relative_to(tmp_path)} does not load" in log
+    assert f"resuming from {newest.relative_to(tmp_path)}" in log
+    assert not list(folder.glob("incomplete-*"))
     losses = pd.read_csv(tmp_path / "results/models/a/training_log.csv")
     assert list(losses["iteration"]) == list(range(1, ITERATIONS + 1))
     validation = pd.read_csv(tmp_path / "results/models/a/validation.csv")

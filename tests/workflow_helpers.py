@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -31,6 +32,19 @@ TINY_CONFIG = {
     "targets": {"test": {"type": "split", "part": "test"}},
     "prediction": {"shards": 2, "block_size": [320, 512, 512], "batch_size": 16},
 }
+
+
+def two_model_config() -> dict:
+    """Two small models (b with another seed), two split targets, two shards each: the
+    reference run the kill, concurrency and rerun tests share."""
+    config = copy.deepcopy(TINY_CONFIG)
+    config["training"].update({"iterations": 40, "save_every": 10, "log_every": 10,
+                               "validate_every": 20})
+    config["models"] = {"a": config["models"]["tiny"],
+                        "b": {**config["models"]["tiny"], "training": {"seed": 1}}}
+    config["targets"] = {"test": {"type": "split", "part": "test"},
+                         "validation": {"type": "split", "part": "validation"}}
+    return config
 
 
 def write_config(directory: Path, config: dict) -> Path:
