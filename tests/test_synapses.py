@@ -36,7 +36,7 @@ def test_parquet_table(tiny_demo, tmp_path):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda t: t.assign(z=t["z"].where(t.index != 3)), "column 'z' has a missing"),
+    (lambda t: t.assign(z=t["z"].where(t.index != 3)), "column 'z' holds no value at row"),
     (lambda t: t.assign(y=t["y"].where(t.index != 2, -5.0)), "negative coordinate at row 2"),
     (lambda t: t.assign(synapse_id=t["synapse_id"].where(t.index != 1, t["synapse_id"][0])),
      "occurs more than once"),

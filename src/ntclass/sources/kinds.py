@@ -31,7 +31,8 @@ TARGET_KEYS = ("write_back", "synister_write_back")
 
 
 def _range(values) -> tuple[float, float] | None:
-    return tuple(float(v) for v in values) if values is not None else None
+    """As configured (the numbers a message names are the ones the user wrote)."""
+    return tuple(values) if values is not None else None
 
 
 @dataclass(frozen=True)
