@@ -12,10 +12,9 @@ TRAINED = [m for m in MODELS if m not in IMPORTED]
 TARGETS = list(config["targets"])
 # the labelled source (None when only predicting) and the targets, as objects, built once
 SOURCE, TARGET = configured_sources(config)
-SCHEMA = SCHEMA_PATH
 ENV = "../envs/workstation.yaml"  # used with --sdm conda
 # checked now, while the config is read, so that a bad override stops before any job
-MODEL_TRAINING = {m: model_training(config, m, SCHEMA) for m in TRAINED}
+MODEL_TRAINING = {m: model_training(config, m, SCHEMA_PATH) for m in TRAINED}
 
 
 wildcard_constraints:
@@ -184,12 +183,17 @@ def evaluation_inputs(wildcards):
 def superseded_outputs(wildcards):
     """The outputs made from a model's predictions of a target (see rule predict_shard)."""
     m, t = wildcards.model, wildcards.target
-    names = ["metrics.json", "report.txt", "neurons.csv", "edges.csv", "confusion.png"]
-    return [
-        f"results/predictions/{m}/{t}/predictions.parquet",
-        f"results/predictions/{m}/{t}/predictions.csv",
-        f"results/predictions/{m}/{t}/mongo_write_back.json",
-        *(f"results/evaluation/{m}/{t}/{name}" for name in names + ["calibration.png"]),
+    predictions = ["predictions.parquet", "predictions.csv", "mongo_write_back.json"]
+    evaluation = [
+        "metrics.json",
+        "report.txt",
+        "neurons.csv",
+        "edges.csv",
+        "confusion.png",
+        "calibration.png",
+    ]
+    return [f"results/predictions/{m}/{t}/{name}" for name in predictions] + [
+        f"results/evaluation/{m}/{t}/{name}" for name in evaluation
     ]
 
 

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ntclass.ids import ID_COLUMNS, ID_DTYPE
+
+
+class NamedOutputs:
+    """Mixin of a frozen dataclass of output paths: built from anything that has them as
+    attributes by the field names (Snakemake's `output`)."""
+
+    @classmethod
+    def of(cls, named):
+        return cls(**{f.name: str(getattr(named, f.name)) for f in fields(cls)})
 
 
 @contextmanager

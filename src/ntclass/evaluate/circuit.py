@@ -9,6 +9,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from ntclass.evaluate import outofcore
 from ntclass.io import atomic_path
 
 # Dale's principle in the fly: cholinergic synapses excite, GABAergic and glutamatergic
@@ -23,8 +24,7 @@ def write_signed_edges(con: duckdb.DuckDBPyConnection, neurons: pd.DataFrame,
     """One row per (pre_id, post_id) pair with its synapse count, the pre-synaptic
     neuron's call and that NT's sign (0: modulatory, unknown or 'unclear'). A table
     without post-synaptic partners (another tool's) has no edges: the header alone."""
-    columns = [row[0] for row in con.execute("DESCRIBE preds").fetchall()]
-    if "post_id" not in columns:
+    if "post_id" not in outofcore.columns(con, "preds"):
         with atomic_path(out_csv) as tmp:
             pd.DataFrame(columns=EDGE_COLUMNS).to_csv(tmp, index=False)
         return

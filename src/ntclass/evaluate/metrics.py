@@ -29,6 +29,7 @@ from ntclass.evaluate.calibration import (
 )
 from ntclass.evaluate.circuit import FLY_SIGNS, write_signed_edges
 from ntclass.ids import ID_DTYPE
+from ntclass.io import NamedOutputs
 from ntclass.settings import Evaluation
 
 log = logging.getLogger(__name__)
@@ -309,7 +310,7 @@ def _check_names(con, path: str, column: str, allowed: Sequence[str]) -> None:
 
 
 @dataclass(frozen=True)
-class EvaluationOutputs:
+class EvaluationOutputs(NamedOutputs):
     """The files of one evaluation, named as the rule's outputs."""
 
     metrics: str
@@ -318,11 +319,6 @@ class EvaluationOutputs:
     edges: str
     confusion: str
     calibration: str
-
-    @classmethod
-    def of(cls, named) -> EvaluationOutputs:
-        """From anything with these names as attributes (Snakemake's `output`)."""
-        return cls(**{f.name: str(getattr(named, f.name)) for f in fields(cls)})
 
     @classmethod
     def in_folder(cls, folder: str | os.PathLike) -> EvaluationOutputs:

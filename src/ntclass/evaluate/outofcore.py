@@ -25,9 +25,6 @@ def quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-_q = quoted
-
-
 def connect(predictions: str | os.PathLike | pd.DataFrame, work: Path,
             leave_out_empty: bool = False) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the predictions as view `preds` (a Parquet file, read
@@ -45,9 +42,14 @@ def connect(predictions: str | os.PathLike | pd.DataFrame, work: Path,
     return con
 
 
+def columns(con: duckdb.DuckDBPyConnection, view: str) -> list[str]:
+    """The column names of a view."""
+    return [row[0] for row in con.execute(f"DESCRIBE {view}").fetchall()]
+
+
 def _has_empty(con: duckdb.DuckDBPyConnection) -> bool:
     """Tables of other tools have no `empty` column: none of their synapses is flagged."""
-    return "empty" in [row[0] for row in con.execute("DESCRIBE everything").fetchall()]
+    return "empty" in columns(con, "everything")
 
 
 def empty_cubes(con: duckdb.DuckDBPyConnection) -> int:
@@ -63,12 +65,12 @@ def scaled_view(con: duckdb.DuckDBPyConnection, classes: Sequence[str],
     softmax of log-probabilities / T, as `calibration.apply_temperature`)."""
     if temperature is None:
         return "preds"
-    logits = {c: f"ln(greatest({_q(c)}::DOUBLE, 1e-12)) / {float(temperature)!r}"
+    logits = {c: f"ln(greatest({quoted(c)}::DOUBLE, 1e-12)) / {float(temperature)!r}"
               for c in classes}
     top = f"greatest({', '.join(logits.values())})"
     exps = {c: f"exp({v} - {top})" for c, v in logits.items()}
     total = " + ".join(exps.values())
-    columns = ", ".join(f"({e}) / ({total}) AS {_q(c)}" for c, e in exps.items())
+    columns = ", ".join(f"({e}) / ({total}) AS {quoted(c)}" for c, e in exps.items())
     con.execute(f"CREATE VIEW scaled AS SELECT * REPLACE ({columns}) FROM preds")
     return "scaled"
 
@@ -77,8 +79,8 @@ def neuron_aggregates(con: duckdb.DuckDBPyConnection, view: str, classes: Sequen
                       ) -> pd.DataFrame:
     """Per pre-synaptic neuron: synapse count, mean probabilities, votes per class and
     its most frequent known NT (ties: the first by name)."""
-    means = ", ".join(f"avg({_q(c)}) AS {_q('mean_' + c)}" for c in classes)
-    votes = ", ".join(f"count(*) FILTER (predicted_nt = '{c}') AS {_q('votes_' + c)}"
+    means = ", ".join(f"avg({quoted(c)}) AS {quoted('mean_' + c)}" for c in classes)
+    votes = ", ".join(f"count(*) FILTER (predicted_nt = '{c}') AS {quoted('votes_' + c)}"
                       for c in classes)
     query = f"""
         WITH agg AS (SELECT pre_id, count(*) AS n_synapses, {means}, {votes}

@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import gunpowder as gp
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ntclass.errors import NtclassError
 from ntclass.intensity import intensity_of
-from ntclass.io import atomic_path, read_synapse_csv, write_csv
+from ntclass.io import NamedOutputs, atomic_path, read_synapse_csv, write_csv
 from ntclass.models import build_model, modelfile
 from ntclass.models.checkpoints import init_weights
 from ntclass.models.modelfile import load_model, pick_device  # noqa: F401 (re-exported)
@@ -363,18 +363,13 @@ def resolve_geometry(table: pd.DataFrame, cfg: TrainConfig) -> TrainConfig:
 
 
 @dataclass(frozen=True)
-class TrainOutputs:
+class TrainOutputs(NamedOutputs):
     """The files of one training, named as the rule's outputs."""
 
     model: str  # the best validated model
     last: str
     losses: str
     validation: str
-
-    @classmethod
-    def of(cls, named) -> TrainOutputs:
-        """From anything with these names as attributes (Snakemake's `output`)."""
-        return cls(**{f.name: str(getattr(named, f.name)) for f in fields(cls)})
 
 
 def train(manifest: str | os.PathLike, cfg: TrainConfig, outputs: TrainOutputs,
