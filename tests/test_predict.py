@@ -158,26 +158,53 @@ def test_crop_cubes_match_direct_reads_and_flag_padding(tmp_path):
     assert cubes[0, 2, 4, 4] == data[6, 30, 30]  # voxel shape//2 is the synapse
 
 
-def test_chunked_reads_stay_within_their_budget_and_read_again_what_they_dropped(tmp_path):
+def _assemble(cache, begins, shape, later=None, ahead=2):
     from ntclass.predict.cubes import ChunkedReads
+
+    reads = ChunkedReads(cache, begins, begins + shape, later, ahead=ahead)
+    cubes, most = [], 0
+    for i in range(len(begins)):
+        out = np.empty(shape, np.uint8)
+        reads.cube(i, out)
+        cubes.append(out)
+        most = max(most, len(cache.chunks))
+    return cubes, most
+
+
+def test_chunk_cache_decodes_each_chunk_once_across_blocks_within_its_budget(tmp_path):
+    from ntclass.predict.cubes import ChunkCache
     from ntclass.volumes import open_tensorstore
 
-    data = np.random.default_rng(3).integers(0, 255, size=(12, 64, 64), dtype=np.uint8)
+    data = np.random.default_rng(3).integers(0, 255, size=(12, 128, 128), dtype=np.uint8)
     write_zarr_volume(tmp_path / "v.zarr", "raw", data, (40, 4, 4), chunks=(4, 16, 16))
-    volume = open_raw(tmp_path / "v.zarr", "raw")
-    begins = np.random.default_rng(4).integers(0, (8, 56, 56), size=(60, 3))
-    reads = ChunkedReads(open_tensorstore(volume), begins, begins + (4, 8, 8),
-                         budget=4 * 16 * 16 * 3)  # three chunks: a window of 2 cubes
-    assert reads.window == 2
-    most = 0
-    for i, b in enumerate(begins):
-        out = np.empty((4, 8, 8), np.uint8)
-        reads.cube(i, out)
-        assert np.array_equal(out, data[b[0]:b[0] + 4, b[1]:b[1] + 8, b[2]:b[2] + 8])
-        most = max(most, len(reads.reading))
-    distinct = len({k for keys in reads.keys for k in keys})
-    assert reads.chunks_read > distinct  # dropped chunks were read again
-    assert most <= 8 * (reads.window + 1)  # never more than the window's chunks
+    store = open_tensorstore(open_raw(tmp_path / "v.zarr", "raw"))
+    shape = np.array((4, 8, 8))
+    begins = np.random.default_rng(4).integers(0, (8, 120, 120), size=(200, 3))
+    # in spatial order, as a shard's rows come: here columns of chunks along x
+    begins = begins[np.lexsort((begins[:, 0], begins[:, 1] // 16, begins[:, 2] // 16))]
+    first, second = begins[:100], begins[100:]
+    distinct = len({k for ks in ChunkCache(store).keys(begins, begins + shape) for k in ks})
+
+    informed = ChunkCache(store)
+    informed.capacity = 40  # less than either block touches
+    cubes, _ = _assemble(informed, first, shape, later=(second, second + shape))
+    cubes += _assemble(informed, second, shape)[0]
+    for cube, b in zip(cubes, begins):
+        assert np.array_equal(cube, data[b[0]:b[0] + 4, b[1]:b[1] + 8, b[2]:b[2] + 8])
+    forgetful = ChunkCache(store)  # not told which rows come after the first block
+    forgetful.capacity = 40
+    _assemble(forgetful, first, shape)
+    _assemble(forgetful, second, shape)
+    assert informed.decoded == distinct < forgetful.decoded
+
+    tight = ChunkCache(store, budget=16 * 4 * 16 * 16)  # 16 chunks; a cube touches <= 8
+    assert tight.capacity == 64  # the floor: never fewer than 64 chunks
+    tight.capacity = 16
+    cubes, most = _assemble(tight, begins, shape, ahead=1)
+    for cube, b in zip(cubes, begins):
+        assert np.array_equal(cube, data[b[0]:b[0] + 4, b[1]:b[1] + 8, b[2]:b[2] + 8])
+    assert most <= 16 + 8  # the budget, or a moment above it by one cube's chunks
+    assert tight.decoded > distinct  # dropped chunks were read again
 
 
 def test_an_empty_split_part_names_the_target_and_the_part(tmp_path):

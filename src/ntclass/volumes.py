@@ -1,9 +1,8 @@
-"""Opening raw EM (zarr, N5, HDF5, neuroglancer precomputed) and reading cubes in world
-coordinates (nm)."""
+"""Opening raw EM (zarr, N5, neuroglancer precomputed: local or remote, through
+TensorStore; local HDF5 through h5py) and reading cubes in world coordinates (nm)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -17,7 +16,9 @@ import tensorstore as ts
 import zarr
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ntclass import stores
 from ntclass.errors import NtclassError
+from ntclass.stores import RawAddress, parse_container, unreachable
 
 HDF5_SUFFIXES = (".h5", ".hdf", ".hdf5", ".cremi")
 
@@ -26,14 +27,13 @@ HDF5_SUFFIXES = (".h5", ".hdf", ".hdf5", ".cremi")
 class RawVolume:
     """A 3D dataset with its voxel size and offset, both in nm (z, y, x)."""
 
-    data: object  # zarr.Array, h5py.Dataset, TsArray: anything with .shape, numpy slicing
+    data: object  # TsArray, h5py.Dataset or numpy array: .shape and numpy slicing
     voxel_size: tuple[int, int, int]
     offset: tuple[int, int, int]
-    name: str
-    # how fast readers open the same data again: "zarr", "n5", "precomputed" (TensorStore
-    # specs, see `tensorstore_spec`), "hdf5" or "memory"
+    name: str  # as messages show it (URLs redacted)
+    # "zarr", "zarr3", "n5", "precomputed" (read through TensorStore), "hdf5" or "memory"
     kind: str = "memory"
-    path: str = ""  # the array's own folder (zarr, N5, precomputed scale) or HDF5 file
+    spec: dict | None = None  # how TensorStore opens the data again (see open_tensorstore)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -47,10 +47,10 @@ class RawVolume:
     def fill_value(self) -> float:
         """What a reader returns where the store holds no chunk (0 unless the array
         says otherwise)."""
-        for name in ("fill_value", "fillvalue"):  # zarr, h5py
+        for name in ("fill_value", "fillvalue"):  # TensorStore, h5py
             value = getattr(self.data, name, None)
             if value is not None:
-                return value
+                return value.item() if isinstance(value, np.ndarray) else value
         return 0
 
     def to_voxel(self, locations_nm: np.ndarray) -> np.ndarray:
@@ -88,129 +88,188 @@ class RawVolume:
 class TsArray:
     """A TensorStore array (z, y, x from 0) with the slicing of a numpy array."""
 
-    def __init__(self, store: ts.TensorStore):
+    def __init__(self, store: ts.TensorStore, shown: str):
         self.store = store
+        self.shown = shown
         self.shape = tuple(store.shape)
         self.dtype = store.dtype.numpy_dtype
         self.ndim = len(self.shape)
-        self.attrs: dict = {}
+        self.fill_value = store.fill_value
 
     def __getitem__(self, index) -> np.ndarray:
-        return self.store[index].read().result()
+        try:
+            return self.store[index].read().result()
+        except ValueError as e:
+            raise unreachable(self.shown, e) from None
 
 
-def _is_precomputed(container: str) -> bool:
-    return os.path.isfile(os.path.join(container, "info"))
+# Chunks a process keeps decoded for slicing reads (training samples, checks): the cubes
+# of neighbouring synapses share chunks.
+SLICE_CACHE_BYTES = 256 << 20
 
 
-def _open_precomputed(container: str, dataset: str, voxel_size: Sequence[int] | None
-                      ) -> RawVolume:
-    """A neuroglancer precomputed volume (a folder with an `info` file); `dataset` names
-    a scale by its key (e.g. 4_4_40) or its index (s0, s1...)."""
+def open_tensorstore(volume: RawVolume, context: ts.Context | None = None
+                     ) -> ts.TensorStore | None:
+    """`volume`'s data as a TensorStore in z, y, x from 0 (None: HDF5, in memory)."""
+    if volume.spec is None:
+        return None
     try:
-        info = json.loads(Path(container, "info").read_text())
+        store = ts.open(volume.spec, read=True, context=context or stores.context()).result()
+    except ValueError as e:
+        raise unreachable(volume.name, e) from None
+    return _zyx(store, volume.kind)
+
+
+def _zyx(store: ts.TensorStore, kind: str) -> ts.TensorStore:
+    """A store as z, y, x from 0: N5 is x, y, z; precomputed x, y, z, channel from
+    voxel_offset."""
+    if kind == "n5":
+        return store.T
+    if kind == "precomputed":
+        return store[..., 0].T.translate_to[0]
+    return store
+
+
+def open_raw(container: str | os.PathLike, dataset: str,
+             voxel_size: Sequence[int] | None = None) -> RawVolume:
+    """Open `dataset` inside a zarr, N5, neuroglancer precomputed or HDF5 `container`
+    (a path, a URL or a neuroglancer source string: `stores.parse_container`).
+
+    The voxel size and offset come from the dataset's attributes (`voxel_size` or
+    `resolution`, and `offset`; precomputed: the scale's `resolution` and `voxel_offset`);
+    `voxel_size` from the config is checked against them and used where they are absent.
+    """
+    address = parse_container(str(container))
+    if not address.remote and address.driver is None:
+        path = address.location
+        if not os.path.exists(path):
+            raise NtclassError(f"raw container '{path}' does not exist")
+        if os.path.isfile(path):
+            return _open_hdf5(path, dataset, voxel_size)
+    driver = address.driver or _detect_driver(address, dataset)
+    if driver == "neuroglancer_precomputed":
+        return _open_precomputed(address, dataset, voxel_size)
+    return _open_chunked(address, dataset, driver, voxel_size)
+
+
+def _detect_driver(address: RawAddress, dataset: str) -> str:
+    """The format of a container: its metadata files decide."""
+    if address.read("info") is not None:
+        return "neuroglancer_precomputed"
+    inside = dataset.strip("/")
+    if address.read(f"{inside}/.zarray") is not None:
+        return "zarr"
+    node = address.read_json(f"{inside}/zarr.json")
+    n5 = address.read_json(f"{inside}/attributes.json")
+    if node is not None and node.get("node_type") == "array":
+        return "zarr3"
+    if n5 is not None and "dimensions" in n5:
+        return "n5"
+    shown = address.shown
+    if node is not None or n5 is not None or address.read(f"{inside}/.zgroup") is not None:
+        members = _members(address, inside)
+        raise NtclassError(
+            f"raw dataset '{dataset}' in '{shown}' is a group, not an array; name an array "
+            f"inside it (it holds {', '.join(repr(m) for m in members) or 'nothing'})")
+    if address.remote:
+        raise NtclassError(
+            f"raw container '{shown}' has neither a neuroglancer precomputed 'info' file nor "
+            f"a zarr or N5 array '{dataset}' (no metadata found at that address)")
+    if address.read(".zgroup") is None and address.read("attributes.json") is None:
+        raise NtclassError(f"raw container '{shown}' is not a zarr, N5 or neuroglancer "
+                           "precomputed volume, nor an HDF5 file")
+    raise NtclassError(f"raw container '{shown}' has no dataset '{dataset}'")
+
+
+def _members(address: RawAddress, inside: str) -> list[str]:
+    if address.remote:
+        return []
+    folder = Path(address.location, inside)
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir())[:5]
+
+
+def _open_store(spec: dict, shown: str) -> ts.TensorStore:
+    try:
+        return ts.open(spec, read=True, context=stores.context(0, SLICE_CACHE_BYTES)).result()
+    except ValueError as e:
+        raise unreachable(shown, e) from None
+
+
+def _open_precomputed(address: RawAddress, dataset: str, voxel_size: Sequence[int] | None
+                      ) -> RawVolume:
+    """A neuroglancer precomputed volume; `dataset` names a scale by its key (e.g.
+    4_4_40) or its index (s0, s1...)."""
+    shown = address.shown
+    try:
+        info = address.read_json("info")
         scales = info["scales"]
-    except (OSError, ValueError, KeyError) as e:
-        raise NtclassError(f"'{container}/info' is not a neuroglancer precomputed info file "
-                           f"({e})") from None
+    except (TypeError, KeyError, NtclassError):
+        raise NtclassError(f"'{shown}/info' is not a neuroglancer precomputed info "
+                           "file") from None
     keys = [sc["key"] for sc in scales]
     index = (int(dataset[1:]) if re.fullmatch(r"s\d+", dataset or "") and dataset not in keys
              else keys.index(dataset) if dataset in keys else None)
     if index is None or index >= len(scales):
-        raise NtclassError(f"precomputed volume '{container}' has no scale '{dataset}' (its "
+        raise NtclassError(f"precomputed volume '{shown}' has no scale '{dataset}' (its "
                            f"scales: {', '.join(keys)}; name one by key or as s0, s1...)")
     scale = scales[index]
-    name = f"{container}/{scale['key']}"
-    store = ts.open(precomputed_spec(container, scale["key"]), read=True).result()
+    name = f"{shown}/{scale['key']}"
+    spec = {"driver": "neuroglancer_precomputed", "kvstore": address.kvstore(),
+            "scale_metadata": {"key": scale["key"]}}
+    store = _open_store(spec, name)
     if store.shape[3] != 1:
         raise NtclassError(f"precomputed volume '{name}' has {store.shape[3]} channels; "
                            "expected 1 (grey-scale EM)")
     resolution = scale["resolution"][::-1]  # info is x, y, z
     vs = _voxel_size(resolution, voxel_size, name)
     offset = tuple(int(o) * v for o, v in zip(scale.get("voxel_offset", [0, 0, 0])[::-1], vs))
-    return RawVolume(TsArray(_zyx(store)), vs, offset, name, kind="precomputed",
-                     path=f"{container}|{scale['key']}")
+    return RawVolume(TsArray(_zyx(store, "precomputed"), name), vs, offset, name,
+                     kind="precomputed", spec=spec)
 
 
-def _zyx(store: ts.TensorStore) -> ts.TensorStore:
-    """A precomputed store (x, y, z, channel from voxel_offset) as z, y, x from 0."""
-    return store[..., 0].T.translate_to[0]
+def _open_chunked(address: RawAddress, dataset: str, driver: str,
+                  voxel_size: Sequence[int] | None) -> RawVolume:
+    """A zarr (v2 or v3) or N5 array, attributes included."""
+    inside = dataset.strip("/")
+    kind = {"zarr": "zarr", "zarr3": "zarr3", "n5": "n5"}[driver]
+    name = f"{address.shown}/{inside}"
+    spec = {"driver": driver, "kvstore": address.kvstore(inside)}
+    if kind == "zarr":
+        attrs = address.read_json(f"{inside}/.zattrs") or {}
+    elif kind == "zarr3":
+        attrs = (address.read_json(f"{inside}/zarr.json") or {}).get("attributes", {})
+    else:
+        attrs = address.read_json(f"{inside}/attributes.json") or {}
+    store = _open_store(spec, name)
+    if store.rank != 3:
+        raise NtclassError(
+            f"raw dataset '{dataset}' in '{address.shown}' has {store.rank} dimensions, "
+            "expected 3")
+    stored_vs = _attr(attrs, "voxel_size", "resolution")
+    if stored_vs is None and isinstance(attrs.get("pixelResolution"), dict):
+        stored_vs = attrs["pixelResolution"].get("dimensions")  # N5 viewer's convention
+    stored_offset = _attr(attrs, "offset")
+    if kind == "n5":  # N5 attributes are x, y, z
+        stored_vs = stored_vs[::-1] if stored_vs is not None else None
+        stored_offset = stored_offset[::-1] if stored_offset is not None else None
+    vs = _voxel_size(stored_vs, voxel_size, name)
+    offset = tuple(_whole(v) for v in (stored_offset if stored_offset is not None
+                                        else (0, 0, 0)))
+    if any(v is None for v in offset):
+        raise NtclassError(f"offset {_shown(stored_offset)} stored in '{name}' is not in "
+                           "whole nm; ntclass needs integer offsets")
+    return RawVolume(TsArray(_zyx(store, kind), name), vs, offset, name, kind=kind, spec=spec)
 
 
-def precomputed_spec(container: str, key: str) -> dict:
-    return {"driver": "neuroglancer_precomputed",
-            "kvstore": {"driver": "file", "path": container}, "scale_metadata": {"key": key}}
-
-
-def tensorstore_spec(volume: RawVolume) -> dict | None:
-    """How TensorStore opens `volume`'s data (None: HDF5 and in-memory volumes)."""
-    if volume.kind == "zarr":
-        return {"driver": "zarr", "kvstore": {"driver": "file", "path": volume.path}}
-    if volume.kind == "n5":
-        return {"driver": "n5", "kvstore": {"driver": "file", "path": volume.path}}
-    if volume.kind == "precomputed":
-        container, key = volume.path.split("|")
-        return precomputed_spec(container, key)
-    return None
-
-
-def open_tensorstore(volume: RawVolume, context: ts.Context | None = None
-                     ) -> ts.TensorStore | None:
-    """`volume`'s data as a TensorStore in z, y, x from 0, or None where it cannot."""
-    spec = tensorstore_spec(volume)
-    if spec is None:
-        return None
-    store = ts.open(spec, read=True, context=context).result()
-    if volume.kind == "n5":
-        return store.T  # N5 stores x, y, z
-    if volume.kind == "precomputed":
-        return _zyx(store)
-    return store
-
-
-def _is_n5(container: str) -> bool:
-    return container.rstrip("/").endswith(".n5") or os.path.exists(
-        os.path.join(container, "attributes.json")) and not os.path.exists(
-        os.path.join(container, ".zgroup"))
-
-
-def _attr(attrs, *names):
-    for name in names:
-        if name in attrs:
-            return attrs[name]
-    return None
-
-
-def open_raw(container: str | os.PathLike, dataset: str,
-             voxel_size: Sequence[int] | None = None) -> RawVolume:
-    """Open `dataset` inside a zarr, N5 or HDF5 `container` for reading.
-
-    The voxel size and offset come from the dataset's attributes (`voxel_size` or
-    `resolution`, and `offset`); `voxel_size` from the config is checked against them and
-    used where they are absent.
-    """
-    container = str(container)
-    if not os.path.exists(container):
-        raise NtclassError(f"raw container '{container}' does not exist")
-    if _is_precomputed(container):
-        return _open_precomputed(container, dataset, voxel_size)
-    if os.path.isfile(container) and not h5py.is_hdf5(container):
+def _open_hdf5(container: str, dataset: str, voxel_size: Sequence[int] | None) -> RawVolume:
+    if not h5py.is_hdf5(container):
         kind = ("a table" if container.lower().endswith((".csv", ".tsv", ".parquet", ".pq"))
                 else "not an HDF5 file")
         raise NtclassError(f"raw container '{container}' is {kind}; raw_container names the "
                            "raw EM volume: a zarr or N5 folder, an HDF5 file or a neuroglancer "
                            "precomputed volume")
     try:
-        if Path(container).suffix.lower() in HDF5_SUFFIXES or os.path.isfile(container):
-            data = _open_h5(container)[dataset]
-            reverse, kind = False, "hdf5"
-        elif _is_n5(container):
-            data = zarr.open(zarr.N5FSStore(container), mode="r")[dataset]
-            # N5 stores x, y, z; zarr's N5 store presents the data as z, y, x.
-            reverse, kind = True, "n5"
-        else:
-            data = zarr.open(container, mode="r")[dataset]
-            reverse, kind = False, "zarr"
+        data = _open_h5(container)[dataset]
     except KeyError:
         raise NtclassError(f"raw container '{container}' has no dataset '{dataset}'") from None
     except OSError as e:
@@ -224,20 +283,22 @@ def open_raw(container: str | os.PathLike, dataset: str,
         raise NtclassError(
             f"raw dataset '{dataset}' in '{container}' has {data.ndim} dimensions, expected 3")
     attrs = dict(data.attrs)
-    stored_vs = _attr(attrs, "voxel_size", "resolution")
-    stored_offset = _attr(attrs, "offset")
-    if reverse:
-        stored_vs = stored_vs[::-1] if stored_vs is not None else None
-        stored_offset = stored_offset[::-1] if stored_offset is not None else None
     name = f"{container}/{dataset}"
-    vs = _voxel_size(stored_vs, voxel_size, name)
+    vs = _voxel_size(_attr(attrs, "voxel_size", "resolution"), voxel_size, name)
+    stored_offset = _attr(attrs, "offset")
     offset = tuple(_whole(v) for v in (stored_offset if stored_offset is not None
                                         else (0, 0, 0)))
     if any(v is None for v in offset):
         raise NtclassError(f"offset {_shown(stored_offset)} stored in '{name}' is not in "
                            "whole nm; ntclass needs integer offsets")
-    path = container if kind == "hdf5" else os.path.join(container, dataset.strip("/"))
-    return RawVolume(data=data, voxel_size=vs, offset=offset, name=name, kind=kind, path=path)
+    return RawVolume(data=data, voxel_size=vs, offset=offset, name=name, kind="hdf5")
+
+
+def _attr(attrs, *names):
+    for name in names:
+        if name in attrs:
+            return attrs[name]
+    return None
 
 
 def _whole(value) -> int | None:

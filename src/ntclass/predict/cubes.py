@@ -1,16 +1,18 @@
 """Reading the cubes of prediction: each chunk once, in parallel, ahead of the model.
 
-TensorStore reads zarr, N5 and neuroglancer precomputed volumes. The cubes of a block come
-in spatial order; `ChunkedReads` reads every storage chunk they touch once, as a whole
-(aligned reads decode straight into memory, on TensorStore's thread pool), a window of
-cubes ahead of the one being assembled, and keeps a chunk only while a cube of the window
-still needs it. Memory is the window's chunks (a fixed budget).
+TensorStore reads zarr, N5 and neuroglancer precomputed volumes, local or remote. The
+cubes of a block come in spatial order; `ChunkedReads` assembles them from whole storage
+chunks (aligned reads decode straight into memory, on TensorStore's thread pool), read a
+few cubes ahead of the one being assembled. A process's `ChunkCache` keeps decoded chunks
+across blocks within a fixed budget, dropping first the chunk needed farthest ahead: on
+spatially sorted synapses each chunk is decoded about once.
 HDF5 volumes are read cube by cube by a thread pool through h5py. Cubes are awaited in
 order, so inference on the first batches runs while the later ones are still being read.
 """
 
 from __future__ import annotations
 
+import heapq
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,19 +21,13 @@ from functools import lru_cache
 import numpy as np
 import tensorstore as ts
 
+from ntclass import stores
 from ntclass.volumes import RawVolume, cube_begins, open_raw_cached, open_tensorstore
 
 
 def cpu_count() -> int:
     """Cores this process may use (SLURM and taskset limits included)."""
     return max(1, len(os.sched_getaffinity(0)))
-
-
-@lru_cache(maxsize=1)
-def _context(threads: int) -> ts.Context:
-    return ts.Context({"data_copy_concurrency": {"limit": threads},
-                       "file_io_concurrency": {"limit": max(4, 2 * threads)},
-                       "cache_pool": {"total_bytes_limit": 0}})  # chunks are read once
 
 
 @lru_cache(maxsize=1)
@@ -76,71 +72,132 @@ class PendingCube:
         return data <= (1 - EMPTY_SHARE) * inside.size
 
 
-class ChunkedReads:
-    """The voxel boxes `lo`..`hi` of a sequence of cubes, assembled from whole chunks.
+class ChunkCache:
+    """The decoded chunks of one store that a process keeps, across blocks.
 
-    Reads run ahead of the cube being assembled by as many cubes as `budget` bytes of
-    chunks allow; a chunk is kept after use only while a cube within that window needs it
-    again (else it is read again when its next cube comes), so memory stays within about
-    `budget` whatever the chunk size and the block length (512 MB: with 128 MB the feed
-    rate on FAFB-like data was a fifth lower)."""
+    At most `budget` bytes of chunks are kept or being read. When that is full, the chunk
+    whose next use lies farthest ahead goes first (Belady's rule: the order of the cubes
+    is known, the block's and the rows after it), so that on spatially sorted synapses
+    each chunk is decoded about once, and memory does not grow with the shard.
+    """
 
-    def __init__(self, store: ts.TensorStore, lo: np.ndarray, hi: np.ndarray,
-                 budget: int = 512 << 20):
+    def __init__(self, store: ts.TensorStore, budget: int = 512 << 20):
         layout = store.chunk_layout
         self.store = store
         self.origin = np.asarray(layout.grid_origin, dtype=np.int64)
         self.chunk = np.asarray(layout.read_chunk.shape, dtype=np.int64)
         self.shape = np.asarray(store.shape, dtype=np.int64)
-        self.lo, self.hi = lo, hi
+        self.chunk_bytes = int(np.prod(self.chunk)) * store.dtype.numpy_dtype.itemsize
+        self.capacity = max(64, budget // self.chunk_bytes)
+        self.chunks: dict[tuple, ts.Future] = {}
+        self.next_use: dict[tuple, int] = {}  # the cube of the current block that needs it
+        self._farthest: list[tuple[int, tuple]] = []  # a heap of (-next use, key)
+        self.decoded = 0  # chunks read so far
+        self.decoded_voxels = 0
+
+    def keys(self, lo: np.ndarray, hi: np.ndarray) -> list[list[tuple]]:
+        """The chunks each box `lo`..`hi` touches."""
         first = (lo - self.origin) // self.chunk
         last = (hi - 1 - self.origin) // self.chunk
-        self.keys = [[(z, y, x) for z in range(a[0], b[0] + 1) for y in range(a[1], b[1] + 1)
-                      for x in range(a[2], b[2] + 1)] for a, b in zip(first, last)]
-        per_cube = max(1.0, float(np.mean([len(k) for k in self.keys]))) if self.keys else 1
-        chunk_bytes = int(np.prod(self.chunk)) * store.dtype.numpy_dtype.itemsize
-        self.window = int(np.clip(budget / (chunk_bytes * per_cube), 2, 256))
-        self.next_use = self._next_uses()
-        self.reading: dict[tuple, ts.Future] = {}
-        self.issued = 0
-        self.chunks_read = 0
+        return [[(z, y, x) for z in range(a[0], b[0] + 1) for y in range(a[1], b[1] + 1)
+                 for x in range(a[2], b[2] + 1)] for a, b in zip(first, last)]
 
-    def _next_uses(self) -> list[dict]:
-        """For each cube and chunk, the next cube that needs the chunk (or infinity)."""
-        seen: dict[tuple, int] = {}
-        nxt: list[dict] = [{} for _ in self.keys]
-        for i in range(len(self.keys) - 1, -1, -1):
-            for key in self.keys[i]:
-                nxt[i][key] = seen.get(key, 1 << 62)
-                seen[key] = i
-        return nxt
-
-    def _box(self, key) -> tuple[np.ndarray, np.ndarray]:
+    def box(self, key: tuple) -> tuple[np.ndarray, np.ndarray]:
         begin = self.origin + np.asarray(key) * self.chunk
         return np.maximum(begin, 0), np.minimum(begin + self.chunk, self.shape)
 
+    def start_block(self, first_use: dict[tuple, int]) -> None:
+        """A new sequence of cubes: the chunks kept are ranked by their first use in it;
+        those it never needs are dropped."""
+        for key in [k for k in self.chunks if k not in first_use]:
+            del self.chunks[key], self.next_use[key]
+        self.next_use = {k: first_use[k] for k in self.chunks}
+        self._farthest = [(-n, k) for k, n in self.next_use.items()]
+        heapq.heapify(self._farthest)
+
+    def get(self, key: tuple, next_use: int) -> ts.Future:
+        """The chunk (read now if it is not kept), to be kept for its next use."""
+        if key not in self.chunks:
+            a, b = self.box(key)
+            self.chunks[key] = self.store[a[0]:b[0], a[1]:b[1], a[2]:b[2]].read()
+            self.decoded += 1
+            self.decoded_voxels += int(np.prod(b - a))
+        self.set_next_use(key, next_use)
+        return self.chunks[key]
+
+    def set_next_use(self, key: tuple, next_use: int) -> None:
+        self.next_use[key] = next_use
+        heapq.heappush(self._farthest, (-next_use, key))
+
+    def evict(self, needed_until: int) -> None:
+        """Drop the chunks used farthest ahead until the budget holds, never one that a
+        cube up to `needed_until` needs."""
+        while len(self.chunks) > self.capacity and self._farthest:
+            negative, key = self._farthest[0]
+            if self.next_use.get(key) != -negative:
+                heapq.heappop(self._farthest)  # an outdated entry
+                continue
+            if -negative <= needed_until:
+                return  # over budget for a while: everything kept is needed now
+            heapq.heappop(self._farthest)
+            del self.chunks[key], self.next_use[key]
+
+
+NEVER = 1 << 62
+
+
+class ChunkedReads:
+    """One block's cubes (boxes `lo`..`hi`, in order) assembled from whole chunks of a
+    ChunkCache. Reads run `ahead` cubes before the cube being assembled, on TensorStore's
+    thread pool. `later` are the boxes of the rows after the block: chunks they need are
+    kept for them."""
+
+    def __init__(self, cache: ChunkCache, lo: np.ndarray, hi: np.ndarray,
+                 later: tuple[np.ndarray, np.ndarray] | None = None, ahead: int = 32):
+        self.cache = cache
+        self.lo, self.hi = lo, hi
+        self.n = len(lo)
+        keys = cache.keys(lo, hi)
+        if later is not None and len(later[0]):
+            keys += cache.keys(*later)
+        self.keys = keys
+        self.next_use = self._next_uses()
+        self.ahead = ahead
+        self.issued = 0
+        cache.start_block({k: i for i in range(len(keys) - 1, -1, -1) for k in keys[i]})
+
+    def _next_uses(self) -> list[list[int]]:
+        """For each cube and each chunk it touches, the next cube that needs the chunk."""
+        seen: dict[tuple, int] = {}
+        nxt: list[list[int]] = [[] for _ in self.keys]
+        for i in range(len(self.keys) - 1, -1, -1):
+            nxt[i] = [seen.get(key, NEVER) for key in self.keys[i]]
+            for key in self.keys[i]:
+                seen[key] = i
+        return nxt
+
     def _issue(self, upto: int) -> None:
-        while self.issued < min(upto, len(self.keys)):
+        cache = self.cache
+        while self.issued < min(upto, self.n):
             for key in self.keys[self.issued]:
-                if key not in self.reading:
-                    a, b = self._box(key)
-                    self.reading[key] = self.store[a[0]:b[0], a[1]:b[1], a[2]:b[2]].read()
-                    self.chunks_read += 1
+                if key not in cache.chunks:
+                    cache.get(key, self.issued)
             self.issued += 1
+        cache.evict(needed_until=upto)
 
     def cube(self, i: int, out: np.ndarray) -> None:
         """Write cube `i` (its box inside the volume) into `out`."""
-        self._issue(i + 1 + self.window)
+        self._issue(i + 1 + self.ahead)
         lo, hi = self.lo[i], self.hi[i]
-        for key in self.keys[i]:
-            a, _ = self._box(key)
-            data = self.reading[key].result()
+        for key, later in zip(self.keys[i], self.next_use[i]):
+            a, _ = self.cache.box(key)
+            data = self.cache.chunks[key].result()
+            self.cache.set_next_use(key, later)
             s0 = np.maximum(lo, a)
             s1 = np.minimum(hi, a + data.shape)
             out[tuple(slice(u - v, w - v) for u, v, w in zip(s0, lo, s1))] = data[
                 tuple(slice(u - v, w - v) for u, v, w in zip(s0, a, s1))]
-            if self.next_use[i][key] > i + self.window:
-                del self.reading[key]  # read again, if ever, when its next cube comes
+        self.cache.evict(needed_until=i + self.ahead)
 
 
 class CubeReader:
@@ -149,22 +206,22 @@ class CubeReader:
     def __init__(self, volume: RawVolume, shape: Sequence[int], threads: int):
         self.volume = volume
         self.shape = tuple(int(s) for s in shape)
-        self.store = open_tensorstore(volume, _context(threads))
+        # no TensorStore cache: ChunkedReads keeps the chunks it needs
+        self.store = open_tensorstore(volume, stores.context(threads, 0))
         self.pool = None if self.store is not None else _pool(threads)
+        self.cache = ChunkCache(self.store) if self.store is not None else None
         self.voxels_read = 0  # voxels of the cubes (what the model sees)
 
-    def submit(self, locations: np.ndarray, crop: str = "ntclass"
-               ) -> tuple[list[PendingCube], np.ndarray]:
+    def submit(self, locations: np.ndarray, crop: str = "ntclass",
+               later: np.ndarray | None = None) -> tuple[list[PendingCube], np.ndarray]:
         """Start reading the cube of every location (in this order), placed by the crop
-        convention `crop` (volumes.CROPS); returns them and a padded flag each."""
-        shape = np.asarray(self.shape)
-        begins = cube_begins(self.volume, locations, shape, crop)
-        lo = np.maximum(begins, 0)
-        hi = np.minimum(begins + shape, self.volume.shape)
-        padded = np.any((lo != begins) | (hi != begins + shape), axis=1)
+        convention `crop` (volumes.CROPS); returns them and a padded flag each. `later`:
+        the locations that come next (the next blocks), whose chunks are worth keeping."""
+        lo, hi, begins, padded = self._boxes(locations, crop)
         self.voxels_read += int(np.prod(hi - lo, axis=1).sum())
         if self.store is not None:
-            reads = ChunkedReads(self.store, lo, hi)
+            ahead = self._boxes(later, crop)[:2] if later is not None else None
+            reads = ChunkedReads(self.cache, lo, hi, ahead)
             fetch = [lambda out, i=i: reads.cube(i, out) for i in range(len(lo))]
         else:
             futures = [self.pool.submit(self._read_h5, a, b) for a, b in zip(lo, hi)]
@@ -175,6 +232,16 @@ class CubeReader:
                      if pad else None)
             pending.append(PendingCube(read, self.shape, inner, self.volume.dtype))
         return pending, padded
+
+    def _boxes(self, locations: np.ndarray, crop: str) -> tuple[np.ndarray, ...]:
+        """Each cube's box inside the volume (lo, hi), its first voxel and whether it
+        reaches outside."""
+        shape = np.asarray(self.shape)
+        begins = cube_begins(self.volume, locations, shape, crop)
+        lo = np.maximum(begins, 0)
+        hi = np.minimum(begins + shape, self.volume.shape)
+        padded = np.any((lo != begins) | (hi != begins + shape), axis=1)
+        return lo, hi, begins, padded
 
     def _read_h5(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         return np.asarray(self.volume.data[tuple(slice(int(a), int(b))

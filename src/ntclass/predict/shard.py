@@ -131,7 +131,10 @@ class BlockPredictor:
     def __call__(self, block) -> None:
         begin, end = block.write_roi.begin[0], block.write_roi.end[0]
         rows = read_rows(self.todo, begin, end)
-        probs, padded, empty = self.predict(rows)
+        # the rows after this block (one block per worker): their chunks are kept
+        later = read_rows(self.todo, end, end + self.cfg.settings.rows_per_block
+                          * self.cfg.settings.workers)
+        probs, padded, empty = self.predict(rows, later)
         out = rows[[*KEY, "cell"]].copy()
         for i, nt in enumerate(self.cfg.classes):
             out[nt] = probs[:, i]
@@ -140,9 +143,11 @@ class BlockPredictor:
         with atomic_path(self.blocks_dir / f"{block.block_id[1]}.parquet") as tmp:
             out.to_parquet(tmp, index=False)
 
-    def predict(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def predict(self, rows: pd.DataFrame, later: pd.DataFrame | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Class probabilities (N x classes, float32), and flags of the cubes that reach
-        outside the volume (padded) and of those that hold no data (empty) of some rows."""
+        outside the volume (padded) and of those that hold no data (empty) of some rows.
+        `later`: the rows that come next (their chunks are kept for them)."""
         model = self.model()
         probs = np.zeros((len(rows), len(self.cfg.classes)), dtype=np.float32)
         padded = np.zeros(len(rows), dtype=bool)
@@ -156,8 +161,8 @@ class BlockPredictor:
                                             self.cfg.intensity_range, self.model_path)
             locations = rows[["z", "y", "x"]].to_numpy(dtype=np.float64)[idx]
             # where the model's trainer placed its cubes (files before this record: ntclass)
-            pending, padded[idx] = reader.submit(locations,
-                                                 self._record.get("crop", "ntclass"))
+            pending, padded[idx] = reader.submit(locations, self._record.get("crop", "ntclass"),
+                                                 _locations_in(later, container, dataset))
             flags = np.zeros(len(idx), dtype=bool)
             probs[idx] = self._infer(model, pending, intensity, flags,
                                      reader.volume.fill_value)
@@ -208,6 +213,14 @@ class BlockPredictor:
 _TORCH_DTYPES = {np.dtype(t): getattr(torch, t) for t in (
     "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float16",
     "float32", "float64")}
+
+
+def _locations_in(rows: pd.DataFrame | None, container: str, dataset: str
+                  ) -> np.ndarray | None:
+    if rows is None or rows.empty:
+        return None
+    mine = (rows["raw_container"] == container) & (rows["raw_dataset"] == dataset)
+    return rows.loc[mine, ["z", "y", "x"]].to_numpy(dtype=np.float64)
 
 
 def _tuple(values) -> tuple | None:
