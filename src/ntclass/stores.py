@@ -146,10 +146,15 @@ def retry_settings() -> dict:
     return {f"{kind}_request_retries": policy for kind in ("http", "gcs", "s3")}
 
 
-@lru_cache(maxsize=8)
 def context(threads: int = 0, cache_bytes: int = 0) -> ts.Context:
     """A TensorStore context: `threads` decode threads (0: TensorStore's default), a chunk
-    cache of `cache_bytes` and the retry policy."""
+    cache of `cache_bytes` and the retry policy. The same arguments give the same context
+    (and so the same cache) within a process."""
+    return _context(threads, cache_bytes, retries())
+
+
+@lru_cache(maxsize=8)
+def _context(threads: int, cache_bytes: int, tries: int) -> ts.Context:
     spec: dict = {"cache_pool": {"total_bytes_limit": cache_bytes}, **retry_settings()}
     if threads:
         spec["data_copy_concurrency"] = {"limit": threads}
@@ -157,9 +162,13 @@ def context(threads: int = 0, cache_bytes: int = 0) -> ts.Context:
     return ts.Context(spec)
 
 
-@lru_cache(maxsize=64)
 def _kvstore(spec: str) -> ts.KvStore:
-    return ts.KvStore.open(json.loads(spec), context=context()).result()
+    return _open_kvstore(spec, context())
+
+
+@lru_cache(maxsize=64)
+def _open_kvstore(spec: str, within: ts.Context) -> ts.KvStore:
+    return ts.KvStore.open(json.loads(spec), context=within).result()
 
 
 def unreachable(shown: str, error: Exception) -> NtclassError:

@@ -103,6 +103,10 @@ class TsArray:
             raise unreachable(self.shown, e) from None
 
 
+# Raw EM does not change while ntclass reads it: a cached chunk is not asked for again
+# (TensorStore would revalidate it with the server on every read).
+UNCHANGING = {"recheck_cached_data": False, "recheck_cached_metadata": False}
+
 # Chunks a process keeps decoded for slicing reads (training samples, checks): the cubes
 # of neighbouring synapses share chunks.
 SLICE_CACHE_BYTES = 256 << 20
@@ -203,7 +207,7 @@ def _open_precomputed(address: RawAddress, dataset: str, voxel_size: Sequence[in
     try:
         info = address.read_json("info")
         scales = info["scales"]
-    except (TypeError, KeyError, NtclassError):
+    except (TypeError, KeyError):
         raise NtclassError(f"'{shown}/info' is not a neuroglancer precomputed info "
                            "file") from None
     keys = [sc["key"] for sc in scales]
@@ -215,7 +219,7 @@ def _open_precomputed(address: RawAddress, dataset: str, voxel_size: Sequence[in
     scale = scales[index]
     name = f"{shown}/{scale['key']}"
     spec = {"driver": "neuroglancer_precomputed", "kvstore": address.kvstore(),
-            "scale_metadata": {"key": scale["key"]}}
+            "scale_metadata": {"key": scale["key"]}, **UNCHANGING}
     store = _open_store(spec, name)
     if store.shape[3] != 1:
         raise NtclassError(f"precomputed volume '{name}' has {store.shape[3]} channels; "
@@ -233,7 +237,7 @@ def _open_chunked(address: RawAddress, dataset: str, driver: str,
     inside = dataset.strip("/")
     kind = {"zarr": "zarr", "zarr3": "zarr3", "n5": "n5"}[driver]
     name = f"{address.shown}/{inside}"
-    spec = {"driver": driver, "kvstore": address.kvstore(inside)}
+    spec = {"driver": driver, "kvstore": address.kvstore(inside), **UNCHANGING}
     if kind == "zarr":
         attrs = address.read_json(f"{inside}/.zattrs") or {}
     elif kind == "zarr3":

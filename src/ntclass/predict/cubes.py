@@ -203,11 +203,12 @@ class ChunkedReads:
 class CubeReader:
     """Cubes of `shape` voxels centred on locations (nm) of one raw volume."""
 
-    def __init__(self, volume: RawVolume, shape: Sequence[int], threads: int):
+    def __init__(self, volume: RawVolume, shape: Sequence[int], threads: int,
+                 context: ts.Context | None = None):
         self.volume = volume
         self.shape = tuple(int(s) for s in shape)
-        # no TensorStore cache: ChunkedReads keeps the chunks it needs
-        self.store = open_tensorstore(volume, stores.context(threads, 0))
+        # by default no TensorStore cache: the ChunkCache keeps the chunks it needs
+        self.store = open_tensorstore(volume, context or stores.context(threads, 0))
         self.pool = None if self.store is not None else _pool(threads)
         self.cache = ChunkCache(self.store) if self.store is not None else None
         self.voxels_read = 0  # voxels of the cubes (what the model sees)

@@ -23,6 +23,7 @@ from ntclass.sources.synapses import (
     cremi_batches,
     table_batches,
 )
+from ntclass.stores import parse_container
 
 # rows per batch when a source is streamed: a few hundred MB of pandas at most
 BATCH_ROWS = 1_000_000
@@ -102,7 +103,7 @@ class TableSource(Source):
         return f"synapse table '{self.table}'"
 
     def files(self) -> dict[str, str]:
-        return {"table": self.table, "raw": self.raw_container}
+        return {"table": self.table, **_local_raw(self.raw_container)}
 
     def batches(self, classes, check, batch_rows=BATCH_ROWS, split_field=None):
         return table_batches(self.table, self.raw_container, self.raw_dataset, classes,
@@ -153,7 +154,7 @@ class MongoSource(Source):
         return f"MongoDB database '{self.database}'"
 
     def files(self) -> dict[str, str]:
-        return {"raw": self.raw_container}
+        return _local_raw(self.raw_container)
 
     def connection(self) -> mongo.Connection:
         return mongo.Connection(self.uri, self.database, self.collections)
@@ -208,3 +209,9 @@ def target_of(section: Mapping[str, Any], where: str) -> Source | SplitPart:
                                 where)
         return SplitPart(section["part"], where.removeprefix("targets."))
     return source_of(section, where)
+
+
+def _local_raw(container: str) -> dict[str, str]:
+    """The raw container as a local input file; remote raw is no file Snakemake tracks."""
+    address = parse_container(container)
+    return {} if address.remote or address.driver else {"raw": container}
