@@ -87,6 +87,7 @@ class ChunkCache:
         self.origin = np.asarray(layout.grid_origin, dtype=np.int64)
         self.chunk = np.asarray(layout.read_chunk.shape, dtype=np.int64)
         self.shape = np.asarray(store.shape, dtype=np.int64)
+        self.origin_list, self.chunk_list = self.origin.tolist(), self.chunk.tolist()
         self.chunk_bytes = int(np.prod(self.chunk)) * store.dtype.numpy_dtype.itemsize
         self.capacity = max(64, budget // self.chunk_bytes)
         self.chunks: dict[tuple, ts.Future] = {}
@@ -188,15 +189,20 @@ class ChunkedReads:
     def cube(self, i: int, out: np.ndarray) -> None:
         """Write cube `i` (its box inside the volume) into `out`."""
         self._issue(i + 1 + self.ahead)
-        lo, hi = self.lo[i], self.hi[i]
+        # plain ints: this loop runs about 15 times a cube, numpy's small-array calls
+        # cost more than the copies
+        lo, hi = self.lo[i].tolist(), self.hi[i].tolist()
+        chunks, origin, size = self.cache.chunks, self.cache.origin_list, self.cache.chunk_list
         for key, later in zip(self.keys[i], self.next_use[i]):
-            a, _ = self.cache.box(key)
-            data = self.cache.chunks[key].result()
+            data = chunks[key].result()
             self.cache.set_next_use(key, later)
-            s0 = np.maximum(lo, a)
-            s1 = np.minimum(hi, a + data.shape)
-            out[tuple(slice(u - v, w - v) for u, v, w in zip(s0, lo, s1))] = data[
-                tuple(slice(u - v, w - v) for u, v, w in zip(s0, a, s1))]
+            a = [o + k * c for o, k, c in zip(origin, key, size)]
+            a = [max(v, 0) for v in a]
+            s0 = [max(u, v) for u, v in zip(lo, a)]
+            s1 = [min(u, v + n) for u, v, n in zip(hi, a, data.shape)]
+            out[s0[0] - lo[0]:s1[0] - lo[0], s0[1] - lo[1]:s1[1] - lo[1],
+                s0[2] - lo[2]:s1[2] - lo[2]] = data[
+                s0[0] - a[0]:s1[0] - a[0], s0[1] - a[1]:s1[1] - a[1], s0[2] - a[2]:s1[2] - a[2]]
         self.cache.evict(needed_until=i + self.ahead)
 
 
