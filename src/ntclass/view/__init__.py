@@ -1,0 +1,1 @@
+"""Seeing the results: neuroglancer annotations, segment properties and states."""

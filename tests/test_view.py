@@ -1,0 +1,161 @@
+"""Neuroglancer annotations read back by the test's own decoder of the documented binary
+layout (google/neuroglancer, src/datasource/precomputed/annotations.md); sharded indices
+through TensorStore's `neuroglancer_uint64_sharded` key-value store."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorstore as ts
+
+from ntclass.view.annotations import write_annotations
+
+CLASSES = ["acetylcholine", "gaba", "glutamate", "serotonin"]
+
+
+def prediction_table(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(len(CLASSES)), n).astype(np.float32)
+    # a dense cluster, so that cells must split, and a spread of points
+    loc = np.concatenate([rng.normal((2000, 8000, 9000), (80, 300, 300), (n // 2, 3)),
+                          rng.uniform((0, 0, 0), (4000, 20000, 30000), (n - n // 2, 3))])
+    table = pd.DataFrame({"synapse_id": rng.choice(10**12, n, replace=False) + 1,
+                          "z": loc[:, 0], "y": loc[:, 1], "x": loc[:, 2],
+                          "pre_id": rng.integers(1, 40, n),
+                          "post_id": pd.array(rng.integers(100, 400, n), dtype="UInt64")})
+    table.loc[::7, "post_id"] = pd.NA  # a synapse without a known partner
+    for i, c in enumerate(CLASSES):
+        table[c] = probs[:, i]
+    table["predicted_nt"] = np.asarray(CLASSES)[probs.argmax(axis=1)]
+    table["confidence"] = probs.max(axis=1)
+    return table
+
+
+class Decoder:
+    """Reads an annotation collection as the spec describes it."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.info = json.loads((folder / "info").read_text())
+        props = self.info["properties"]
+        # 4-byte properties first, then 1-byte ones, then padding to 4
+        self.order = ([p for p in props if p["type"] in ("float32", "uint32", "int32")]
+                      + [p for p in props if p["type"] in ("uint8", "int8")])
+        size = 12 + sum(4 if p["type"].endswith("32") else 1 for p in self.order)
+        self.record = (size + 3) // 4 * 4
+
+    def decode_record(self, raw: bytes) -> dict:
+        x, y, z = struct.unpack_from("<3f", raw, 0)
+        out, offset = {"x": x, "y": y, "z": z}, 12
+        for p in self.order:
+            fmt = {"float32": "<f", "uint8": "<B"}[p["type"]]
+            out[p["id"]] = struct.unpack_from(fmt, raw, offset)[0]
+            offset += struct.calcsize(fmt)
+        return out
+
+    def index(self, spec: dict) -> dict[int, bytes]:
+        """key -> value of a uint64 index, sharded or one file per key."""
+        path = self.folder / spec["key"]
+        if "sharding" not in spec:
+            return {int(p.name) if p.name.isdigit() else p.name: p.read_bytes()
+                    for p in path.iterdir()}
+        store = ts.KvStore.open({"driver": "neuroglancer_uint64_sharded",
+                                 "metadata": spec["sharding"],
+                                 "base": f"file://{path}/"}).result()
+        return {int.from_bytes(k, "big"): store.read(k).result().value
+                for k in store.list().result()}
+
+    def multiple(self, raw: bytes) -> list[tuple[int, dict]]:
+        count = struct.unpack_from("<Q", raw, 0)[0]
+        records = [self.decode_record(raw[8 + i * self.record:8 + (i + 1) * self.record])
+                   for i in range(count)]
+        ids = struct.unpack_from(f"<{count}Q", raw, 8 + count * self.record)
+        assert len(raw) == 8 + count * (self.record + 8)
+        return list(zip(ids, records))
+
+    def by_id(self) -> dict[int, tuple[dict, list[list[int]]]]:
+        out = {}
+        for key, raw in self.index(self.info["by_id"]).items():
+            record = self.decode_record(raw[:self.record])
+            offset, related = self.record, []
+            for _ in self.info["relationships"]:
+                count = struct.unpack_from("<I", raw, offset)[0]
+                related.append(list(struct.unpack_from(f"<{count}Q", raw, offset + 4)))
+                offset += 4 + 8 * count
+            assert offset == len(raw)
+            out[key] = (record, related)
+        return out
+
+
+def cell_of(key, grid_shape) -> list[int]:
+    """A spatial index key as a grid cell: the file name `x_y_z`, or (sharded) the
+    compressed Morton code, whose bit k belongs to the dimensions that still have bits."""
+    if isinstance(key, str):
+        return [int(v) for v in key.split("_")]
+    bits = [int(np.ceil(np.log2(g))) for g in grid_shape]
+    cell, k = [0, 0, 0], 0
+    for i in range(max(bits)):
+        for d in range(3):
+            if i < bits[d]:
+                cell[d] |= ((key >> k) & 1) << i
+                k += 1
+    return cell
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_annotations_read_back_equal_the_prediction_table(tmp_path, sharded):
+    table = prediction_table(3000)
+    table.to_parquet(tmp_path / "predictions.parquet")
+    out = tmp_path / "annotations"
+    write_annotations(str(tmp_path / "predictions.parquet"), out, CLASSES, tmp_path / "work",
+                      limit=100, sharded=sharded)
+    decoded = Decoder(out)
+    info = decoded.info
+    assert info["annotation_type"] == "POINT" and list(info["dimensions"]) == ["x", "y", "z"]
+    nt = next(p for p in info["properties"] if p["id"] == "nt")
+    assert nt["enum_labels"] == CLASSES and nt["enum_values"] == [0, 1, 2, 3]
+    truth = table.set_index("synapse_id")
+
+    by_id = decoded.by_id()
+    assert sorted(by_id) == sorted(truth.index)
+    for key, (record, (pre, post)) in by_id.items():
+        row = truth.loc[key]
+        assert np.allclose([record["x"], record["y"], record["z"]], [row.x, row.y, row.z],
+                           rtol=1e-6)
+        assert CLASSES[record["nt"]] == row.predicted_nt
+        assert np.isclose(record["confidence"], row.confidence)
+        assert all(np.isclose(record[f"p_{c}"], row[c]) for c in CLASSES)
+        assert pre == [row.pre_id]
+        assert post == ([] if pd.isna(row.post_id) else [row.post_id])
+
+    # the spatial index: every synapse exactly once over the levels, no cell over its limit,
+    # each inside its cell, and the bounds hold every point (upper bound exclusive)
+    lower, upper = np.array(info["lower_bound"]), np.array(info["upper_bound"])
+    seen = []
+    for level in info["spatial"]:
+        assert np.allclose(np.array(level["grid_shape"]) * level["chunk_size"], upper - lower)
+        for key, raw in decoded.index(level).items():
+            found = decoded.multiple(raw)
+            assert 0 < len(found) <= level["limit"]
+            cell = np.array(cell_of(key, level["grid_shape"]))
+            begin = lower + cell * level["chunk_size"]
+            for synapse, record in found:
+                point = np.array([record["x"], record["y"], record["z"]])
+                assert np.all(point >= begin) and np.all(point < begin + level["chunk_size"])
+                seen.append(synapse)
+    assert len(info["spatial"]) > 2  # the cluster needed finer levels
+    assert sorted(seen) == sorted(truth.index)
+
+    for rel, column in (("pre_segment", "pre_id"), ("post_segment", "post_id")):
+        spec = next(r for r in info["relationships"] if r["id"] == rel)
+        index = decoded.index(spec)
+        expected = truth[column].dropna()
+        assert sorted(index) == sorted(expected.unique())
+        for segment, raw in index.items():
+            assert sorted(s for s, _ in decoded.multiple(raw)) == sorted(
+                expected[expected == segment].index)
