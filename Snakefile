@@ -40,12 +40,14 @@ include: "rules/split.smk"
 include: "rules/train.smk"
 include: "rules/predict.smk"
 include: "rules/evaluate.smk"
+include: "rules/view.smk"
 
 
 rule all:
     default_target: True
     input:
         evaluation_targets(),
+        view_targets(),
         "results/evaluation/comparison.csv",
         expand("results/models/{model}/training_curves.png", model=TRAINED),
         write_back_targets(),

@@ -72,8 +72,10 @@ def evaluation_params():
                 "min_confidence",
                 "signs",
                 "empty_cubes",
+                "group_by",
             )
         }
+        | {"neuron_table": config["evaluation"].get("neuron_table")}
     )
 
 
@@ -177,6 +179,10 @@ def evaluation_inputs(wildcards):
     }
     if config["evaluation"]["temperature_scaling"]["enabled"]:
         inputs["temperature"] = f"results/models/{wildcards.model}/temperature.json"
+    if config["evaluation"]["group_by"]:
+        inputs["synapses"] = f"results/targets/{wildcards.target}"
+    if config["evaluation"].get("neuron_table"):
+        inputs["neuron_table"] = config["evaluation"]["neuron_table"]
     return inputs
 
 
@@ -215,4 +221,18 @@ def write_back_targets():
         "results/predictions/{model}/{target}/mongo_write_back.json",
         model=MODELS,
         target=chosen,
+    )
+
+
+def view_raw(wildcards):
+    """The one raw volume of a target as [container, dataset] (None: CREMI crops)."""
+    target = TARGET[wildcards.target]
+    described = SOURCE if isinstance(target, SplitPart) else target
+    raw_container = getattr(described, "raw_container", None)
+    return [raw_container, described.raw_dataset] if raw_container else None
+
+
+def view_targets():
+    return expand(
+        "results/view/{model}/{target}/state.json", model=MODELS, target=TARGETS
     )

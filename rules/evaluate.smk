@@ -13,6 +13,7 @@ rule evaluate:
         ),
         neurons="results/evaluation/{model}/{target}/neurons.csv",
         edges="results/evaluation/{model}/{target}/edges.csv",
+        groups="results/evaluation/{model}/{target}/groups.csv",
         confusion=report(
             "results/evaluation/{model}/{target}/confusion.png",
             caption="../report/confusion.rst",

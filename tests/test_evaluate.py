@@ -185,7 +185,7 @@ def test_fitted_temperature_is_applied_in_evaluation(tmp_path):
     settings = Evaluation(neuron_rule="mean", min_synapses=1, min_confidence=0.0, signs={},
                           empty_cubes="leave_out")
     outs = EvaluationOutputs(*(str(tmp_path / n) for n in (
-        "m.json", "r.txt", "n.csv", "e.csv", "c.png", "k.png")))
+        "m.json", "r.txt", "n.csv", "e.csv", "g.csv", "c.png", "k.png")))
     raw = evaluate_predictions(str(tmp_path / "test.csv"), classes=CLASSES, settings=settings,
                                title="t", outputs=outs)
     scaled = evaluate_predictions(str(tmp_path / "test.csv"), classes=CLASSES,
@@ -248,3 +248,51 @@ def test_ntclass_evaluate_refuses_a_table_whose_values_mean_something_else(
 def _written(table: pd.DataFrame, path):
     table.to_csv(path, index=False)
     return path
+
+
+def test_group_calls_on_the_demos_hemilineages_match_a_hand_computation(tiny_demo, tmp_path):
+    """Per hemilineage: one neuron called wrongly (0.6), one unclear (left out), the others
+    right (0.9): the consensus is the true NT, agreement (n - 1) / n of the n called."""
+    from conftest import CLASSES as DEMO_CLASSES
+
+    from ntclass.evaluate.groups import group_calls, group_metrics, neuron_groups
+    from ntclass.predict.targets import write_target
+    from ntclass.settings import Partition
+    from ntclass.sources.kinds import source_of
+
+    synapses = pd.read_csv(tiny_demo["table"])
+    target = {"type": "table", "table": tiny_demo["table"], "raw_container": tiny_demo["volume"],
+              "raw_dataset": "volumes/raw/s0"}
+    write_target(None, source_of(target), DEMO_CLASSES, None,
+                 Partition(shards=1, synapses_per_shard=None, block_size=(640, 1024, 1024),
+                           read_batch_rows=10_000), str(tmp_path / "target"))
+    groups = neuron_groups(["hemilineage"], str(tmp_path / "target"), None, tmp_path)
+    lineage = synapses.groupby("pre_id")["hemilineage"].agg(lambda s: s.mode()[0])
+    assert groups.set_index("pre_id")["hemilineage"].to_dict() == lineage.to_dict()
+
+    # made-up calls: each neuron called its true NT at confidence 0.9, but the first
+    # neuron of every hemilineage is called "glutamate" at 0.6 (or "gaba" where glutamate
+    # is the truth), and the second is "unclear" (left out)
+    truth = synapses.groupby("pre_id")["nt"].first()
+    rows = []
+    for _, members in lineage.groupby(lineage):
+        for k, pre_id in enumerate(sorted(members.index)):
+            nt = truth[pre_id]
+            call, conf = (nt, 0.9)
+            if k == 0:
+                call, conf = ("gaba" if nt == "glutamate" else "glutamate", 0.6)
+            elif k == 1:
+                call, conf = ("unclear", 0.3)
+            rows.append({"pre_id": pre_id, "predicted_nt": call, "confidence": conf, "nt": nt})
+    neurons = pd.DataFrame(rows)
+    found = group_calls(neurons, groups, ["hemilineage"]).set_index("group")
+    for name, members in lineage.groupby(lineage):
+        n = len(members) - 1  # the unclear one is not counted
+        nt = truth[sorted(members.index)[2]]
+        assert found.loc[name, "neurons"] == n
+        # the true NT outvotes the wrong call, or ties it and wins on confidence (0.9 > 0.6)
+        assert found.loc[name, "consensus_nt"] == nt
+        assert np.isclose(found.loc[name, "agreement"], (n - 1) / n)
+        assert np.isclose(found.loc[name, "confidence"], 0.9)
+        assert found.loc[name, "correct"] and found.loc[name, "known_nt"] == nt
+    assert group_metrics(found.reset_index())["hemilineage"]["groups"] == lineage.nunique()

@@ -6,6 +6,7 @@ identical. Training reads through the same reader, each chunk once."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -143,6 +144,11 @@ def test_a_workflow_predicts_from_a_remote_volume(served, tmp_path):
     merged = table.merge(local, on="synapse_id", suffixes=("", "_local"))
     assert np.allclose(merged[list(CLASSES)].to_numpy(float),
                        merged[[f"{c}_local" for c in CLASSES]].to_numpy(float), atol=1e-6)
+    # the neuroglancer state shows the remote raw as given, over the synapses' layer
+    state = json.loads((tmp_path / "results/view/own/em/state.json").read_text())
+    assert state["layers"][0]["source"] == container
+    info = json.loads((tmp_path / "results/view/own/em/annotations/info").read_text())
+    assert info["@type"] == "neuroglancer_annotations_v1"
 
 
 def test_neuroglancer_source_strings_name_the_format():

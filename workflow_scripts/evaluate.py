@@ -10,5 +10,6 @@ run_job(
         sm.input.predictions, classes=p.classes,
         settings=Evaluation.from_config(p.evaluation, "evaluation"), title=p.title,
         outputs=EvaluationOutputs.of(sm.output),
-        temperature_path=getattr(sm.input, "temperature", None)),
+        temperature_path=getattr(sm.input, "temperature", None),
+        target_dir=getattr(sm.input, "synapses", None)),
 )

@@ -91,11 +91,28 @@ class Prediction(Section):
 class Evaluation(Section):
     """How predictions become metrics, neuron calls and signed edges."""
 
+    optional: ClassVar[tuple[str, ...]] = ("neuron_table",)
+
     neuron_rule: str  # majority, mean or sum
     min_synapses: int
     min_confidence: float
     signs: Mapping[str, int]  # NT -> 1, -1 or 0; NTs not listed get 0
     empty_cubes: str  # leave_out or keep: synapses whose cubes held no data
+    group_by: tuple[str, ...] = ()  # columns whose groups get consensus calls
+    neuron_table: str | None = None  # a table of neurons (pre_id and group columns)
+
+
+@dataclass(frozen=True)
+class View(Section):
+    """How results are shown in neuroglancer."""
+
+    optional: ClassVar[tuple[str, ...]] = ("segmentation",)
+    schema: ClassVar[tuple[str, ...]] = ("properties", "view")
+    viewer: str  # the neuroglancer address the state's URL opens
+    served_at: str  # where `ntclass view` serves local files
+    segmentation: str | None  # a neuroglancer source of the lab's segmentation
+    palette: str  # synister or codex
+    limit: int  # annotations per spatial cell
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ from ntclass.evaluate.calibration import (
     reliability,
 )
 from ntclass.evaluate.circuit import FLY_SIGNS, write_signed_edges
+from ntclass.evaluate.groups import COLUMNS as GROUP_COLUMNS
+from ntclass.evaluate.groups import group_calls, group_metrics, neuron_groups
 from ntclass.ids import ID_DTYPE
 from ntclass.io import NamedOutputs
 from ntclass.settings import Evaluation
@@ -188,6 +190,9 @@ def report_text(metrics: dict, title: str) -> str:
                       "voxels the volume's fill value, as where chunks are missing): "
                       + ("left out of everything above" if empty["left_out"] else
                          "kept (evaluation.empty_cubes: keep)")]
+    for column, found in (metrics.get("group") or {}).items():
+        lines += ["", f"Groups by {column}: {found['groups']} groups, {found['known']} with a "
+                  f"known NT, consensus accuracy {_fmt(found['accuracy'])} (groups.csv)"]
     return "\n".join(lines) + "\n"
 
 
@@ -317,19 +322,21 @@ class EvaluationOutputs(NamedOutputs):
     report: str
     neurons: str
     edges: str
+    groups: str
     confusion: str
     calibration: str
 
     @classmethod
     def in_folder(cls, folder: str | os.PathLike) -> EvaluationOutputs:
         return cls(**{f.name: str(Path(folder) / name) for f, name in zip(fields(cls), (
-            "metrics.json", "report.txt", "neurons.csv", "edges.csv", "confusion.png",
-            "calibration.png"))})
+            "metrics.json", "report.txt", "neurons.csv", "edges.csv", "groups.csv",
+            "confusion.png", "calibration.png"))})
 
 
 def evaluate_predictions(predictions_path: str, *, classes: Sequence[str],
                          settings: Evaluation, title: str, outputs: EvaluationOutputs,
-                         temperature_path: str | None = None) -> dict:
+                         temperature_path: str | None = None,
+                         target_dir: str | None = None) -> dict:
     """Evaluate one prediction table (Parquet): metrics.json, report.txt, the neuron
     calls, the signed edge list and the figures. With a fitted temperature, every
     probability used (neuron calls, confidences, calibration) is temperature-scaled first.
@@ -351,6 +358,10 @@ def evaluate_predictions(predictions_path: str, *, classes: Sequence[str],
                            settings.min_confidence)
         write_signed_edges(con, neurons, settings.signs or FLY_SIGNS, outputs.edges)
         con.close()
+        groups = (group_calls(neurons, neuron_groups(settings.group_by, target_dir,
+                                                     settings.neuron_table, Path(work)),
+                              settings.group_by)
+                  if settings.group_by else pd.DataFrame(columns=GROUP_COLUMNS))
     if temperature is not None:
         raw_ece = expected_calibration_error(*_labelled_arrays(labelled, classes))
         labelled = calibrated(labelled, classes, temperature)
@@ -359,10 +370,13 @@ def evaluate_predictions(predictions_path: str, *, classes: Sequence[str],
         metrics["temperature"] = temperature
         metrics["synapse"]["ece_uncalibrated"] = raw_ece
     metrics["empty_cubes"] = {"n": n_empty, "left_out": settings.empty_cubes == "leave_out"}
+    if settings.group_by:
+        metrics["group"] = group_metrics(groups)
     if n_empty:
         log.warning("%d synapses' cubes held no data (the volume's fill value); %s", n_empty,
                     "left out" if settings.empty_cubes == "leave_out" else "kept")
     write_csv(neurons, outputs.neurons)
+    write_csv(groups, outputs.groups)
     syn = metrics["synapse"]
     confusion_figure(syn["confusion_matrix"]["counts"] or np.zeros((len(classes),) * 2),
                      classes, "synapses", outputs.confusion)

@@ -1,0 +1,23 @@
+rule neuroglancer:
+    """The synapse predictions as neuroglancer annotations, the neuron calls as segment
+    properties and a state (JSON and URL) showing both over the raw."""
+    input:
+        predictions="results/predictions/{model}/{target}/predictions.parquet",
+        neurons="results/evaluation/{model}/{target}/neurons.csv",
+    output:
+        annotations=directory("results/view/{model}/{target}/annotations"),
+        segments=directory("results/view/{model}/{target}/segment_properties"),
+        state="results/view/{model}/{target}/state.json",
+        url="results/view/{model}/{target}/state_url.txt",
+    params:
+        classes=config["classes"],
+        view=config["view"],
+        raw=view_raw,
+        voxel_size=config.get("voxel_size"),
+        name=lambda wc: f"{wc.model} {wc.target}",
+    log:
+        "logs/view/{model}/{target}.log",
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/neuroglancer.py"

@@ -1,0 +1,63 @@
+"""The neuroglancer layers of one model and target, as the workflow writes them."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ntclass.io import NamedOutputs, atomic_path
+from ntclass.settings import View
+from ntclass.sql import duckdb_connection, query_one
+from ntclass.view.annotations import write_annotations
+from ntclass.view.segments import write_segment_properties
+from ntclass.view.state import raw_source, state, state_url
+from ntclass.volumes import open_raw
+
+
+@dataclass(frozen=True)
+class ViewOutputs(NamedOutputs):
+    """The files of one model and target's view, named as the rule's outputs."""
+
+    annotations: str
+    segments: str
+    state: str
+    url: str
+
+
+def write_view(predictions: str, neurons: str, outputs: ViewOutputs, *,
+               classes: Sequence[str], settings: View, raw: Sequence[str] | None,
+               voxel_size: Sequence[int] | None, name: str) -> dict:
+    """Annotations, segment properties and the state (JSON and URL); returns the state."""
+    work = Path(outputs.annotations).parent / ".annotations-work"
+    write_annotations(predictions, Path(outputs.annotations), classes, work,
+                      limit=settings.limit)
+    write_segment_properties(pd.read_csv(neurons, dtype={"predicted_nt": "string"}),
+                             Path(outputs.segments))
+    source = None
+    if raw:
+        volume = open_raw(raw[0], raw[1], voxel_size)
+        source = raw_source(raw[0], raw[1], volume.kind, settings.served_at)
+        voxel_size = volume.voxel_size
+    con = duckdb_connection(work.parent)
+    centre = query_one(con, f"SELECT median(z), median(y), median(x) FROM '{predictions}'")
+    con.close()
+    served = settings.served_at.rstrip("/")
+    value = state(classes=classes, raw=source, voxel_size=voxel_size or (1, 1, 1),
+                  annotations_url=f"{served}/{_relative(outputs.annotations)}",
+                  segments_url=f"{served}/{_relative(outputs.segments)}",
+                  centre_nm=centre, palette=settings.palette,
+                  segmentation=settings.segmentation, name=name)
+    with atomic_path(outputs.state) as tmp:
+        tmp.write_text(json.dumps(value, indent=1))
+    with atomic_path(outputs.url) as tmp:
+        tmp.write_text(state_url(settings.viewer, value) + "\n")
+    return value
+
+
+def _relative(path: str) -> str:
+    return os.path.relpath(path).replace(os.sep, "/")

@@ -1,0 +1,13 @@
+from ntclass.settings import View
+from ntclass.view.layers import ViewOutputs, write_view
+from ntclass.workflow import run_job
+
+sm = snakemake  # noqa: F821 (provided by Snakemake)
+p = sm.params
+run_job(
+    sm.log[0],
+    lambda: write_view(
+        sm.input.predictions, sm.input.neurons, ViewOutputs.of(sm.output),
+        classes=p.classes, settings=View.from_config(p.view, "view"), raw=p.raw,
+        voxel_size=p.voxel_size, name=p.name),
+)
