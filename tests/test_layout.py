@@ -38,7 +38,7 @@ def _import_graph() -> dict[str, set[str]]:
 def test_every_stage_of_the_rules_has_a_wing_of_the_library():
     stages = {p.stem for p in (ROOT / "rules").glob("*.smk")} - {"common", "data"}
     wings = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
-    assert stages == {"split", "train", "predict", "evaluate"}
+    assert stages == {"split", "train", "predict", "evaluate", "view"}
     assert stages <= wings
     assert {"sources", "models"} <= wings
 
