@@ -10,7 +10,7 @@ import yaml
 from workflow_helpers import ROOT
 
 ENV_FILES = sorted((ROOT / "envs").glob("*.yaml"))
-TEST_ONLY = {"pytest", "ruff"}
+TEST_ONLY = {"pytest", "ruff", "moto[server]", "rangehttpserver"}  # the last two: test servers
 
 
 def normalise(name: str) -> str:
