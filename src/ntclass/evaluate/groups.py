@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ntclass.errors import NtclassError
+from ntclass.evaluate.outofcore import quoted
 from ntclass.sql import duckdb_connection
 
 COLUMNS = ["group_by", "group", "consensus_nt", "confidence", "agreement", "neurons",
@@ -36,8 +37,9 @@ def neuron_groups(columns: Sequence[str], target_dir: str | None, neuron_table: 
         if table is not None and column in table.columns:
             part = table[["pre_id", column]].dropna()
         elif column in have:
-            part = con.sql(f"SELECT pre_id, mode({_q(column)}) AS {_q(column)} FROM {synapses} "
-                           f"WHERE pre_id IS NOT NULL AND {_q(column)} IS NOT NULL "
+            name = quoted(column)
+            part = con.sql(f"SELECT pre_id, mode({name}) AS {name} FROM {synapses} "
+                           f"WHERE pre_id IS NOT NULL AND {name} IS NOT NULL "
                            "GROUP BY pre_id").df()
         else:
             where = "the target's synapses" + (f" nor of '{neuron_table}'" if neuron_table
@@ -95,7 +97,3 @@ def group_metrics(groups: pd.DataFrame) -> dict:
                        "accuracy": float(known["correct"].astype(bool).mean())
                        if len(known) else None}
     return out
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'

@@ -32,6 +32,7 @@ import pyarrow as pa
 import tensorstore as ts
 
 from ntclass.errors import NtclassError
+from ntclass.evaluate.outofcore import quoted
 from ntclass.io import atomic_path
 from ntclass.sql import duckdb_connection, query_one
 
@@ -74,31 +75,9 @@ def sharding_spec(n_keys: int) -> dict:
             "minishard_index_encoding": "gzip", "data_encoding": "gzip"}
 
 
-def shard_of(keys: np.ndarray, spec: dict) -> np.ndarray:
-    """The shard of each key under an identity-hash sharding spec."""
-    hashed = keys.astype(np.uint64) >> np.uint64(spec["preshift_bits"])
-    return (hashed >> np.uint64(spec["minishard_bits"])) & np.uint64(
-        (1 << spec["shard_bits"]) - 1)
-
-
-def compressed_morton(cells: np.ndarray, grid_shape: Sequence[int]) -> np.ndarray:
-    """neuroglancer's compressed Morton code of grid cells (N x rank): bit i of each
-    dimension that still has bits at i, interleaved."""
-    bits = [max(0, math.ceil(math.log2(g))) for g in grid_shape]
-    code = np.zeros(len(cells), dtype=np.uint64)
-    out = 0
-    for i in range(max(bits, default=0)):
-        for d, b in enumerate(bits):
-            if i < b:
-                code |= ((cells[:, d].astype(np.uint64) >> np.uint64(i)) & np.uint64(1)
-                         ) << np.uint64(out)
-                out += 1
-    return code
-
-
 class IndexWriter:
     """One uint64-keyed index: a file per key, or shards through TensorStore. Keys must
-    come grouped by shard (sorted by `shard_of`) so that each shard is written once."""
+    come grouped by shard (ordered by `_shard_sql`) so that each shard is written once."""
 
     def __init__(self, folder: Path, sharding: dict | None):
         folder.mkdir(parents=True, exist_ok=True)
@@ -167,7 +146,7 @@ def write_annotations(predictions: str, out: Path, classes: Sequence[str], work:
 
 def _load(con, predictions: str, classes: Sequence[str]) -> None:
     enum = " ".join(f"WHEN {_quoted_str(c)} THEN {i}" for i, c in enumerate(classes))
-    probs = ", ".join(f"{_q(c)}::FLOAT AS {property_id(c)}" for c in classes)
+    probs = ", ".join(f"{quoted(c)}::FLOAT AS {property_id(c)}" for c in classes)
     con.execute(f"""CREATE TABLE ann AS SELECT synapse_id::UBIGINT AS id,
         x::FLOAT AS x, y::FLOAT AS y, z::FLOAT AS z, confidence::FLOAT AS confidence, {probs},
         (CASE predicted_nt {enum} END)::UTINYINT AS nt,
@@ -228,7 +207,7 @@ def _assign_levels(con, lower, upper, limit: int, sharded_keys: int) -> list[dic
     return levels
 
 
-def _records(table: pa.Table, dtype: np.dtype, classes: Sequence[str]) -> np.ndarray:
+def _records(table: pa.Table, dtype: np.dtype) -> np.ndarray:
     out = np.zeros(table.num_rows, dtype=dtype)
     for name in dtype.names:
         out[name] = table.column(name).to_numpy()
@@ -264,7 +243,7 @@ def _grouped(con, query: str, key: str, dtype, classes) -> Iterator[tuple[int, b
     carry_key = None
     for table in _batches(con, query):
         keys = table.column(key).to_numpy()
-        records, ids = _records(table, dtype, classes), table.column("id").to_numpy()
+        records, ids = _records(table, dtype), table.column("id").to_numpy()
         for start, end in _runs(keys):
             k = int(keys[start])
             if carry and k != carry_key:
@@ -284,8 +263,7 @@ def _write_level(con, folder: Path, level: int, spec: dict, lower, dtype, classe
     bits = [max(0, math.ceil(math.log2(g))) for g in grid]
     morton = _morton_sql(bits)
     order = f"shard_of_key, key, {_uniform(level)}" if sharding else f"key, {_uniform(level)}"
-    shard = (f"(key >> {sharding['minishard_bits']}) & {(1 << sharding['shard_bits']) - 1}"
-             if sharding else "0")
+    shard = _shard_sql("key", sharding) if sharding else "0"
     query = f"""SELECT *, {shard} AS shard_of_key FROM (
         SELECT *, {morton} AS key FROM (SELECT *, {cells} FROM ann WHERE level = {level}))
         ORDER BY {order}"""
@@ -295,8 +273,15 @@ def _write_level(con, folder: Path, level: int, spec: dict, lower, dtype, classe
     writer.flush()
 
 
+def _shard_sql(key: str, sharding: dict) -> str:
+    """The shard of a uint64 key under an identity-hash sharding spec, in SQL."""
+    return (f"(({key} >> {sharding['preshift_bits']}) >> {sharding['minishard_bits']}) & "
+            f"{(1 << sharding['shard_bits']) - 1}")
+
+
 def _morton_sql(bits: Sequence[int]) -> str:
-    """The compressed Morton code of (cx, cy, cz) in SQL (see compressed_morton)."""
+    """neuroglancer's compressed Morton code of (cx, cy, cz) in SQL: bit i of each
+    dimension that still has bits at i, interleaved."""
     terms, out = [], 0
     for i in range(max(bits, default=0)):
         for d, b in enumerate(bits):
@@ -319,11 +304,10 @@ def _cell_name(code: int, bits: Sequence[int]) -> str:
 
 def _write_by_id(con, folder: Path, sharding: dict | None, dtype, classes) -> None:
     """Each annotation with its relationships (a count and the ids, per relationship)."""
-    order = (f"(id >> {sharding['minishard_bits']}) & {(1 << sharding['shard_bits']) - 1}, id"
-             if sharding else "id")
+    order = f"{_shard_sql('id', sharding)}, id" if sharding else "id"
     writer = IndexWriter(folder, sharding)
     for table in _batches(con, f"SELECT * FROM ann ORDER BY {order}"):
-        records = _records(table, dtype, classes)
+        records = _records(table, dtype)
         ids = table.column("id").to_numpy()
         related = [table.column(c).to_pylist() for c in RELATIONSHIPS.values()]
         for i, key in enumerate(ids.tolist()):
@@ -338,18 +322,13 @@ def _write_by_id(con, folder: Path, sharding: dict | None, dtype, classes) -> No
 def _write_related(con, folder: Path, column: str, sharding: dict | None, dtype,
                    classes) -> None:
     """The annotations of each related segment id."""
-    order = (f"({column} >> {sharding['minishard_bits']}) & "
-             f"{(1 << sharding['shard_bits']) - 1}, {column}" if sharding else column)
+    order = f"{_shard_sql(column, sharding)}, {column}" if sharding else column
     query = (f"SELECT * FROM ann WHERE {column} IS NOT NULL AND {column} != 0 "
              f"ORDER BY {order}")
     writer = IndexWriter(folder, sharding)
     for key, value in _grouped(con, query, column, dtype, classes):
         writer.write(key, value)
     writer.flush()
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _quoted_str(value: str) -> str:
