@@ -233,6 +233,9 @@ def view_raw(wildcards):
 
 
 def view_targets():
+    """The states of every model and target, when the views are enabled."""
+    if not config["view"]["enabled"]:
+        return []
     return expand(
         "results/view/{model}/{target}/state.json", model=MODELS, target=TARGETS
     )

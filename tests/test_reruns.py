@@ -19,21 +19,21 @@ RUNS = MODELS * TARGETS
 
 def downstream_of_predictions(runs: int = RUNS, shards: int = SHARDS) -> dict[str, int]:
     return {"predict_shard": runs * shards, "merge_predictions": runs,
-            "prediction_csv": runs, "evaluate": runs, "neuroglancer": runs, "compare": 1}
+            "prediction_csv": runs, "evaluate": runs, "compare": 1}
 
 
-EVALUATION_ONLY = {"evaluate": RUNS, "neuroglancer": RUNS, "compare": 1}
+EVALUATION_ONLY = {"evaluate": RUNS, "compare": 1}
 VIEW_ONLY = {"neuroglancer": RUNS}
 NOTHING: dict[str, int] = {}
 # (key path, new value, planned by the dry run, planned once the target checkpoint ran)
 CASES = [
     (("prediction", "shards"), 3, {"target_synapses": TARGETS, "merge_predictions": RUNS,
-                                   "evaluate": RUNS, "neuroglancer": RUNS, "compare": 1},
+                                   "evaluate": RUNS, "compare": 1},
      downstream_of_predictions(shards=3)),
     (("prediction", "synapses_per_shard"), 5, NOTHING, None),
     (("prediction", "block_size"), [640, 1024, 1024],
      {"target_synapses": TARGETS, "merge_predictions": RUNS, "evaluate": RUNS,
-      "neuroglancer": RUNS, "compare": 1},
+      "compare": 1},
      downstream_of_predictions()),
     (("prediction", "rows_per_block"), 7, NOTHING, None),
     (("prediction", "read_batch_rows"), 11, NOTHING, None),
@@ -56,10 +56,9 @@ CASES = [
      None),
     (("split", "seed"), 1,
      {"split": 1, "train": MODELS, "training_curves": MODELS, "target_synapses": TARGETS,
-      "merge_predictions": RUNS, "evaluate": RUNS, "neuroglancer": RUNS, "compare": 1},
+      "merge_predictions": RUNS, "evaluate": RUNS, "compare": 1},
      {"train": MODELS, "training_curves": MODELS, **downstream_of_predictions()}),
-    (("view", "palette"), "codex", VIEW_ONLY, None),
-    (("view", "limit"), 10, VIEW_ONLY, None),
+    (("view", "enabled"), True, VIEW_ONLY, None),
     (("models", "b", "training"), {"learning_rate": 0.002},
      {"train": 1, "training_curves": 1, **downstream_of_predictions(runs=TARGETS)}, None),
 ]

@@ -300,7 +300,7 @@ def test_temperature_fitted_on_the_validation_part_and_applied(finished_run, tmp
     write_config(run, config)
     # (its shard jobs are planned once the new target's checkpoint job has run)
     assert planned_jobs(run) == {"target_synapses": 1, "merge_predictions": 1,
-                                 "fit_temperature": 1, "evaluate": 2, "neuroglancer": 2,
+                                 "fit_temperature": 1, "evaluate": 2,
                                  "compare": 1, "all": 1}
     snakemake(run)
     record = json.loads((run / "results/models/tiny/temperature.json").read_text())

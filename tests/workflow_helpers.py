@@ -31,6 +31,8 @@ TINY_CONFIG = {
                                                           [2, 2, 2]]}}},
     "targets": {"test": {"type": "split", "part": "test"}},
     "prediction": {"shards": 2, "block_size": [320, 512, 512], "batch_size": 16},
+    # the demo and test_view write the views; the other workflow tests need not pay for them
+    "view": {"enabled": False},
 }
 
 

@@ -108,6 +108,7 @@ class View(Section):
 
     optional: ClassVar[tuple[str, ...]] = ("segmentation",)
     schema: ClassVar[tuple[str, ...]] = ("properties", "view")
+    enabled: bool  # whether `all` asks for the layers
     viewer: str  # the neuroglancer address the state's URL opens
     served_at: str  # where `ntclass view` serves local files
     segmentation: str | None  # a neuroglancer source of the lab's segmentation
