@@ -9,12 +9,20 @@ rule neuroglancer:
         segments=directory("results/view/{model}/{target}/segment_properties"),
         state="results/view/{model}/{target}/state.json",
         url="results/view/{model}/{target}/state_url.txt",
+        page=report(
+            "results/view/{model}/{target}/state.html",
+            caption="../report/view.rst",
+            category="Neuroglancer",
+            labels={"model": "{model}", "target": "{target}"},
+        ),
     params:
         classes=config["classes"],
         view=config["view"],
         raw=view_raw,
         voxel_size=config.get("voxel_size"),
         name=lambda wc: f"{wc.model} {wc.target}",
+        model=lambda wc: wc.model,
+        target=lambda wc: wc.target,
     log:
         "logs/view/{model}/{target}.log",
     conda:

@@ -10,7 +10,8 @@ import yaml
 from workflow_helpers import ROOT
 
 ENV_FILES = sorted((ROOT / "envs").glob("*.yaml"))
-TEST_ONLY = {"pytest", "ruff", "moto[server]", "rangehttpserver"}  # the last two: test servers
+# moto and rangehttpserver: test servers; playwright drives the browser tests
+TEST_ONLY = {"pytest", "ruff", "moto[server]", "rangehttpserver", "playwright"}
 
 
 def normalise(name: str) -> str:

@@ -159,3 +159,95 @@ def test_annotations_read_back_equal_the_prediction_table(tmp_path, sharded):
         for segment, raw in index.items():
             assert sorted(s for s, _ in decoded.multiple(raw)) == sorted(
                 expected[expected == segment].index)
+
+
+@pytest.fixture
+def served_project(tmp_path, monkeypatch):
+    """A project folder with one view state and a raw outside it, served by `ntclass
+    view`'s file server on a free port."""
+    import threading
+
+    from ntclass.view.serve import file_server, served_state
+    from ntclass.view.state import raw_source, state
+
+    project, outside = tmp_path / "project", tmp_path / "elsewhere" / "em.zarr"
+    view = project / "results/view/m/t"
+    view.mkdir(parents=True)
+    (view / "annotations").mkdir()
+    (view / "annotations/info").write_bytes(bytes(range(256)) * 4)
+    (outside / "raw").mkdir(parents=True)
+    (outside / "raw/.zarray").write_text("{}")
+    (tmp_path / "elsewhere/secret.txt").write_text("not served")
+    written_for = "http://127.0.0.1:9000"
+    monkeypatch.chdir(project)  # the workflow writes states from the project folder
+    value = state(classes=CLASSES, raw=raw_source(str(outside), "raw", "zarr", written_for),
+                  raw_axes=["d0", "d1", "d2"], voxel_size=(40, 4, 4),
+                  annotations_url=f"{written_for}/results/view/m/t/annotations",
+                  segments_url=f"{written_for}/results/view/m/t/segment_properties",
+                  centre_nm=(0, 0, 0), palette="synister", segmentation=None, name="m t")
+    (view / "state.json").write_text(json.dumps(value))
+    server = file_server(project, "127.0.0.1", 0)
+    address = f"http://127.0.0.1:{server.server_address[1]}"
+    chosen = served_state(project, "m", "t", address)
+    server.RequestHandlerClass.outside_roots = chosen.outside_roots
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield address, chosen, outside
+    server.shutdown()
+    server.server_close()
+
+
+def fetch(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {})) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), b""
+
+
+def test_view_server_sends_cors_headers_and_byte_ranges(served_project):
+    address, _, _ = served_project
+    info = f"{address}/results/view/m/t/annotations/info"
+    whole = bytes(range(256)) * 4
+    status, headers, body = fetch(info, {"Origin": "https://neuroglancer-demo.appspot.com"})
+    assert (status, body) == (200, whole)
+    assert headers["Access-Control-Allow-Origin"] == "*"
+    for asked, part in [("bytes=10-19", whole[10:20]), ("bytes=1000-", whole[1000:]),
+                        ("bytes=-5", whole[-5:]), ("bytes=1020-5000", whole[1020:])]:
+        status, headers, body = fetch(info, {"Range": asked})
+        assert (status, body) == (206, part), asked
+        first = len(whole) - len(part) if asked != "bytes=10-19" else 10
+        assert headers["Content-Range"] == (
+            f"bytes {first}-{first + len(part) - 1}/{len(whole)}"), asked
+    assert fetch(info, {"Range": "bytes=5000-"})[0] == 416
+
+
+def test_view_server_moves_the_state_and_serves_nothing_else(served_project):
+    address, chosen, outside = served_project
+    raw = chosen.state["layers"][0]["source"]["url"]
+    assert raw == f"zarr2://{address}/@abs{outside}/raw"
+    annotations = chosen.state["layers"][1]["source"]
+    assert annotations == f"precomputed://{address}/results/view/m/t/annotations"
+    assert fetch(f"{address}/@abs{outside}/raw/.zarray")[:3:2] == (200, b"{}")
+    for refused in ["/@abs" + str(outside.parent / "secret.txt"), "/results/view/",
+                    "/../elsewhere/secret.txt", "/%2e%2e/elsewhere/secret.txt",
+                    "/@abs" + str(outside) + "/../secret.txt"]:
+        assert fetch(address + refused)[0] == 404, refused
+
+
+def test_view_refuses_an_ambiguous_or_missing_view(tmp_path):
+    from ntclass.errors import NtclassError
+    from ntclass.view.serve import choose_state
+
+    with pytest.raises(NtclassError, match="no view of model any and target any .* run the "
+                       "workflow with view.enabled"):
+        choose_state(tmp_path, None, None)
+    for m, t in [("a", "x"), ("b", "x")]:
+        (tmp_path / "results/view" / m / t).mkdir(parents=True)
+        (tmp_path / "results/view" / m / t / "state.json").write_text("{}")
+    with pytest.raises(NtclassError, match=r"several views .* \(a/x, b/x\): choose one with "
+                       "--model and --target"):
+        choose_state(tmp_path, None, "x")
+    assert choose_state(tmp_path, "b", None) == ("b", "x")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import html as html_lib
 import json
 import re
 import shutil
+import subprocess
+import sys
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -318,15 +322,82 @@ def test_temperature_fitted_on_the_validation_part_and_applied(finished_run, tmp
     assert comparison.loc["test", "temperature"] == pytest.approx(record["temperature"])
 
 
-def test_report_holds_the_comparison_and_the_figures(finished_run, tmp_path):
+@pytest.fixture(scope="module")
+def viewed_run(finished_run, tmp_path_factory):
+    """The finished run with its views enabled: only the neuroglancer job runs."""
+    run = tmp_path_factory.mktemp("viewed") / "run"
+    shutil.copytree(finished_run, run, symlinks=True)  # times kept: the run stays finished
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["view"] = {"enabled": True}
+    write_config(run, config)
+    assert planned_jobs(run) == {"neuroglancer": 1, "all": 1}
+    snakemake(run)
+    return run
+
+
+def test_views_hold_every_prediction_over_the_local_raw(viewed_run):
+    view = viewed_run / "results/view/tiny/test"
+    predictions = pd.read_parquet(viewed_run / "results/predictions/tiny/test/predictions.parquet")
+    info = json.loads((view / "annotations/info").read_text())
+    assert info["@type"] == "neuroglancer_annotations_v1"
+    nt = next(p for p in info["properties"] if p["id"] == "nt")
+    assert nt["enum_labels"] == CLASSES
+    assert len(list((view / "annotations/by_id").iterdir())) == len(predictions)
+    state = json.loads((view / "state.json").read_text())
+    raw = state["layers"][0]["source"]
+    assert raw["url"] == "zarr2://http://127.0.0.1:9000/data/demo/volume.zarr/volumes/raw/s0"
+    assert raw["transform"]["inputDimensions"] == {
+        "d0": [4e-8, "m"], "d1": [4e-9, "m"], "d2": [4e-9, "m"]}
+    url = (view / "state_url.txt").read_text().strip()
+    assert url.startswith("https://neuroglancer-demo.appspot.com/#!")
+    assert json.loads(urllib.parse.unquote(url.partition("#!")[2])) == state
+
+
+def test_report_holds_the_comparison_the_figures_and_the_view(viewed_run, tmp_path):
     report = tmp_path / "report.html"
-    snakemake(finished_run, "--report", str(report))
+    snakemake(viewed_run, "--report", str(report))
     html = report.read_text()
     for name in ("comparison.html", "confusion.png", "calibration.png", "training_curves.png",
-                 "report.txt"):
+                 "report.txt", "state.html"):
         assert name in html, name
-    for category in ("Confusion matrices", "Comparison", "Calibration", "Training", "Metrics"):
+    for category in ("Confusion matrices", "Comparison", "Calibration", "Training", "Metrics",
+                     "Neuroglancer"):
         assert f'"{category}"' in html, category
+    page = (viewed_run / "results/view/tiny/test/state.html").read_text()
+    link = re.search(r'<a id="state" href="([^"]+)"', page).group(1)
+    assert html_lib.unescape(link) == (
+        viewed_run / "results/view/tiny/test/state_url.txt").read_text().strip()
+
+
+def test_the_view_opens_in_a_browser_with_each_class_in_its_colour(viewed_run, chromium,
+                                                                    tmp_path):
+    """`ntclass view` serves the project and neuroglancer's bundled client; headless
+    Chromium loads the state, and the screenshot shows points of every predicted class
+    in its palette colour."""
+    from view_browser import MIN_PIXELS, colours_seen, screenshot_when_ready
+
+    from ntclass.view.state import PALETTES
+
+    predictions = pd.read_parquet(viewed_run / "results/predictions/tiny/test/predictions.parquet")
+    present = sorted(set(predictions["predicted_nt"]))
+    wanted = {c: PALETTES["synister"][c] for c in present}
+    server = subprocess.Popen([str(Path(sys.executable).with_name("ntclass")), "view",
+                               str(viewed_run), "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = None
+        for line in server.stdout:
+            if "in neuroglancer:" in line:
+                url = line.rsplit(" ", 1)[1].strip()
+                break
+        assert url, "ntclass view printed no URL"
+        shot = tmp_path / "view.png"
+        seen = screenshot_when_ready(chromium, url, shot, lambda png: colours_seen(png, wanted))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    missing = [c for c in present if seen[c] < MIN_PIXELS]
+    assert not missing, f"no points in the colour of {missing} ({seen}); see {shot}"
 
 
 def test_report_in_a_browser_shows_the_comparison_and_a_confusion_matrix(

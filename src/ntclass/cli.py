@@ -109,6 +109,18 @@ def main(argv: list[str] | None = None) -> int:
                    "the config's classes)")
     p.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
     p.add_argument("--temperature", help="a temperature.json fitted by the workflow")
+    p = sub.add_parser("view", help="serve a finished project's neuroglancer view (the "
+                       "annotations, segment properties and local raw) on this machine, "
+                       "with neuroglancer's own client, and print the URL to open")
+    p.add_argument("project", nargs="?", default=".", help="the project folder (default: .)")
+    p.add_argument("--model", help="the model of the view (needed when there are several)")
+    p.add_argument("--target", help="the target of the view (needed when there are several)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9000, help="the files' port: that of "
+                   "view.served_at (default 9000; 0: any free port)")
+    p.add_argument("--client-port", type=int, default=0,
+                   help="the neuroglancer client's port (default: any free port)")
+    p.add_argument("--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     try:
         if args.command == "summary":
@@ -117,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             return mongo_import(args.table, args.uri, args.database, args.replace)
         if args.command == "import-split":
             return import_split(args.legacy, args.out)
+        if args.command == "view":
+            from ntclass.view.serve import serve
+            return serve(args.project, args.model, args.target, args.host, args.port,
+                         args.client_port, args.verbose)
         if args.command == "evaluate":
             return evaluate(args.predictions, args.config, args.classes, args.out,
                             args.temperature)

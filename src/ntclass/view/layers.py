@@ -15,7 +15,7 @@ from ntclass.settings import View
 from ntclass.sql import duckdb_connection, query_one
 from ntclass.view.annotations import write_annotations
 from ntclass.view.segments import write_segment_properties
-from ntclass.view.state import raw_source, state, state_url
+from ntclass.view.state import raw_axis_names, raw_source, state, state_page, state_url
 from ntclass.volumes import open_raw
 
 
@@ -27,35 +27,41 @@ class ViewOutputs(NamedOutputs):
     segments: str
     state: str
     url: str
+    page: str
 
 
 def write_view(predictions: str, neurons: str, outputs: ViewOutputs, *,
                classes: Sequence[str], settings: View, raw: Sequence[str] | None,
-               voxel_size: Sequence[int] | None, name: str) -> dict:
+               voxel_size: Sequence[int] | None, name: str, model: str, target: str
+               ) -> dict:
     """Annotations, segment properties and the state (JSON and URL); returns the state."""
     work = Path(outputs.annotations).parent / ".annotations-work"
     write_annotations(predictions, Path(outputs.annotations), classes, work,
                       limit=settings.limit)
     write_segment_properties(pd.read_csv(neurons, dtype={"predicted_nt": "string"}),
                              Path(outputs.segments))
-    source = None
+    source, axes = None, ()
     if raw:
         volume = open_raw(raw[0], raw[1], voxel_size)
         source = raw_source(raw[0], raw[1], volume.kind, settings.served_at)
+        axes = raw_axis_names(raw[0], raw[1], source.partition("://")[0])
         voxel_size = volume.voxel_size
     con = duckdb_connection(work.parent)
     centre = query_one(con, f"SELECT median(z), median(y), median(x) FROM '{predictions}'")
     con.close()
     served = settings.served_at.rstrip("/")
-    value = state(classes=classes, raw=source, voxel_size=voxel_size or (1, 1, 1),
+    value = state(classes=classes, raw=source, raw_axes=axes, voxel_size=voxel_size or (1, 1, 1),
                   annotations_url=f"{served}/{_relative(outputs.annotations)}",
                   segments_url=f"{served}/{_relative(outputs.segments)}",
                   centre_nm=centre, palette=settings.palette,
                   segmentation=settings.segmentation, name=name)
     with atomic_path(outputs.state) as tmp:
         tmp.write_text(json.dumps(value, indent=1))
+    url = state_url(settings.viewer, value)
     with atomic_path(outputs.url) as tmp:
-        tmp.write_text(state_url(settings.viewer, value) + "\n")
+        tmp.write_text(url + "\n")
+    with atomic_path(outputs.page) as tmp:
+        tmp.write_text(state_page(url, name, model, target, settings.served_at))
     return value
 
 

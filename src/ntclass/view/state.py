@@ -44,26 +44,62 @@ def shader(classes: Sequence[str], palette: str) -> str:
 
 def raw_source(container: str, dataset: str, kind: str, served_at: str) -> str:
     """The raw as a neuroglancer source: a remote one as given, a local one through
-    `ntclass view` (which serves the working directory at `served_at`)."""
+    `ntclass view` (which serves the working directory at `served_at`, and a local raw
+    outside it under `/@abs/<absolute path>`)."""
     address = parse_container(container)
     fmt = FORMATS.get(address.driver or kind, kind)
     if address.remote:
         base = address.location.rstrip("/")
     else:
-        base = served_at.rstrip("/") + "/" + os.path.relpath(address.location).replace(
-            os.sep, "/")
+        relative = os.path.relpath(address.location)
+        # `ntclass view` serves the project folder, and a raw outside it under /@abs
+        inside_project = relative.split(os.sep)[0] != os.pardir
+        path = relative if inside_project else "@abs" + os.path.abspath(address.location)
+        base = served_at.rstrip("/") + "/" + path.replace(os.sep, "/")
     inside = "" if fmt == "precomputed" else "/" + dataset.strip("/")
     return f"{fmt}://{base}{inside}"
 
 
+def raw_axis_names(container: str, dataset: str, fmt: str) -> list[str]:
+    """The names neuroglancer gives the raw's axes: those in its metadata, else d0, d1, d2
+    (precomputed: x, y, z)."""
+    if fmt == "precomputed":
+        return ["x", "y", "z"]
+    address, inside = parse_container(container), dataset.strip("/")
+    key, field = {"zarr2": (".zattrs", "_ARRAY_DIMENSIONS"), "zarr3": ("zarr.json",
+                  "dimension_names"), "n5": ("attributes.json", "axes")}[fmt]
+    names = (address.read_json(f"{inside}/{key}" if inside else key) or {}).get(field)
+    if fmt == "zarr3" and names:
+        names = [n or f"d{i}" for i, n in enumerate(names)]
+    return list(names) if names else ["d0", "d1", "d2"]
+
+
+def raw_layer_source(raw: str, axis_names: Sequence[str], voxel_size: Sequence[int]
+                     ) -> str | dict:
+    """The raw's source with its axes scaled in nm and named x, y, z: zarr and N5 rarely
+    carry either in a form neuroglancer reads (it would show axes d0, d1, d2 of one metre
+    each). Zarr's axes are z, y, x as ntclass reads them; N5 lists its axes reversed."""
+    if raw.startswith("precomputed://"):
+        return raw
+    vz, vy, vx = voxel_size
+    axes = [("z", vz), ("y", vy), ("x", vx)]
+    if raw.startswith("n5://"):
+        axes.reverse()
+    return {"url": raw, "transform": {
+        "inputDimensions": {n: [v * 1e-9, "m"] for n, (_, v) in zip(axis_names, axes)},
+        "outputDimensions": {a: [v * 1e-9, "m"] for a, v in axes}}}
+
+
 def state(*, classes: Sequence[str], annotations_url: str, segments_url: str,
-          raw: str | None, voxel_size: Sequence[int], centre_nm: Sequence[float],
-          palette: str, segmentation: str | None, name: str) -> dict:
-    """The neuroglancer state (voxel_size and centre_nm in z, y, x)."""
+          raw: str | None, raw_axes: Sequence[str] = (), voxel_size: Sequence[int],
+          centre_nm: Sequence[float], palette: str, segmentation: str | None, name: str) -> dict:
+    """The neuroglancer state (voxel_size and centre_nm in z, y, x; raw_axes: the names
+    neuroglancer gives the raw's axes, see `raw_axis_names`)."""
     vz, vy, vx = voxel_size
     layers = []
     if raw:
-        layers.append({"type": "image", "name": "EM", "source": raw})
+        layers.append({"type": "image", "name": "EM", "source": raw_layer_source(
+            raw, raw_axes, voxel_size)})
     synapses = {"type": "annotation", "name": f"synapses {name}",
                 "source": f"precomputed://{annotations_url}",
                 "shader": shader(classes, palette)}
@@ -88,3 +124,20 @@ def state_url(viewer: str, value: dict) -> str:
     """A URL that opens `value` in the viewer at `viewer`."""
     return viewer.rstrip("/") + "/#!" + urllib.parse.quote(
         json.dumps(value, separators=(",", ":")), safe="")
+
+
+def state_page(url: str, name: str, model: str, target: str, served_at: str) -> str:
+    """A small HTML page (for the Snakemake report) that links to the state."""
+    from html import escape
+
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{escape(name)} in neuroglancer</title></head>
+<body style="font-family: sans-serif">
+<p><a id="state" href="{escape(url)}" target="_blank">Open {escape(name)} in neuroglancer</a>:
+the synapses coloured by transmitter over the EM, and the neuron calls.</p>
+<p>Sources of local files are read from {escape(served_at)}: start
+<code>ntclass view --model {escape(model)} --target {escape(target)}</code> in the project
+folder first (it also prints a URL of neuroglancer's own client, which needs no
+internet).</p>
+</body></html>
+"""
