@@ -48,6 +48,7 @@ rule all:
     input:
         evaluation_targets(),
         view_targets(),
+        flywire_targets(),
         "results/evaluation/comparison.csv",
         expand("results/models/{model}/training_curves.png", model=TRAINED),
         write_back_targets(),

@@ -2,6 +2,7 @@
 import re
 
 from ntclass.config import SCHEMA_PATH, imported_models, model_training
+from ntclass.evaluate.flywire import flywire_codes
 from ntclass.predict.targets import read_target_meta
 from ntclass.sources.kinds import SplitPart
 from ntclass.workflow import canonical, configured_sources
@@ -230,6 +231,18 @@ def view_raw(wildcards):
     described = SOURCE if isinstance(target, SplitPart) else target
     raw_container = getattr(described, "raw_container", None)
     return [raw_container, described.raw_dataset] if raw_container else None
+
+
+def flywire_targets():
+    """FlyWire-style tables of every model and target, when asked for."""
+    if not config["evaluation"]["flywire_tables"]:
+        return []
+    flywire_codes(config["classes"])  # refused now, before any job
+    return expand(
+        "results/evaluation/{model}/{target}/flywire_neurons.csv",
+        model=MODELS,
+        target=TARGETS,
+    )
 
 
 def view_targets():

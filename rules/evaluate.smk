@@ -38,6 +38,24 @@ rule evaluate:
         "../workflow_scripts/evaluate.py"
 
 
+rule flywire_tables:
+    """The neuron calls and synapse predictions in FlyWire's column conventions."""
+    input:
+        predictions="results/predictions/{model}/{target}/predictions.parquet",
+        neurons="results/evaluation/{model}/{target}/neurons.csv",
+    output:
+        neurons="results/evaluation/{model}/{target}/flywire_neurons.csv",
+        synapses="results/evaluation/{model}/{target}/flywire_synapses.parquet",
+    params:
+        classes=config["classes"],
+    log:
+        "logs/evaluate/{model}/{target}_flywire.log",
+    conda:
+        ENV
+    script:
+        "../workflow_scripts/flywire_tables.py"
+
+
 rule fit_temperature:
     """One temperature per model, fitted on the predictions of a labelled split part."""
     input:

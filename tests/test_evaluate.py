@@ -296,3 +296,48 @@ def test_group_calls_on_the_demos_hemilineages_match_a_hand_computation(tiny_dem
         assert np.isclose(found.loc[name, "confidence"], 0.9)
         assert found.loc[name, "correct"] and found.loc[name, "known_nt"] == nt
     assert group_metrics(found.reset_index())["hemilineage"]["groups"] == lineage.nunique()
+
+
+def test_flywire_tables_carry_the_calls_under_flywire_codes(tmp_path):
+    from ntclass.evaluate.flywire import flywire_neurons, write_flywire_synapses
+
+    classes = ["acetylcholine", "gaba", "dopamine"]
+    neurons = pd.DataFrame({
+        "pre_id": pd.array([720575940000000001, 7, 9], dtype="UInt64"),
+        "n_synapses": [4, 1, 2], "predicted_nt": pd.array(["gaba", None, "dopamine"],
+                                                            dtype="string"),
+        "confidence": [0.75, None, 1.0],
+        "mean_acetylcholine": [0.2, 0.5, 0.1], "mean_gaba": [0.7, 0.3, 0.1],
+        "mean_dopamine": [0.1, 0.2, 0.8]})
+    table = flywire_neurons(neurons, classes)
+    assert list(table.columns) == ["root_id", "nt_type", "nt_type_score", "da_avg",
+                                   "gaba_avg", "ach_avg"]
+    assert table["root_id"].tolist() == [720575940000000001, 7, 9]  # exact, 64-bit
+    assert table["nt_type"].tolist()[::2] == ["GABA", "DA"] and pd.isna(table["nt_type"][1])
+    assert table["nt_type_score"].tolist()[::2] == [0.7, 0.8]
+    assert pd.isna(table["nt_type_score"][1])
+    assert table["ach_avg"].tolist() == [0.2, 0.5, 0.1]
+
+    predictions = tmp_path / "predictions.parquet"
+    pd.DataFrame({"synapse_id": pd.array([3, 1], dtype="UInt64"), "z": [40.0, 80.0],
+                  "y": [4.0, 8.0], "x": [12.0, 16.0],
+                  "pre_id": pd.array([720575940000000001, 9], dtype="UInt64"),
+                  "post_id": pd.array([5, None], dtype="UInt64"),
+                  "acetylcholine": [0.1, 0.2], "gaba": [0.8, 0.1],
+                  "dopamine": [0.1, 0.7]}).to_parquet(predictions)
+    out = tmp_path / "flywire_synapses.parquet"
+    assert write_flywire_synapses(str(predictions), str(out), classes, tmp_path) == 2
+    synapses = pd.read_parquet(out)
+    assert list(synapses.columns) == ["id", "pre_pt_root_id", "post_pt_root_id", "x", "y",
+                                      "z", "gaba", "ach", "da"]
+    assert synapses["id"].tolist() == [1, 3]
+    assert synapses["pre_pt_root_id"].tolist() == [9, 720575940000000001]
+    assert synapses["gaba"].tolist() == pytest.approx([0.1, 0.8])
+
+
+def test_flywire_tables_refuse_a_class_flywire_has_no_code_for():
+    from ntclass.errors import NtclassError
+    from ntclass.evaluate.flywire import flywire_codes
+
+    with pytest.raises(NtclassError, match=r"classes \['neither'\] have no FlyWire code"):
+        flywire_codes(["gaba", "neither"])

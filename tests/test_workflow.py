@@ -324,13 +324,14 @@ def test_temperature_fitted_on_the_validation_part_and_applied(finished_run, tmp
 
 @pytest.fixture(scope="module")
 def viewed_run(finished_run, tmp_path_factory):
-    """The finished run with its views enabled: only the neuroglancer job runs."""
+    """The finished run with its views and FlyWire tables asked for: only their jobs run."""
     run = tmp_path_factory.mktemp("viewed") / "run"
     shutil.copytree(finished_run, run, symlinks=True)  # times kept: the run stays finished
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["view"] = {"enabled": True}
+    config["evaluation"] = {"flywire_tables": True}
     write_config(run, config)
-    assert planned_jobs(run) == {"neuroglancer": 1, "all": 1}
+    assert planned_jobs(run) == {"neuroglancer": 1, "flywire_tables": 1, "all": 1}
     snakemake(run)
     return run
 
@@ -351,6 +352,23 @@ def test_views_hold_every_prediction_over_the_local_raw(viewed_run):
     url = (view / "state_url.txt").read_text().strip()
     assert url.startswith("https://neuroglancer-demo.appspot.com/#!")
     assert json.loads(urllib.parse.unquote(url.partition("#!")[2])) == state
+
+
+def test_flywire_tables_hold_every_synapse_and_neuron(viewed_run):
+    evaluation = viewed_run / "results/evaluation/tiny/test"
+    predictions = pd.read_parquet(viewed_run / "results/predictions/tiny/test/predictions.parquet")
+    synapses = pd.read_parquet(evaluation / "flywire_synapses.parquet").set_index("id")
+    assert list(synapses.columns) == ["pre_pt_root_id", "post_pt_root_id", "x", "y", "z",
+                                      "gaba", "ach", "oct", "ser"]
+    predictions = predictions.set_index("synapse_id").loc[synapses.index]
+    assert np.array_equal(synapses["ach"], predictions["acetylcholine"])
+    assert np.array_equal(synapses["pre_pt_root_id"], predictions["pre_id"])
+    neurons = pd.read_csv(evaluation / "neurons.csv")
+    flywire = pd.read_csv(evaluation / "flywire_neurons.csv")
+    assert flywire["root_id"].tolist() == neurons["pre_id"].tolist()
+    codes = {"acetylcholine": "ACH", "gaba": "GABA", "serotonin": "SER", "octopamine": "OCT"}
+    called = neurons["predicted_nt"].map(codes)
+    assert flywire["nt_type"].fillna("").tolist() == called.fillna("").tolist()
 
 
 def test_report_holds_the_comparison_the_figures_and_the_view(viewed_run, tmp_path):

@@ -214,4 +214,5 @@ def evaluation_settings(section: Mapping) -> Evaluation:
     scaling apart: a fitted temperature is given as a file)."""
     settings = with_defaults(section, ("properties", "evaluation"), "evaluation")
     settings.pop("temperature_scaling")
+    settings.pop("flywire_tables")  # an export of rule flywire_tables, not of the evaluation
     return Evaluation.from_config(settings, "evaluation")
