@@ -36,7 +36,7 @@ from ntclass.evaluate.outofcore import quoted
 from ntclass.io import atomic_path
 from ntclass.sql import duckdb_connection, query_one
 
-SHARDED_ABOVE = 100_000
+SHARDED_ABOVE = 10_000  # one file per annotation and per segment below: 4 files a synapse
 LIMIT = 1000  # annotations per spatial cell: a sample a viewer draws at once
 BATCH_BYTES = 64 << 20  # encoded bytes per TensorStore transaction
 RELATIONSHIPS = {"pre_segment": "pre_id", "post_segment": "post_id"}
