@@ -36,16 +36,20 @@ rule predict_shard:
         prediction=prediction_params(),
         work=work_cut("prediction", "rows_per_block", "batch_size", "workers"),
         # daisy's done markers: outside the declared outputs so a killed shard resumes
-        work_dir=lambda wc: f"results/predictions/{wc.model}/{wc.target}/work/{wc.shard}",
+        work_dir=lambda wc: written(
+            f"results/predictions/{wc.model}/{wc.target}/work/{wc.shard}"
+        ),
         # finished predictions by location, model and settings: a new release of the
         # target predicts only its new synapses
-        cache_dir=lambda wc: f"results/predictions/{wc.model}/{wc.target}/cache",
+        cache_dir=lambda wc: written(f"results/predictions/{wc.model}/{wc.target}/cache"),
         # outputs of an earlier prediction of this model and target, removed when a shard
         # starts anew: a rerun that fails leaves none of them looking current
         supersedes=superseded_outputs,
     threads: config["prediction"]["threads"]
     resources:
+        gpu=config["resources"]["predict"]["gpus"],
         mem_mb=config["prediction"]["mem_mb"],
+        runtime=config["resources"]["predict"]["runtime"],
     log:
         "logs/predict/{model}/{target}/{shard}.log",
     conda:

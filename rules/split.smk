@@ -11,6 +11,9 @@ rule split:
         classes=config["classes"],
         voxel_size=config.get("voxel_size"),
         split=canonical(config["split"]),
+    resources:
+        mem_mb=config["resources"]["split"]["mem_mb"],
+        runtime=config["resources"]["split"]["runtime"],
     log:
         "logs/split.log",
     conda:

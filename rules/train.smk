@@ -12,10 +12,14 @@ rule train:
     params:
         training=training_params,
         # not an output: Snakemake would wipe it, and with it the checkpoints to resume from
-        checkpoints=lambda wc: f"results/models/{wc.model}/checkpoints",
+        checkpoints=lambda wc: written(f"results/models/{wc.model}/checkpoints"),
     wildcard_constraints:
         model=one_of(TRAINED),
-    threads: 2
+    threads: config["resources"]["train"]["threads"]
+    resources:
+        gpu=config["resources"]["train"]["gpus"],
+        mem_mb=config["resources"]["train"]["mem_mb"],
+        runtime=config["resources"]["train"]["runtime"],
     log:
         "logs/train/{model}.log",
     conda:
@@ -50,7 +54,7 @@ rule import_model:
     """A model trained elsewhere (an ntclass model.pt or a gunpowder checkpoint) as an
     ntclass model file, its outputs in the order of the configured classes."""
     input:
-        checkpoint=lambda wc: config["models"][wc.model]["checkpoint"],
+        checkpoint=lambda wc: local(config["models"][wc.model]["checkpoint"]),
     output:
         model="results/models/{model}/model.pt",
     wildcard_constraints:

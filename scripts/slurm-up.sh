@@ -69,12 +69,20 @@ ReturnToService=2
 # finished jobs stay visible to squeue, which snakemake polls without accounting
 MinJobAge=300
 KillWait=5
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
+# one GPU as a generic resource (no device: the tests check requests, not CUDA), so that
+# jobs asking for --gpus=1 are scheduled as on a GPU cluster
+GresTypes=gpu
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM Gres=gpu:1 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+# a second partition on the same node: a lab profile's own partition, kept
+PartitionName=lab Nodes=localhost MaxTime=INFINITE State=UP
 CONF
 )
-if [ ! -f "$CONF" ] || [ "$(cat "$CONF")" != "$NEW" ]; then
-  printf '%s\n' "$NEW" > "$CONF"; say "wrote $CONF"
+GRES="NodeName=localhost Name=gpu File=/dev/null"
+if [ ! -f "$CONF" ] || [ "$(cat "$CONF")" != "$NEW" ] \
+    || [ "$(cat /etc/slurm/gres.conf 2>/dev/null)" != "$GRES" ]; then
+  printf '%s\n' "$NEW" > "$CONF"; printf '%s\n' "$GRES" > /etc/slurm/gres.conf
+  say "wrote $CONF and gres.conf"
   # daemons started with the old config (perhaps another checkout's) hold the ports
   for d in slurmd slurmctld; do
     if pkill -x "$d"; then

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from workflow_helpers import ROOT, TINY_CONFIG, snakemake, write_config
 
 from ntclass.sources.mongo import import_table
@@ -91,22 +94,65 @@ def completed_jobs() -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
-def test_slurm_profile_runs_jobs_through_sbatch_with_local_outputs(slurm_cluster, tmp_path):
-    config = {**TINY_CONFIG, "training": QUICK_TRAINING}
+def readme_profile_install_line() -> str:
+    """The README's one line that installs the starter cluster profile."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    return next(line for line in lines if line.startswith("mkdir -p ~/.config/snakemake"))
+
+
+SBATCH_CALL = re.compile(r"sbatch call: (.*)")
+GPU_RULES = {"train", "predict_shard"}
+
+
+def test_slurm_profile_installed_by_the_readme_runs_the_workflow_as_typed(slurm_cluster,
+                                                                           tmp_path):
+    """`snakemake --profile slurm` with the starter profile installed by the README's line
+    and set to the lab's own partition, as a lab would: every job runs under SLURM in that
+    partition, the GPU steps ask for a GPU and no other step does, and the outputs equal a
+    local run's."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CONFIG_HOME"} | {
+        "HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    subprocess.run(["bash", "-c", readme_profile_install_line()], cwd=ROOT, env=env,
+                   check=True)
+    profile = home / ".config/snakemake/slurm/config.v8+.yaml"
+    lab = yaml.safe_load(profile.read_text())
+    # the lab's cluster: its own partition for everything, no accounting (README's lines)
+    lab["default-resources"] = {"slurm_partition": "lab"}
+    del lab["set-resources"]
+    lab |= {"jobs": 2, "latency-wait": 5, "slurm-status-command": "squeue",
+            "slurm-no-account": True, "slurm-init-seconds-before-status-checks": 3}
+    profile.write_text(yaml.safe_dump(lab))
+
+    # the workflow's needs, sized for this small node
+    config = {**TINY_CONFIG, "training": QUICK_TRAINING,
+              "prediction": {**TINY_CONFIG["prediction"], "mem_mb": 2000},
+              "resources": {"train": {"mem_mb": 2000, "runtime": 30},
+                            "split": {"mem_mb": 2000, "runtime": 10}}}
     local, cluster = tmp_path / "local", tmp_path / "cluster"
     for d in (local, cluster):
         d.mkdir()
         write_config(d, config)
-    snakemake(local, "--set-threads", "train=2", "predict_shard=2")
+    snakemake(local)
 
     before = len(completed_jobs())
-    # profiles/slurm-local as shipped: the profile of scripts/slurm-up.sh's cluster
-    snakemake(cluster, "--profile", str(ROOT / "profiles/slurm-local"), timeout=1500)
+    run = subprocess.run([str(Path(sys.executable).with_name("snakemake")), "--profile",
+                          "slurm", "-s", str(ROOT / "Snakefile"), "--configfile",
+                          "config.yaml", "--verbose"], cwd=cluster, env=env,
+                         capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Using profile slurm" in run.stderr
+    calls = SBATCH_CALL.findall(run.stderr)
+    rules = [re.search(r"--comment '?rule_([a-z_]+?)(?:_wildcards|'|\s)", c).group(1)
+             for c in calls]
+    assert set(rules) >= {"split", "train", "predict_shard", "evaluate"}, rules
+    for rule, call in zip(rules, calls):
+        assert "-p lab" in call, call
+        assert ("--gpus=1" in call) == (rule in GPU_RULES), call
     records = completed_jobs()[before:]
-    # demo_data, split, train, 2 prediction shards, merge, evaluate: all ran under SLURM
-    assert len(records) >= 7, records
-    assert all("JobState=COMPLETED" in r for r in records), records
-    assert all("Partition=debug" in r for r in records)
+    assert len(records) == len(calls), records
+    assert all("JobState=COMPLETED" in r and "Partition=lab" in r for r in records), records
 
     for name in ["results/split/manifest.csv", "results/predictions/tiny/test/predictions.csv",
                  "results/evaluation/tiny/test/metrics.json"]:
