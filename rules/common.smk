@@ -5,7 +5,27 @@ from ntclass.config import SCHEMA_PATH, imported_models, model_training
 from ntclass.evaluate.flywire import flywire_codes
 from ntclass.predict.targets import read_target_meta
 from ntclass.sources.kinds import SplitPart
-from ntclass.workflow import canonical, configured_sources
+from ntclass.workflow import canonical, configured_sources, demo_data_under
+
+# ntclass as a Snakemake module (`module ntclass: ... prefix: "nt"`): Snakemake prefixes the
+# paths of inputs and outputs; the paths below are made to agree with it. PREFIX is read
+# now, while the module's path modifier is the current one.
+PREFIX = str(workflow.modifier.modify_path("_"))[:-1]
+# the demo's data are ntclass's own outputs: under the prefix too
+config = demo_data_under(config, PREFIX)
+
+
+def written(path):
+    """A path ntclass writes, as its rules see it (under the module's prefix): for params,
+    which Snakemake does not prefix."""
+    return PREFIX + path
+
+
+def as_given(files):
+    """Paths the config names (the lab's data): inputs kept where the lab put them, relative
+    to its working directory, which Snakemake would otherwise prefix."""
+    return {role: local(path) for role, path in files.items()}
+
 
 MODELS = list(config["models"])
 IMPORTED = imported_models(config)  # from checkpoints
@@ -82,13 +102,13 @@ def evaluation_params():
 
 def source_inputs(wildcards=None):
     """The synapse source's files, named, for rules that read the source."""
-    return SOURCE.files() if SOURCE is not None else {}
+    return as_given(SOURCE.files()) if SOURCE is not None else {}
 
 
 def split_inputs(wildcards=None):
     """A given split's file, when the split is neither computed nor stored in MongoDB."""
     split = config["split"]
-    return {"assignment": split["assignment"]} if "assignment" in split else {}
+    return as_given({"assignment": split["assignment"]}) if "assignment" in split else {}
 
 
 def one_of(names):
@@ -106,13 +126,13 @@ def target_inputs(wildcards):
     target = TARGET[wildcards.target]
     if isinstance(target, SplitPart):
         return {"manifest": "results/split/manifest.csv"}
-    return target.files()
+    return as_given(target.files())
 
 
 def target_raw(wildcards):
     """The raw a target's cubes are read from."""
     target = TARGET[wildcards.target]
-    files = raw_inputs() if isinstance(target, SplitPart) else target.files()
+    files = raw_inputs() if isinstance(target, SplitPart) else as_given(target.files())
     return {k: v for k, v in files.items() if k in ("raw", "cremi")}
 
 
@@ -141,7 +161,7 @@ def training_params(wildcards):
 def init_checkpoint(wildcards):
     """The checkpoint a fine-tuned model starts from: an input, so that a new one retrains."""
     init = MODEL_TRAINING[wildcards.model].get("init_from")
-    return {"init_from": init["checkpoint"]} if init else {}
+    return as_given({"init_from": init["checkpoint"]}) if init else {}
 
 
 def target_meta(target):
@@ -183,7 +203,7 @@ def evaluation_inputs(wildcards):
     if config["evaluation"]["group_by"]:
         inputs["synapses"] = f"results/targets/{wildcards.target}"
     if config["evaluation"].get("neuron_table"):
-        inputs["neuron_table"] = config["evaluation"]["neuron_table"]
+        inputs["neuron_table"] = local(config["evaluation"]["neuron_table"])
     return inputs
 
 
@@ -199,8 +219,8 @@ def superseded_outputs(wildcards):
         "confusion.png",
         "calibration.png",
     ]
-    return [f"results/predictions/{m}/{t}/{name}" for name in predictions] + [
-        f"results/evaluation/{m}/{t}/{name}" for name in evaluation
+    return [written(f"results/predictions/{m}/{t}/{name}") for name in predictions] + [
+        written(f"results/evaluation/{m}/{t}/{name}") for name in evaluation
     ]
 
 

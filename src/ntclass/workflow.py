@@ -91,6 +91,26 @@ def demo_outputs(config: Mapping) -> set[str]:
     return {str(out / "synapses.csv"), str(out / "volume.zarr"), str(out / "cremi")}
 
 
+def demo_data_under(config: dict, prefix: str) -> dict:
+    """The config with the paths of the demo's data moved under `prefix` (ntclass as a
+    Snakemake module with a prefix writes the demo data there); the lab's own paths stay."""
+    if not prefix:
+        return config
+    made = {os.path.normpath(p) for p in demo_outputs(config)}
+
+    def moved(value):
+        if isinstance(value, dict):
+            return {k: moved(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [moved(v) for v in value]
+        if isinstance(value, str) and os.path.normpath(value) in made:
+            return prefix + value
+        return value
+
+    return {**config, **{key: moved(config[key]) for key in ("source", "targets")
+                         if key in config}}
+
+
 def configured_sources(config: Mapping) -> tuple:
     """The labelled source (None in a predict-only run) and each target, as objects."""
     from ntclass.sources.kinds import source_of, target_of
