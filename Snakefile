@@ -4,7 +4,12 @@ import sys
 
 from snakemake.utils import min_version, validate
 
-from ntclass.config import SCHEMA_PATH, check_config, check_models_and_sources, check_unique_keys
+from ntclass.config import (
+    SCHEMA_PATH,
+    check_config,
+    check_models_and_sources,
+    check_unique_keys,
+)
 from ntclass.errors import NtclassError
 from ntclass.workflow import check_source_paths, check_temperature_scaling
 
@@ -26,11 +31,12 @@ try:
     check_models_and_sources(config)
     check_source_paths(config)
     check_temperature_scaling(config)
-
-    include: "rules/common.smk"
-
 except NtclassError as error:
     sys.exit(f"ntclass: {error}")
+
+
+include: "rules/common.smk"
+
 
 report: "report/workflow.rst"
 

@@ -1,7 +1,9 @@
 # Helpers only: paths, wildcard constraints, target lists.
 import re
+import sys
 
 from ntclass.config import SCHEMA_PATH, imported_models, model_training
+from ntclass.errors import NtclassError
 from ntclass.evaluate.flywire import flywire_codes
 from ntclass.predict.targets import read_target_meta
 from ntclass.sources.kinds import SplitPart
@@ -31,11 +33,16 @@ MODELS = list(config["models"])
 IMPORTED = imported_models(config)  # from checkpoints
 TRAINED = [m for m in MODELS if m not in IMPORTED]
 TARGETS = list(config["targets"])
-# the labelled source (None when only predicting) and the targets, as objects, built once
-SOURCE, TARGET = configured_sources(config)
 ENV = "../envs/workstation.yaml"  # used with --sdm conda
-# checked now, while the config is read, so that a bad override stops before any job
-MODEL_TRAINING = {m: model_training(config, m, SCHEMA_PATH) for m in TRAINED}
+# A bad config stops here with one sentence, before any job.
+try:
+    # the labelled source (None when only predicting) and the targets, as objects
+    SOURCE, TARGET = configured_sources(config)
+    MODEL_TRAINING = {m: model_training(config, m, SCHEMA_PATH) for m in TRAINED}
+    if config["evaluation"]["flywire_tables"]:
+        flywire_codes(config["classes"])
+except NtclassError as error:
+    sys.exit(f"ntclass: {error}")
 
 
 wildcard_constraints:
@@ -108,7 +115,9 @@ def source_inputs(wildcards=None):
 def split_inputs(wildcards=None):
     """A given split's file, when the split is neither computed nor stored in MongoDB."""
     split = config["split"]
-    return as_given({"assignment": split["assignment"]}) if "assignment" in split else {}
+    return (
+        as_given({"assignment": split["assignment"]}) if "assignment" in split else {}
+    )
 
 
 def one_of(names):
@@ -166,7 +175,9 @@ def init_checkpoint(wildcards):
 
 def target_meta(target):
     """Counts of a partitioned target (known once its checkpoint job has run)."""
-    return read_target_meta(checkpoints.target_synapses.get(target=target).output.synapses)
+    return read_target_meta(
+        checkpoints.target_synapses.get(target=target).output.synapses
+    )
 
 
 def shard_paths(wildcards):
@@ -257,7 +268,6 @@ def flywire_targets():
     """FlyWire-style tables of every model and target, when asked for."""
     if not config["evaluation"]["flywire_tables"]:
         return []
-    flywire_codes(config["classes"])  # refused now, before any job
     return expand(
         "results/evaluation/{model}/{target}/flywire_neurons.csv",
         model=MODELS,

@@ -7,13 +7,13 @@ rule demo_data:
         table=f"{config['demo']['out_dir']}/synapses.csv",
         volume=directory(f"{config['demo']['out_dir']}/volume.zarr"),
         cremi=directory(f"{config['demo']['out_dir']}/cremi"),
-    params:
-        demo=canonical(config["demo"]),
-        classes=config["classes"],
-        out_dir=lambda wc, output: os.path.dirname(output.table),
     log:
         "logs/demo_data.log",
     conda:
         ENV
+    params:
+        demo=canonical(config["demo"]),
+        classes=config["classes"],
+        out_dir=lambda wc, output: os.path.dirname(output.table),
     script:
         "../workflow_scripts/demo_data.py"

@@ -26,14 +26,14 @@ rule evaluate:
             category="Calibration",
             labels={"model": "{model}", "target": "{target}"},
         ),
-    params:
-        classes=config["classes"],
-        evaluation=evaluation_params(),
-        title=lambda wc: f"ntclass evaluation: model {wc.model}, target {wc.target}",
     log:
         "logs/evaluate/{model}/{target}.log",
     conda:
         ENV
+    params:
+        classes=config["classes"],
+        evaluation=evaluation_params(),
+        title=lambda wc: f"ntclass evaluation: model {wc.model}, target {wc.target}",
     script:
         "../workflow_scripts/evaluate.py"
 
@@ -46,12 +46,12 @@ rule flywire_tables:
     output:
         neurons="results/evaluation/{model}/{target}/flywire_neurons.csv",
         synapses="results/evaluation/{model}/{target}/flywire_synapses.parquet",
-    params:
-        classes=config["classes"],
     log:
         "logs/evaluate/{model}/{target}_flywire.log",
     conda:
         ENV
+    params:
+        classes=config["classes"],
     script:
         "../workflow_scripts/flywire_tables.py"
 
@@ -65,13 +65,13 @@ rule fit_temperature:
         ),
     output:
         temperature="results/models/{model}/temperature.json",
-    params:
-        classes=config["classes"],
-        fit_on=config["evaluation"]["temperature_scaling"]["fit_on"],
     log:
         "logs/evaluate/{model}_temperature.log",
     conda:
         ENV
+    params:
+        classes=config["classes"],
+        fit_on=config["evaluation"]["temperature_scaling"]["fit_on"],
     script:
         "../workflow_scripts/fit_temperature.py"
 
@@ -87,12 +87,12 @@ rule compare:
             caption="../report/comparison.rst",
             category="Comparison",
         ),
-    params:
-        runs=[{"model": m, "target": t} for m in MODELS for t in TARGETS],
-        classes=config["classes"],
     log:
         "logs/evaluate/compare.log",
     conda:
         ENV
+    params:
+        runs=[{"model": m, "target": t} for m in MODELS for t in TARGETS],
+        classes=config["classes"],
     script:
         "../workflow_scripts/compare.py"

@@ -1,10 +1,15 @@
 checkpoint target_synapses:
     """The synapses of one target, read once in batches, partitioned by shard and sorted
-    spatially (a checkpoint: the number of shards follows from the number of synapses)."""
+    spatially (a checkpoint: the number of shards follows from the number of synapses).
+    """
     input:
         unpack(target_inputs),
     output:
         synapses=directory("results/targets/{target}"),
+    log:
+        "logs/targets/{target}.log",
+    conda:
+        ENV
     params:
         target=target_params,
         target_name=lambda wc: wc.target,
@@ -12,10 +17,6 @@ checkpoint target_synapses:
         voxel_size=config.get("voxel_size"),
         partition=partition_params(),
         reading=work_cut("prediction", "read_batch_rows"),
-    log:
-        "logs/targets/{target}.log",
-    conda:
-        ENV
     script:
         "../workflow_scripts/target_synapses.py"
 
@@ -28,6 +29,15 @@ rule predict_shard:
         synapses="results/targets/{target}",
     output:
         shard="results/predictions/{model}/{target}/shards/{shard}.parquet",
+    log:
+        "logs/predict/{model}/{target}/{shard}.log",
+    conda:
+        ENV
+    threads: config["prediction"]["threads"]
+    resources:
+        gpu=config["resources"]["predict"]["gpus"],
+        mem_mb=config["prediction"]["mem_mb"],
+        runtime=config["resources"]["predict"]["runtime"],
     params:
         shard=lambda wc: int(wc.shard),
         classes=config["classes"],
@@ -41,19 +51,12 @@ rule predict_shard:
         ),
         # finished predictions by location, model and settings: a new release of the
         # target predicts only its new synapses
-        cache_dir=lambda wc: written(f"results/predictions/{wc.model}/{wc.target}/cache"),
+        cache_dir=lambda wc: written(
+            f"results/predictions/{wc.model}/{wc.target}/cache"
+        ),
         # outputs of an earlier prediction of this model and target, removed when a shard
         # starts anew: a rerun that fails leaves none of them looking current
         supersedes=superseded_outputs,
-    threads: config["prediction"]["threads"]
-    resources:
-        gpu=config["resources"]["predict"]["gpus"],
-        mem_mb=config["prediction"]["mem_mb"],
-        runtime=config["resources"]["predict"]["runtime"],
-    log:
-        "logs/predict/{model}/{target}/{shard}.log",
-    conda:
-        ENV
     script:
         "../workflow_scripts/predict_shard.py"
 
@@ -94,14 +97,14 @@ rule mongo_write_back:
         predictions="results/predictions/{model}/{target}/predictions.parquet",
     output:
         receipt="results/predictions/{model}/{target}/mongo_write_back.json",
+    log:
+        "logs/predict/{model}/{target}/mongo_write_back.log",
+    conda:
+        ENV
     params:
         target=lambda wc: canonical(config["targets"][wc.target]),
         target_name=lambda wc: wc.target,
         model=lambda wc: wc.model,
         classes=config["classes"],
-    log:
-        "logs/predict/{model}/{target}/mongo_write_back.log",
-    conda:
-        ENV
     script:
         "../workflow_scripts/mongo_write_back.py"

@@ -6,17 +6,17 @@ rule split:
     output:
         manifest="results/split/manifest.csv",
         summary="results/split/summary.csv",
+    log:
+        "logs/split.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=config["resources"]["split"]["mem_mb"],
+        runtime=config["resources"]["split"]["runtime"],
     params:
         source=canonical(config.get("source", {})),
         classes=config["classes"],
         voxel_size=config.get("voxel_size"),
         split=canonical(config["split"]),
-    resources:
-        mem_mb=config["resources"]["split"]["mem_mb"],
-        runtime=config["resources"]["split"]["runtime"],
-    log:
-        "logs/split.log",
-    conda:
-        ENV
     script:
         "../workflow_scripts/split.py"

@@ -2,28 +2,28 @@ rule train:
     """Train one model on the manifest's train part; model.pt is the best validated one."""
     input:
         unpack(init_checkpoint),
-        manifest="results/split/manifest.csv",
         **raw_inputs(),
+        manifest="results/split/manifest.csv",
     output:
         model="results/models/{model}/model.pt",
         last="results/models/{model}/model_last.pt",
         losses="results/models/{model}/training_log.csv",
         validation="results/models/{model}/validation.csv",
-    params:
-        training=training_params,
-        # not an output: Snakemake would wipe it, and with it the checkpoints to resume from
-        checkpoints=lambda wc: written(f"results/models/{wc.model}/checkpoints"),
+    log:
+        "logs/train/{model}.log",
     wildcard_constraints:
         model=one_of(TRAINED),
+    conda:
+        ENV
     threads: config["resources"]["train"]["threads"]
     resources:
         gpu=config["resources"]["train"]["gpus"],
         mem_mb=config["resources"]["train"]["mem_mb"],
         runtime=config["resources"]["train"]["runtime"],
-    log:
-        "logs/train/{model}.log",
-    conda:
-        ENV
+    params:
+        training=training_params,
+        # not an output: Snakemake would wipe it, and with it the checkpoints to resume from
+        checkpoints=lambda wc: written(f"results/models/{wc.model}/checkpoints"),
     script:
         "../workflow_scripts/train.py"
 
@@ -40,12 +40,12 @@ rule training_curves:
             category="Training",
             labels={"model": "{model}"},
         ),
-    params:
-        title=lambda wc: f"model {wc.model}",
     log:
         "logs/train/{model}_curves.log",
     conda:
         ENV
+    params:
+        title=lambda wc: f"model {wc.model}",
     script:
         "../workflow_scripts/training_curves.py"
 
@@ -57,16 +57,16 @@ rule import_model:
         checkpoint=lambda wc: local(config["models"][wc.model]["checkpoint"]),
     output:
         model="results/models/{model}/model.pt",
+    log:
+        "logs/train/{model}_import.log",
     wildcard_constraints:
         model=one_of(IMPORTED),
+    conda:
+        ENV
     params:
         entry=lambda wc: canonical(config["models"][wc.model]),
         name=lambda wc: wc.model,
         classes=config["classes"],
         voxel_size=config.get("voxel_size"),
-    log:
-        "logs/train/{model}_import.log",
-    conda:
-        ENV
     script:
         "../workflow_scripts/import_model.py"

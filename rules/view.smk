@@ -15,6 +15,10 @@ rule neuroglancer:
             category="Neuroglancer",
             labels={"model": "{model}", "target": "{target}"},
         ),
+    log:
+        "logs/view/{model}/{target}.log",
+    conda:
+        ENV
     params:
         classes=config["classes"],
         view=config["view"],
@@ -23,9 +27,5 @@ rule neuroglancer:
         name=lambda wc: f"{wc.model} {wc.target}",
         model=lambda wc: wc.model,
         target=lambda wc: wc.target,
-    log:
-        "logs/view/{model}/{target}.log",
-    conda:
-        ENV
     script:
         "../workflow_scripts/neuroglancer.py"

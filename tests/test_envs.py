@@ -10,8 +10,9 @@ import yaml
 from workflow_helpers import ROOT
 
 ENV_FILES = sorted((ROOT / "envs").glob("*.yaml"))
-# moto and rangehttpserver: test servers; playwright drives the browser tests
-TEST_ONLY = {"pytest", "ruff", "moto[server]", "rangehttpserver", "playwright"}
+# moto and rangehttpserver: test servers; playwright drives the browser tests; snakefmt
+# formats the rule files
+TEST_ONLY = {"pytest", "ruff", "moto[server]", "rangehttpserver", "playwright", "snakefmt"}
 
 
 def normalise(name: str) -> str:

@@ -80,3 +80,16 @@ def test_the_schema_ships_inside_the_package():
     assert Path(SCHEMA_PATH).parent == PACKAGE
     assert "config.schema.yaml" in (ROOT / "pyproject.toml").read_text()
     assert (ROOT / "config" / "config.schema.yaml").resolve() == Path(SCHEMA_PATH).resolve()
+
+
+def test_code_and_rules_are_lint_clean():
+    """What `make lint` runs: ruff, snakefmt (the rule files, as Snakemake's workflow
+    catalog checks them) and snakemake --lint."""
+    bin_dir = Path(sys.executable).parent
+    for command in ([bin_dir / "ruff", "check", "src", "tests", "workflow_scripts",
+                     "benchmarks"],
+                    [bin_dir / "snakefmt", "--check", "Snakefile", "rules"],
+                    [bin_dir / "snakemake", "--lint"]):
+        result = subprocess.run([str(c) for c in command], cwd=ROOT, capture_output=True,
+                                text=True)
+        assert result.returncode == 0, (command[0], result.stdout[-2000:], result.stderr[-2000:])
