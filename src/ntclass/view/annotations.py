@@ -39,6 +39,9 @@ from ntclass.sql import duckdb_connection, query_one
 SHARDED_ABOVE = 10_000  # one file per annotation and per segment below: 4 files a synapse
 LIMIT = 1000  # annotations per spatial cell: a sample a viewer draws at once
 BATCH_BYTES = 64 << 20  # encoded bytes per TensorStore transaction
+# keys per transaction: TensorStore keeps about a kilobyte per staged key, so small values
+# (a relationship's few annotations) would otherwise fill memory long before BATCH_BYTES
+BATCH_KEYS = 1 << 15
 RELATIONSHIPS = {"pre_segment": "pre_id", "post_segment": "post_id"}
 
 
@@ -85,7 +88,7 @@ class IndexWriter:
         self.store = None if sharding is None else ts.KvStore.open({
             "driver": "neuroglancer_uint64_sharded", "metadata": sharding,
             "base": {"driver": "file", "path": str(folder) + "/"}}).result()
-        self.txn, self.staged, self.pending = None, None, 0
+        self.txn, self.staged, self.pending, self.keys = None, None, 0, 0
 
     def write(self, key: int, value: bytes, name: str | None = None) -> None:
         if self.store is None:
@@ -96,13 +99,14 @@ class IndexWriter:
             self.staged = self.store.with_transaction(self.txn)
         self.staged.write(int(key).to_bytes(8, "big"), value)
         self.pending += len(value)
-        if self.pending >= BATCH_BYTES:
+        self.keys += 1
+        if self.pending >= BATCH_BYTES or self.keys >= BATCH_KEYS:
             self.flush()
 
     def flush(self) -> None:
         if self.txn is not None:
             self.txn.commit_sync()
-        self.txn, self.pending = None, 0
+        self.txn, self.pending, self.keys = None, 0, 0
 
 
 def write_annotations(predictions: str, out: Path, classes: Sequence[str], work: Path,
