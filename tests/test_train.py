@@ -266,3 +266,25 @@ def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_last_good_one(
     resumed = torch.load(killed / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     assert pd.read_csv(killed / "loss.csv")["iteration"].tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_skips_a_checkpoint_written_ahead_of_its_logged_rows(tmp_path):
+    """gunpowder writes a step's checkpoint before the step's loss row and validation: a
+    kill in between leaves a checkpoint the logs do not reach. Resuming from it would lose
+    those rows, so it is removed and redone from the newest one they reach."""
+    from ntclass.train.run import logged_through, resume_point
+
+    for iteration in (20, 40, 60):
+        torch.save({"model_state_dict": {}, "optimizer_state_dict": {}},
+                   tmp_path / f"model_checkpoint_{iteration}")
+    rows = "".join(f"{i},0.5,1.0\n" for i in range(1, 46))
+    (tmp_path / "loss.csv").write_text("iteration,loss,seconds\n" + rows + "46,0.")
+    (tmp_path / "validation.csv").write_text("iteration,loss,accuracy\n40,0.5,0.5\n")
+    assert logged_through(tmp_path, 40) == 45
+    assert resume_point(tmp_path, 45) == 40
+    assert sorted(p.name for p in tmp_path.glob("model_checkpoint_*")) == [
+        "model_checkpoint_20", "model_checkpoint_40"]
+    # the validation due at 40 missing: the logs reach 39 only
+    (tmp_path / "validation.csv").write_text("iteration,loss,accuracy\n")
+    assert logged_through(tmp_path, 40) == 39
+    assert resume_point(tmp_path, 39) == 20

@@ -223,10 +223,30 @@ def _loads(path: Path) -> str | None:
     return None
 
 
-def resume_point(checkpoint_dir: Path) -> int:
-    """The iteration of the newest checkpoint that loads (0: none). Newer ones that do not
-    load (written by a job killed mid-write before writes were atomic, or damaged since)
-    are set aside as `damaged-<name>`, so that gunpowder resumes from the good one."""
+def logged_through(checkpoint_dir: Path, validate_every: int) -> int:
+    """The last iteration an earlier run logged completely: its loss row, and every
+    validation due by then (validate_every 0: none). gunpowder writes a checkpoint inside
+    the step, before the step's rows are written, so a kill can leave one ahead of them."""
+    done = 0
+    for row in _rows_up_to(checkpoint_dir / "loss.csv", 2**62):
+        if int(row[0]) != done + 1:
+            break
+        done += 1
+    if validate_every:
+        validated = {int(r[0]) for r in _rows_up_to(checkpoint_dir / "validation.csv",
+                                                     2**62)}
+        for due in range(validate_every, done + 1, validate_every):
+            if due not in validated:
+                return due - 1
+    return done
+
+
+def resume_point(checkpoint_dir: Path, logged: int | None = None) -> int:
+    """The iteration of the newest checkpoint that loads and that the earlier run's logs
+    reach (`logged`, see `logged_through`; None: any); 0: none. Newer ones that do not load
+    (written by a job killed mid-write before writes were atomic, or damaged since) are set
+    aside as `damaged-<name>`; newer ones the logs do not reach are removed and redone. So
+    gunpowder, which loads the newest, resumes from the chosen one."""
     for left in checkpoint_dir.glob(INCOMPLETE + "*"):
         log.info("removing %s, a checkpoint whose writing was interrupted", left)
         left.unlink()
@@ -234,6 +254,11 @@ def resume_point(checkpoint_dir: Path) -> int:
     damaged = []
     for iteration in sorted(found, reverse=True):
         reason = _loads(found[iteration])
+        if reason is None and logged is not None and iteration > logged:
+            log.info("removing %s: the job was killed before it logged iteration %d",
+                     found[iteration], iteration)
+            found[iteration].unlink()
+            continue
         if reason is None:
             for bad, why in damaged:
                 log.warning("checkpoint %s does not load (%s); set aside as damaged-%s, "
@@ -403,7 +428,8 @@ def train(manifest: str | os.PathLike, cfg: TrainConfig, outputs: TrainOutputs,
     checkpoint_dir = Path(checkpoint_root) / cfg.digest(manifest)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     (checkpoint_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    start = resume_point(checkpoint_dir)
+    validating = cfg.validate_every if (table["split"] == "validation").any() else 0
+    start = resume_point(checkpoint_dir, logged_through(checkpoint_dir, validating))
     if start:
         log.info("resuming from iteration %d (%s)", start, checkpoint_dir)
     else:
