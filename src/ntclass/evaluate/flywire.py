@@ -64,10 +64,10 @@ def write_flywire_synapses(predictions: str, out: str, classes: Sequence[str],
                                  for code in SYNAPSE_ORDER if code in by_code]
     con = duckdb_connection(workdir)
     try:
-        with atomic_path(out) as tmp:
-            con.execute(f"COPY (SELECT {', '.join(columns)} FROM read_parquet('{predictions}') "
-                        f"ORDER BY synapse_id) TO '{tmp}' (FORMAT parquet)")
-        (n,) = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()
+        with atomic_path(out) as tmp:  # COPY answers with the number of rows written
+            (n,) = con.execute(f"COPY (SELECT {', '.join(columns)} FROM "
+                               f"read_parquet('{predictions}') ORDER BY synapse_id) "
+                               f"TO '{tmp}' (FORMAT parquet)").fetchone()
     finally:
         con.close()
     return n

@@ -168,13 +168,12 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             super().log_message(format, *args)
 
 
-def file_server(project: Path, host: str, port: int,
-                outside_roots: tuple[Path, ...] = (), quiet: bool = True
+def file_server(project: Path, host: str, port: int, quiet: bool = True
                 ) -> http.server.ThreadingHTTPServer:
-    """A server of the `project` folder (port 0: a free port)."""
-    handler = type("ProjectHandler", (Handler,), {
-        "project": project.resolve(),
-        "outside_roots": tuple(r.resolve() for r in outside_roots), "quiet": quiet})
+    """A server of the `project` folder (port 0: a free port). The local raw outside it
+    that a state names is allowed once the state is known (`ServedState.outside_roots`)."""
+    handler = type("ProjectHandler", (Handler,), {"project": project.resolve(),
+                                                  "quiet": quiet})
     return http.server.ThreadingHTTPServer((host, port), handler)
 
 
