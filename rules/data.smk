@@ -9,6 +9,8 @@ rule demo_data:
         cremi=directory(f"{config['demo']['out_dir']}/cremi"),
     log:
         "logs/demo_data.log",
+    benchmark:
+        "results/benchmarks/demo_data/demo_data.tsv"
     conda:
         ENV
     params:

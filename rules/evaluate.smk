@@ -28,6 +28,8 @@ rule evaluate:
         ),
     log:
         "logs/evaluate/{model}/{target}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{model}/{target}.tsv"
     conda:
         ENV
     params:
@@ -48,6 +50,8 @@ rule flywire_tables:
         synapses="results/evaluation/{model}/{target}/flywire_synapses.parquet",
     log:
         "logs/evaluate/{model}/{target}_flywire.log",
+    benchmark:
+        "results/benchmarks/flywire_tables/{model}/{target}.tsv"
     conda:
         ENV
     params:
@@ -67,6 +71,8 @@ rule fit_temperature:
         temperature="results/models/{model}/temperature.json",
     log:
         "logs/evaluate/{model}_temperature.log",
+    benchmark:
+        "results/benchmarks/fit_temperature/{model}.tsv"
     conda:
         ENV
     params:
@@ -89,6 +95,8 @@ rule compare:
         ),
     log:
         "logs/evaluate/compare.log",
+    benchmark:
+        "results/benchmarks/compare/compare.tsv"
     conda:
         ENV
     params:

@@ -8,6 +8,8 @@ checkpoint target_synapses:
         synapses=directory("results/targets/{target}"),
     log:
         "logs/targets/{target}.log",
+    benchmark:
+        "results/benchmarks/target_synapses/{target}.tsv"
     conda:
         ENV
     params:
@@ -31,6 +33,8 @@ rule predict_shard:
         shard="results/predictions/{model}/{target}/shards/{shard}.parquet",
     log:
         "logs/predict/{model}/{target}/{shard}.log",
+    benchmark:
+        "results/benchmarks/predict_shard/{model}/{target}/{shard}.tsv"
     conda:
         ENV
     threads: config["prediction"]["threads"]
@@ -70,6 +74,8 @@ rule merge_predictions:
         parquet="results/predictions/{model}/{target}/predictions.parquet",
     log:
         "logs/predict/{model}/{target}/merge.log",
+    benchmark:
+        "results/benchmarks/merge_predictions/{model}/{target}.tsv"
     conda:
         ENV
     script:
@@ -85,6 +91,8 @@ rule prediction_csv:
         csv="results/predictions/{model}/{target}/predictions.csv",
     log:
         "logs/predict/{model}/{target}/csv.log",
+    benchmark:
+        "results/benchmarks/prediction_csv/{model}/{target}.tsv"
     conda:
         ENV
     script:
@@ -99,6 +107,8 @@ rule mongo_write_back:
         receipt="results/predictions/{model}/{target}/mongo_write_back.json",
     log:
         "logs/predict/{model}/{target}/mongo_write_back.log",
+    benchmark:
+        "results/benchmarks/mongo_write_back/{model}/{target}.tsv"
     conda:
         ENV
     params:

@@ -8,6 +8,8 @@ rule split:
         summary="results/split/summary.csv",
     log:
         "logs/split.log",
+    benchmark:
+        "results/benchmarks/split/split.tsv"
     conda:
         ENV
     resources:

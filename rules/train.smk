@@ -11,6 +11,8 @@ rule train:
         validation="results/models/{model}/validation.csv",
     log:
         "logs/train/{model}.log",
+    benchmark:
+        "results/benchmarks/train/{model}.tsv"
     wildcard_constraints:
         model=one_of(TRAINED),
     conda:
@@ -42,6 +44,8 @@ rule training_curves:
         ),
     log:
         "logs/train/{model}_curves.log",
+    benchmark:
+        "results/benchmarks/training_curves/{model}.tsv"
     conda:
         ENV
     params:
@@ -59,6 +63,8 @@ rule import_model:
         model="results/models/{model}/model.pt",
     log:
         "logs/train/{model}_import.log",
+    benchmark:
+        "results/benchmarks/import_model/{model}.tsv"
     wildcard_constraints:
         model=one_of(IMPORTED),
     conda:

@@ -17,6 +17,8 @@ rule neuroglancer:
         ),
     log:
         "logs/view/{model}/{target}.log",
+    benchmark:
+        "results/benchmarks/neuroglancer/{model}/{target}.tsv"
     conda:
         ENV
     params:

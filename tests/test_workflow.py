@@ -50,6 +50,25 @@ def test_outputs_exist(finished_run):
         assert (finished_run / path).is_file(), path
 
 
+def test_every_job_records_its_cost_and_ntclass_costs_sums_them(finished_run):
+    bench = finished_run / "results/benchmarks"
+    expected = {"split": ["split.tsv"], "train": ["tiny.tsv"],
+                "target_synapses": ["test.tsv"],
+                "predict_shard": ["tiny/test/0.tsv", "tiny/test/1.tsv"],
+                "merge_predictions": ["tiny/test.tsv"], "evaluate": ["tiny/test.tsv"],
+                "compare": ["compare.tsv"]}
+    for rule, files in expected.items():
+        for name in files:
+            row = pd.read_csv(bench / rule / name, sep="\t").iloc[0]
+            assert row["s"] > 0, (rule, name)
+    out = subprocess.run([str(Path(sys.executable).with_name("ntclass")), "costs", str(bench)],
+                         capture_output=True, text=True, check=True).stdout
+    jobs = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()[1:]
+            if line and not line.startswith("(")}
+    assert jobs["predict_shard"] == 2 and jobs["train"] == 1
+    assert set(expected) <= set(jobs)
+
+
 def test_split_keeps_neurons_whole(finished_run):
     manifest = pd.read_csv(finished_run / "results/split/manifest.csv")
     assert manifest.groupby("pre_id")["split"].nunique().max() == 1

@@ -29,6 +29,14 @@ def summary(evaluation_dir: str) -> int:
     return 0
 
 
+def costs(benchmark_dir: str) -> int:
+    """Print each stage's jobs, time and largest peak memory from Snakemake's benchmarks."""
+    from ntclass.costs import print_costs, stage_costs
+
+    print_costs(stage_costs(benchmark_dir))
+    return 0
+
+
 def mongo_import(table: str, uri: str | None, database: str, replace: bool) -> int:
     from ntclass.sources.mongo import import_table, redact_uri
     from ntclass.sources.synapses import read_table_file
@@ -88,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("summary", help="print the accuracy of every evaluated model")
     p.add_argument("evaluation_dir", nargs="?", default="results/evaluation")
+    p = sub.add_parser("costs", help="print what each stage cost: jobs, wall and CPU time, "
+                       "the largest job's peak memory (from results/benchmarks)")
+    p.add_argument("benchmark_dir", nargs="?", default="results/benchmarks")
     p = sub.add_parser("mongo-import", help="import a synapse table into MongoDB "
                        "(Synister's schema); the password comes from NTCLASS_MONGO_PASSWORD")
     p.add_argument("table", help="CSV or Parquet: synapse_id, z, y, x (nm), nt, pre_id, ...")
@@ -125,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "summary":
             return summary(args.evaluation_dir)
+        if args.command == "costs":
+            return costs(args.benchmark_dir)
         if args.command == "mongo-import":
             return mongo_import(args.table, args.uri, args.database, args.replace)
         if args.command == "import-split":
