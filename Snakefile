@@ -9,6 +9,7 @@ from ntclass.config import (
     check_config,
     check_models_and_sources,
     check_unique_keys,
+    expand_paths,
 )
 from ntclass.errors import NtclassError
 from ntclass.workflow import check_source_paths, check_temperature_scaling
@@ -28,6 +29,7 @@ try:
     check_unique_keys(workflow.configfiles)
     check_config(config, SCHEMA_PATH)
     validate(config, SCHEMA_PATH)
+    expand_paths(config)
     check_models_and_sources(config)
     check_source_paths(config)
     check_temperature_scaling(config)

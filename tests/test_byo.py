@@ -26,7 +26,7 @@ from workflow_helpers import snakemake, write_config
 from ntclass.errors import NtclassError
 from ntclass.models import build_model
 from ntclass.models.checkpoints import import_model, read_checkpoint
-from ntclass.models.modelfile import model_record
+from ntclass.models.modelfile import load_model, model_record
 from ntclass.settings import ImportedModel
 from ntclass.volumes import crop_cubes, open_raw
 
@@ -282,6 +282,18 @@ NOT_A_CHECKPOINT = {
                           b"size 123\n", r"is a Git LFS pointer, not the checkpoint itself"),
     "a text file": (b"epoch 10, loss 0.3\n", r"is not a PyTorch checkpoint"),
 }
+
+
+def test_a_truncated_checkpoint_is_named_damaged_not_unsafe(tmp_path):
+    whole = tmp_path / "whole.pt"
+    torch.save({"model_state_dict": {"w": torch.zeros(1000)}}, whole)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(NtclassError, match=r"'.*cut\.pt' is damaged or incomplete") as error:
+        read_checkpoint(cut)
+    assert "weights_only" not in str(error.value)
+    with pytest.raises(NtclassError, match="is damaged or incomplete"):
+        load_model(cut)
 
 
 @pytest.mark.parametrize("case", NOT_A_CHECKPOINT)

@@ -40,6 +40,9 @@ def with_(path: str, value):
      "folder 'no/such/folder' given as source.directory does not exist"),
     (with_("source.table", "missing.csv"),
      "file 'missing.csv' given as source.table does not exist"),
+    (with_("source.table", "$NTCLASS_UNSET_FOLDER/s.csv"),
+     "file '$NTCLASS_UNSET_FOLDER/s.csv' given as source.table does not exist (environment "
+     "variable NTCLASS_UNSET_FOLDER is not set"),
     (with_("split", {"method": "given"}), "config key 'split.assignment' is missing"),
     (with_("evaluation", {"temperature_scaling": {"enabled": True}}),
      "evaluation.temperature_scaling.fit_on 'validation' is not a target of type split; "
@@ -100,3 +103,23 @@ def test_a_models_override_of_a_section_gets_that_sections_defaults():
     assert merged["augment"]["mirror_transpose"] is True
     assert merged["augment"]["noise"] == {"enabled": False, "variance": 0.001, "p": 0.5}
     assert merged["iterations"] == TINY_CONFIG["training"]["iterations"]
+
+
+def test_config_paths_expand_home_and_variables_as_a_shell_does(monkeypatch, tmp_path):
+    from ntclass.config import expand_paths
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NTCLASS_DATA", "/lab/data")
+    config = {"source": {"table": "~/synapses.csv", "raw_container": "gs://bucket/$NOT_ME"},
+              "targets": {"t": {"directory": "$NTCLASS_DATA/cremi"}},
+              "models": {"m": {"checkpoint": "${NTCLASS_DATA}/model.pt",
+                               "training": {"init_from": {"checkpoint": "~/start.pt"}}}},
+              "split": {"assignment": "~/split.csv"}, "evaluation": {"neuron_table": "n.csv"}}
+    expand_paths(config)
+    assert config["source"] == {"table": f"{tmp_path}/synapses.csv",
+                                "raw_container": "gs://bucket/$NOT_ME"}
+    assert config["targets"]["t"]["directory"] == "/lab/data/cremi"
+    assert config["models"]["m"]["checkpoint"] == "/lab/data/model.pt"
+    assert config["models"]["m"]["training"]["init_from"]["checkpoint"] == f"{tmp_path}/start.pt"
+    assert config["split"]["assignment"] == f"{tmp_path}/split.csv"
+    assert config["evaluation"]["neuron_table"] == "n.csv"

@@ -65,6 +65,22 @@ def test_cremi_folder_problems(tiny_demo, tmp_path):
         read_cremi_source(str(copy), (*CLASSES, "dopamine"))
 
 
+def test_a_synapse_id_in_two_cremi_files_names_both(tiny_demo, tmp_path):
+    copy = tmp_path / "cremi"
+    shutil.copytree(tiny_demo["cremi"], copy)
+    original = sorted((copy / "gaba").glob("*.hdf"))[0]
+    twin = copy / "gaba" / f"copy_of_{original.name}"
+    shutil.copy(original, twin)
+    with pytest.raises(NtclassError, match=f"is in both '{original}' and '{twin}'"):
+        read_cremi_source(str(copy), CLASSES)
+    twin.unlink()
+    in_two_folders = copy / "glutamate" / original.name
+    shutil.copy(original, in_two_folders)
+    with pytest.raises(NtclassError, match=f"the file '{original.name}' sits in two class "
+                       r"folders .* would have two labels \(gaba and glutamate\)"):
+        read_cremi_source(str(copy), CLASSES)
+
+
 def test_corrupt_cremi_file(tiny_demo, tmp_path):
     copy = tmp_path / "cremi"
     shutil.copytree(tiny_demo["cremi"], copy)

@@ -76,6 +76,38 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# the keys whose values are paths on this machine (or URLs, which are left as given)
+SOURCE_PATH_KEYS = ("table", "raw_container", "directory")
+
+
+def expand_paths(config: dict) -> None:
+    """Expand `~` and environment variables in the configured paths, as a shell would, in
+    place (so that every rule and script sees the same path)."""
+
+    def expanded(value):
+        if not isinstance(value, str) or "://" in value:
+            return value
+        return os.path.expanduser(os.path.expandvars(value))
+
+    def expand(section: dict | None, keys: Sequence[str]) -> None:
+        for key in keys:
+            if isinstance(section, dict) and key in section:
+                section[key] = expanded(section[key])
+
+    sections = [config.get("source")] + list((config.get("targets") or {}).values())
+    for section in sections:
+        expand(section, SOURCE_PATH_KEYS)
+    expand(config.get("split"), ["assignment"])
+    expand(config.get("evaluation"), ["neuron_table"])
+    trainings = [config.get("training")]
+    for model in (config.get("models") or {}).values():
+        expand(model, ["checkpoint"])
+        trainings.append(model.get("training") if isinstance(model, dict) else None)
+    for training in trainings:
+        if isinstance(training, dict):
+            expand(training.get("init_from"), ["checkpoint"])
+
+
 def check_unique_keys(paths) -> None:
     """Refuse a config file in which some mapping repeats a key."""
     for path in paths:

@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from ntclass.errors import NtclassError
+from ntclass.errors import NtclassError, unexpanded
 
 
 def _redirect_output(log_path: str) -> int:
@@ -136,7 +136,8 @@ def check_source_paths(config: Mapping) -> None:
                 continue
             name = {"table": "table", "raw": "raw_container", "cremi": "directory"}[key]
             kind = "folder" if key == "cremi" else "file"
-            raise NtclassError(f"{kind} '{path}' given as {section}.{name} does not exist")
+            raise NtclassError(f"{kind} '{path}' given as {section}.{name} does not exist"
+                               f"{unexpanded(path)}")
     checkpoints = [(f"models.{m}.checkpoint", e["checkpoint"])
                    for m, e in config["models"].items() if "checkpoint" in e]
     checkpoints += [(f"{where}.init_from.checkpoint", section["init_from"]["checkpoint"])
@@ -146,7 +147,8 @@ def check_source_paths(config: Mapping) -> None:
                     if section.get("init_from")]
     for key, path in checkpoints:
         if not os.path.isfile(path):
-            raise NtclassError(f"file '{path}' given as {key} does not exist")
+            raise NtclassError(f"file '{path}' given as {key} does not exist"
+                               f"{unexpanded(path)}")
     split = config.get("split", {})
     if split.get("method") == "given" and "assignment" in split and not os.path.isfile(
             split["assignment"]):

@@ -14,7 +14,7 @@ import torch
 from ntclass.errors import NtclassError
 from ntclass.io import atomic_path
 from ntclass.models import build_model
-from ntclass.models.modelfile import MODEL_FORMAT, model_record
+from ntclass.models.modelfile import MODEL_FORMAT, check_complete, model_record
 from ntclass.settings import ImportedModel, InitFrom
 
 # Synister's models were all trained on uint8 raw mapped by raw / 255 * 2 - 1: ntclass's
@@ -27,11 +27,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
     for a gunpowder checkpoint or a bare state dict). Nothing but tensors and plain types
     is unpickled."""
     _check_is_checkpoint(path)
+    check_complete(path, "checkpoint")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise NtclassError(f"cannot load checkpoint '{path}' with weights_only (tensors and "
-                           f"plain types only): {_load_failure(e)}") from None
+        raise NtclassError(_load_failure(path, e)) from None
     if isinstance(loaded, dict) and loaded.get("format") == MODEL_FORMAT:
         return loaded["state_dict"], loaded
     if isinstance(loaded, dict) and isinstance(loaded.get("model_state_dict"), dict):
@@ -68,15 +68,20 @@ def _check_is_checkpoint(path: str | os.PathLike) -> None:
                            "checkpoint written by gunpowder's Train node")
 
 
-def _load_failure(error: Exception) -> str:
-    """What made a weights_only load fail, without PyTorch's advice to load unsafely."""
+def _load_failure(path: str | os.PathLike, error: Exception) -> str:
+    """What made a weights_only load fail, without PyTorch's advice to load unsafely: code
+    in the pickle, or else a damaged file (the weights_only detail last)."""
     text = str(error).strip()
     if "Weights only load failed" in text:
         detail = next((line.strip() for line in text.splitlines()
                        if "Unsupported" in line or "WeightsUnpickler error" in line), "")
-        return ("it holds Python objects other than tensors and plain types, which ntclass "
-                "never unpickles (they could run code)" + (f": {detail}" if detail else ""))
-    return text.splitlines()[0] if text else type(error).__name__
+        return (f"cannot load checkpoint '{path}' with weights_only (tensors and plain types "
+                "only): it holds Python objects other than tensors and plain types, which "
+                "ntclass never unpickles (they could run code)"
+                + (f": {detail}" if detail else ""))
+    detail = text.splitlines()[0] if text else type(error).__name__
+    return (f"checkpoint '{path}' is damaged: PyTorch cannot read it ({detail}; loaded with "
+            "weights_only)")
 
 
 def file_digest(path: str | os.PathLike) -> str:

@@ -7,6 +7,7 @@ A plain dict of built-in types and tensors, so that it loads with `weights_only=
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 
 import torch
@@ -15,6 +16,19 @@ from ntclass.errors import NtclassError
 from ntclass.models import build_model
 
 MODEL_FORMAT = "ntclass-model/1"
+
+
+def check_complete(path: str | os.PathLike, what: str) -> None:
+    """Refuse a torch.save zip archive that lost its end: a copy or download cut short, or a
+    write killed midway. torch.load would blame weights_only, which points the wrong way."""
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
+    # a zip archive ends with its central directory; without it the archive is incomplete
+    if is_zip and not zipfile.is_zipfile(path):
+        size = os.path.getsize(path)
+        raise NtclassError(f"{what} '{path}' is damaged or incomplete: a zip archive of "
+                           f"{size:,} bytes without the central directory an intact one ends "
+                           "with (a copy, download or write cut short?); copy it again")
 
 
 def pick_device(name: str) -> str:
@@ -45,6 +59,7 @@ def model_record(model: torch.nn.Module, *, architecture: str, model_params: dic
 def load_model(path: str | os.PathLike, classes: Sequence[str] | None = None,
                device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     """Load a model.pt safely (weights_only); check it matches the expected classes."""
+    check_complete(path, "model checkpoint")
     try:
         record = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:

@@ -26,7 +26,7 @@ from ntclass.ids import ID_DTYPE
 from ntclass.io import NULLABLE_INTEGERS, atomic_path, read_synapse_csv, write_json
 from ntclass.settings import Partition
 from ntclass.sources.kinds import Source, SplitPart
-from ntclass.sources.synapses import LOCATION, OPTIONAL_COLUMNS
+from ntclass.sources.synapses import LOCATION, OPTIONAL_COLUMNS, duplicate_id_message
 from ntclass.sql import duckdb_connection, query_one
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,9 @@ def write_target(manifest_path: str | None, target: Source | SplitPart,
         dup = query_one(con, f"SELECT synapse_id FROM '{parts}' GROUP BY synapse_id "
                               "HAVING count(*) > 1 LIMIT 1")
         if dup:
-            raise NtclassError(f"{target.name}: synapse_id {dup[0]} occurs more than once "
-                               "(in two read batches); synapse ids must be unique")
+            places = con.execute(f"SELECT raw_container, nt FROM '{parts}' WHERE "
+                                 f"synapse_id = {int(dup[0])}").fetchall()
+            raise NtclassError(duplicate_id_message(target.name, dup[0], places))
         sorted_path = tmp / "sorted.parquet"
         con.execute(f"COPY (SELECT * FROM '{parts}' ORDER BY raw_container, raw_dataset, "
                     f"cell, z, y, x, synapse_id) TO '{sorted_path}' "

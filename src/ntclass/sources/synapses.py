@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ntclass.errors import NtclassError
+from ntclass.errors import NtclassError, unexpanded
 from ntclass.ids import ID_COLUMNS, missing_ids, to_ids
 from ntclass.intensity import intensity_of
 from ntclass.io import NULLABLE_INTEGERS
@@ -46,7 +46,7 @@ def iter_table_file(path: str | os.PathLike, what: str = "synapse table",
     through a float."""
     path = str(path)
     if not os.path.exists(path):
-        raise NtclassError(f"{what} '{path}' does not exist")
+        raise NtclassError(f"{what} '{path}' does not exist{unexpanded(path)}")
     _check_is_text_table(path, what)
     try:
         if path.endswith((".parquet", ".pq")):
@@ -253,8 +253,29 @@ def check_locations(df: pd.DataFrame, voxel_size: Sequence[int] | None,
 def check_unique_ids(df: pd.DataFrame, origin: str) -> None:
     dup = df["synapse_id"].duplicated()
     if dup.any():
-        raise NtclassError(f"{origin}: synapse_id {int(df['synapse_id'][dup].iloc[0])} "
-                           "occurs more than once; synapse ids must be unique")
+        synapse_id = df["synapse_id"][dup].iloc[0]
+        rows = df[df["synapse_id"] == synapse_id]
+        places = (list(zip(rows["raw_container"], rows["nt"]))
+                  if "raw_container" in rows and "nt" in rows else [])
+        raise NtclassError(duplicate_id_message(origin, synapse_id, places))
+
+
+def duplicate_id_message(origin: str, synapse_id, places: Sequence[tuple]) -> str:
+    """One sentence on a synapse id found twice; `places` are its rows' (raw container,
+    nt): for CREMI sources the container is the file, so the sentence names both files."""
+    files = sorted({str(container) for container, _ in places
+                    if str(container).lower().endswith(HDF5_SUFFIXES)})
+    if len(files) < 2:
+        return (f"{origin}: synapse_id {int(synapse_id)} occurs more than once; synapse ids "
+                "must be unique")
+    first, second = Path(files[0]), Path(files[1])
+    labels = sorted({str(nt) for _, nt in places if not pd.isna(nt)})
+    if first.name == second.name and len(labels) > 1:
+        return (f"{origin}: the file '{first.name}' sits in two class folders ('{first}' and "
+                f"'{second}'), so synapse {int(synapse_id)} would have two labels "
+                f"({' and '.join(labels)}); keep each file in the folder of its class only")
+    return (f"{origin}: synapse_id {int(synapse_id)} is in both '{first}' and '{second}'; "
+            "synapse ids must be unique across the CREMI files")
 
 
 def table_batches(table: str, raw_container: str, raw_dataset: str, classes: Sequence[str],
