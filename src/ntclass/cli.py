@@ -29,11 +29,11 @@ def summary(evaluation_dir: str) -> int:
     return 0
 
 
-def costs(benchmark_dir: str) -> int:
+def costs(benchmark_dir: str, only: str | None) -> int:
     """Print each stage's jobs, time and largest peak memory from Snakemake's benchmarks."""
     from ntclass.costs import print_costs, stage_costs
 
-    print_costs(stage_costs(benchmark_dir))
+    print_costs(stage_costs(benchmark_dir, only))
     return 0
 
 
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("costs", help="print what each stage cost: jobs, wall and CPU time, "
                        "the largest job's peak memory (from results/benchmarks)")
     p.add_argument("benchmark_dir", nargs="?", default="results/benchmarks")
+    p.add_argument("--only", help="only the jobs of this model or target")
     p = sub.add_parser("mongo-import", help="import a synapse table into MongoDB "
                        "(Synister's schema); the password comes from NTCLASS_MONGO_PASSWORD")
     p.add_argument("table", help="CSV or Parquet: synapse_id, z, y, x (nm), nt, pre_id, ...")
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "summary":
             return summary(args.evaluation_dir)
         if args.command == "costs":
-            return costs(args.benchmark_dir)
+            return costs(args.benchmark_dir, args.only)
         if args.command == "mongo-import":
             return mongo_import(args.table, args.uri, args.database, args.replace)
         if args.command == "import-split":

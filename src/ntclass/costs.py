@@ -45,11 +45,13 @@ def number(text: str | None) -> float:
         return math.nan
 
 
-def stage_costs(benchmark_dir: str | Path) -> list[StageCost]:
-    """Every rule's jobs under `benchmark_dir` (`<rule>/<wildcards>.tsv`), by rule name. A
-    file with several rows (Snakemake's `repeat`) counts each run."""
+def stage_costs(benchmark_dir: str | Path, wildcard: str | None = None) -> list[StageCost]:
+    """Every rule's jobs under `benchmark_dir` (`<rule>/<wildcards>.tsv`), by rule name;
+    with `wildcard`, only the jobs with that wildcard value (a model, a target). A file with
+    several rows (Snakemake's `repeat`) counts each run."""
     root = Path(benchmark_dir)
-    files = sorted(root.glob("*/**/*.tsv"))
+    files = sorted(p for p in root.glob("*/**/*.tsv") if wildcard is None
+                   or wildcard in (*p.relative_to(root).parent.parts[1:], p.stem))
     if not files:
         raise NtclassError(f"no benchmark files under '{benchmark_dir}'; run the workflow "
                            "first (each rule writes results/benchmarks/<rule>/...tsv)")
