@@ -253,3 +253,99 @@ def test_view_refuses_an_ambiguous_or_missing_view(tmp_path):
                        "--model and --target"):
         choose_state(tmp_path, None, "x")
     assert choose_state(tmp_path, "b", None) == ("b", "x")
+
+
+FAFB_NM = np.array([1000e3, 400e3, 280e3])  # x, y, z: about FAFB's neuropil
+
+
+def clustered_table(n: int, clusters: int = 200, seed: int = 0) -> pd.DataFrame:
+    """n synapses in neuropil-like clusters (5-40 um) over FAFB's extent, with about one
+    pre-synaptic segment per 300 synapses and one post-synaptic per 100."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0.1, 0.9, (clusters, 3)) * FAFB_NM
+    spreads = rng.uniform(5e3, 40e3, clusters)
+    which = rng.integers(0, clusters, n)
+    loc = np.clip(rng.normal(centres[which], spreads[which, None]), 0, FAFB_NM)
+    probs = rng.dirichlet(np.ones(len(CLASSES)), n).astype(np.float32)
+    table = pd.DataFrame({"synapse_id": np.arange(n, dtype=np.uint64) + 2**60,
+                          "x": loc[:, 0], "y": loc[:, 1], "z": loc[:, 2],
+                          "pre_id": rng.integers(1, n // 300 + 2, n).astype(np.uint64),
+                          "post_id": rng.integers(1, n // 100 + 2, n).astype(np.uint64)})
+    for i, c in enumerate(CLASSES):
+        table[c] = probs[:, i]
+    table["predicted_nt"] = np.asarray(CLASSES)[probs.argmax(axis=1)]
+    table["confidence"] = probs.max(axis=1)
+    return table
+
+
+def spatial_cells(decoded: Decoder, level: dict) -> dict[tuple, tuple[np.ndarray, np.ndarray]]:
+    """cell -> (ids, points) of one spatial level, by the spec's multiple encoding."""
+    out = {}
+    for key, raw in decoded.index(level).items():
+        count = int(np.frombuffer(raw, "<u8", 1)[0])
+        assert len(raw) == 8 + count * (decoded.record + 8)
+        records = np.frombuffer(raw, np.uint8, count * decoded.record, 8)
+        points = records.reshape(count, decoded.record)[:, :12].copy().view("<f4")
+        ids = np.frombuffer(raw, "<u8", count, 8 + count * decoded.record)
+        out[tuple(cell_of(key, level["grid_shape"]))] = (ids, points.reshape(count, 3))
+    return out
+
+
+def test_spatial_index_samples_clustered_synapses_by_their_densest_cell(tmp_path):
+    from neuroglancer.read_precomputed_annotations import AnnotationReader
+
+    n, limit = 100_000, 1000
+    table = clustered_table(n)
+    table.to_parquet(tmp_path / "predictions.parquet")
+    out = tmp_path / "annotations"
+    info = write_annotations(str(tmp_path / "predictions.parquet"), out, CLASSES,
+                             tmp_path / "work", limit=limit)
+    lower, specs = np.array(info["lower_bound"]), info["spatial"]
+    levels = [spatial_cells(Decoder(out), spec) for spec in specs]
+    counts = [sum(len(ids) for ids, _ in cells.values()) for cells in levels]
+
+    # every synapse exactly once, each in its cell, no cell over its limit
+    seen = np.concatenate([ids for cells in levels for ids, _ in cells.values()])
+    assert np.array_equal(np.sort(seen), np.sort(table.synapse_id.to_numpy()))
+    for spec, cells in zip(specs, levels):
+        assert spec["limit"] == limit
+        for cell, (ids, points) in cells.items():
+            assert 0 < len(ids) <= limit
+            begin = lower + np.array(cell) * spec["chunk_size"]
+            assert np.all(points >= begin) and np.all(points < begin + spec["chunk_size"])
+
+    # the spec's sampling: each level takes min(1, limit / its densest cell's count) of
+    # what remains, in every cell alike, so that cell is at (or, capped, near) the limit;
+    # the levels stop at the first whose cells all fit, far above the 1-nm floor
+    points = table[["x", "y", "z"]].to_numpy(np.float32).astype(np.float64)  # as stored
+    rows, remaining = pd.Index(table.synapse_id), np.ones(n, bool)
+    for index, (spec, cells) in enumerate(zip(specs, levels)):
+        cell = np.floor((points[remaining] - lower) / spec["chunk_size"]).astype(np.int64)
+        linear = np.ravel_multi_index(cell.T, spec["grid_shape"])
+        densest = np.unique(linear, return_counts=True)[1].max()
+        share = counts[index] / remaining.sum()
+        if index < len(specs) - 1:
+            assert densest > limit, index
+            assert share == pytest.approx(limit / densest, rel=0.1), index
+            assert max(len(ids) for ids, _ in cells.values()) >= 0.9 * limit, index
+        else:
+            assert densest <= limit and share == 1.0
+        emitted = rows.get_indexer(np.concatenate([ids for ids, _ in cells.values()]))
+        assert remaining[emitted].all()
+        remaining[emitted] = False
+    assert counts[-1] <= n / 2, counts
+    assert min(specs[-1]["chunk_size"]) > 10_000, specs[-1]  # nm
+    assert len(specs) < 20  # the old writer reached 21 levels, down to cells under 1 nm
+
+    # neuroglancer's own reader, asked for a box inside one cell of the finest level (so
+    # one cell of every level), returns exactly the synapses inside, each once
+    cells = levels[-1]
+    fullest = max(cells, key=lambda c: len(cells[c][0]))
+    begin = lower + np.array(fullest) * specs[-1]["chunk_size"]
+    box = begin + 1, begin + np.array(specs[-1]["chunk_size"]) - 1
+    reader = AnnotationReader(f"file://{out}")
+    found = [int(a.id) for a in reader.get_within_spatial_bounds(lower_bound=box[0],
+                                                                 upper_bound=box[1])]
+    inside = np.all((points >= box[0]) & (points <= box[1]), axis=1)
+    assert inside.sum() > 0.9 * len(cells[fullest][0])
+    assert sorted(found) == sorted(table.synapse_id[inside].tolist())

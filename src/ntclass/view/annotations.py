@@ -7,9 +7,10 @@ The format is google/neuroglancer's `src/datasource/precomputed/annotations.md`:
 - `pre_segment/`, `post_segment/`: the annotations of each pre- and post-synaptic segment,
   so that selecting a neuron in a linked segmentation layer shows its synapses;
 - `spatial<L>/`: a multi-level spatial index. Level 0 is one cell over the bounds; each
-  finer level halves the longer sides of the cells. A cell holds a uniform random sample of
-  the annotations not yet emitted above, never more than `limit`: a viewer shows a sample
-  zoomed out and every synapse zoomed in.
+  finer level halves the longest side of the cells. Each level takes the same share of the
+  annotations not yet emitted above in every cell, `limit` over the count of the densest
+  cell, and no cell holds more than `limit`: a viewer shows a sample zoomed out and every
+  synapse zoomed in. The levels stop once every cell holds at most `limit`.
 
 Every record is float32 x, y, z; float32 properties (confidence, then each class's
 probability); the uint8 `nt` enum; zero padding to 4 bytes. DuckDB holds the table on disk
@@ -172,8 +173,11 @@ def _cells(grid: Sequence[int], chunk: Sequence[float], lower: Sequence[float]) 
 
 
 def _uniform(level: int) -> str:
-    """A pseudo-random number in [0, 1) per annotation and level (reproducible)."""
-    return f"(hash(id, {level}) >> 11)::DOUBLE / 9007199254740992.0"
+    """A pseudo-random number in [0, 1) per annotation and level (reproducible). Hashed
+    again after the level is mixed in: DuckDB's `hash(id, level)` combines the two hashes
+    bitwise, so its numbers at two levels are far from independent (a level's sample
+    would then be mostly the annotations an earlier level left or mostly those it took)."""
+    return f"(hash(xor(hash(id), {level}::UBIGINT)) >> 11)::DOUBLE / 9007199254740992.0"
 
 
 def _assign_levels(con, lower, upper, limit: int, sharded_keys: int) -> list[dict]:
@@ -182,12 +186,13 @@ def _assign_levels(con, lower, upper, limit: int, sharded_keys: int) -> list[dic
     extent = [u - lo for u, lo in zip(upper, lower)]
     grid, chunk = [1, 1, 1], list(extent)
     levels = []
-    while query_one(con, "SELECT count(*) FROM ann WHERE level IS NULL")[0]:
+    while True:
         level = len(levels)
         cells = _cells(grid, chunk, lower)
+        remaining, most = _densest_cell(con, cells)
+        if not remaining:
+            break
         last = max(chunk) <= 1.0  # points closer than 1 nm never separate: emit all
-        most = query_one(con, f"SELECT max(n) FROM (SELECT count(*) AS n FROM (SELECT {cells} "
-                         "FROM ann WHERE level IS NULL) GROUP BY ALL)")[0]
         share = 1.0 if last else min(1.0, limit / most)
         cap = "" if last else f"AND rank <= {limit}"
         con.execute(f"""UPDATE ann SET level = {level} FROM (
@@ -196,19 +201,36 @@ def _assign_levels(con, lower, upper, limit: int, sharded_keys: int) -> list[dic
                 FROM (SELECT id, {_uniform(level)} AS u, {cells} FROM ann
                       WHERE level IS NULL))
             WHERE u < {share} {cap}) WHERE ann.id = chosen""")
+        # the info stays true if more than `limit` points lie within a nanometre
         spec = {"key": f"spatial{level}", "grid_shape": list(grid), "chunk_size": list(chunk),
-                "limit": limit}
+                "limit": max(limit, most) if last else limit}
         if sharded_keys:  # shards by the cells that hold annotations, not the grid's
             filled = query_one(con, f"SELECT count(*) FROM (SELECT DISTINCT {cells} FROM ann "
                                     f"WHERE level = {level})")[0]
             spec["sharding"] = sharding_spec(filled)
         levels.append(spec)
-        longest = max(chunk)
-        for d in range(3):
-            if chunk[d] * 2 > longest:  # halve the sides longer than half the longest
-                chunk[d] /= 2
-                grid[d] *= 2
+        _halve_longest(grid, chunk)
     return levels
+
+
+def _densest_cell(con, cells: str) -> tuple[int, int]:
+    """The annotations not yet emitted, and the most of them in one cell of `cells`."""
+    remaining, most = query_one(con, f"""SELECT sum(n), max(n) FROM (
+        SELECT count(*) AS n FROM (SELECT {cells} FROM ann WHERE level IS NULL)
+        GROUP BY cx, cy, cz)""")
+    return int(remaining or 0), int(most or 0)
+
+
+def _halve_longest(grid: list[int], chunk: list[float]) -> None:
+    """The next level's cells: the longest side halved (the first of equal ones).
+    Doubling the cells per level leaves at most about half of the annotations for the
+    finest level, whatever the data: a level's densest cell holds at least half of what
+    the densest above it kept, so the levels above the finest, counted upwards, take at
+    least 1/3, 1/7, 1/15... of what reaches them. Halving every side at once (8 times the
+    cells) would leave up to 7/8."""
+    d = chunk.index(max(chunk))
+    chunk[d] /= 2
+    grid[d] *= 2
 
 
 def _records(table: pa.Table, dtype: np.dtype) -> np.ndarray:
