@@ -1,6 +1,7 @@
 """Synister's VGG as Synister builds it, written here from the published definition of
-`funlib.learn.torch.models.Vgg3D` (the reference the `vgg3d` architecture must match), and
-gunpowder-format checkpoints of it."""
+`funlib.learn.torch.models.Vgg3D` (the reference the `vgg3d` architecture must match),
+gunpowder-format checkpoints of it, and Synister's crop (get_raw) in the arithmetic of the
+daisy it ran on."""
 
 from __future__ import annotations
 
@@ -45,8 +46,12 @@ SYNISTER_CLASSES = ["gaba", "acetylcholine", "glutamate", "serotonin", "octopami
 DOWNSAMPLE = ((1, 2, 2), (1, 2, 2), (1, 2, 2), (2, 2, 2))
 
 
-def synister_model(input_shape, fmaps: int = 4, seed: int = 0) -> SynisterVgg3D:
-    """A reference model with random weights and non-trivial BatchNorm statistics."""
+def synister_model(input_shape, fmaps: int = 4, seed: int = 0, gain: float = 1.0
+                   ) -> SynisterVgg3D:
+    """A reference model with random weights and non-trivial BatchNorm statistics. At
+    PyTorch's initialisation its probabilities hardly depend on the cube (a one-voxel
+    shift moves them by about 1e-6): `gain` scales the classifier's weights so that they
+    do (8: about 1e-3)."""
     torch.manual_seed(seed)
     model = SynisterVgg3D(input_shape, fmaps=fmaps, downsample_factors=DOWNSAMPLE,
                           output_classes=len(SYNISTER_CLASSES))
@@ -57,6 +62,8 @@ def synister_model(input_shape, fmaps: int = 4, seed: int = 0) -> SynisterVgg3D:
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.1, 0.1)
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_(gain)
     return model.eval()
 
 
@@ -75,20 +82,70 @@ def synister_probabilities(model: SynisterVgg3D, cubes: np.ndarray) -> np.ndarra
         return torch.softmax(model(torch.tensor(raw)), dim=1).numpy()
 
 
-def synister_cubes(volume, locations: np.ndarray, shape) -> np.ndarray:
-    """Cubes as Synister's predict_pipeline crops them (synister.utils.get_raw): each
-    location truncated to whole nm, minus shape / 2 voxels, a ROI of the cube's size
-    snapped to the closest voxel corner by funlib.geometry, read from the volume (an
-    ntclass RawVolume here, in place of daisy's dataset)."""
-    from funlib.geometry import Coordinate, Roi
+# The sources Synister's prediction ran on, transcribed below:
+#   funkelab/synister 101df82840a7f8ab65d0b65217777b1e60a64148, synister/utils.py get_raw
+#     (its locations: synister/predict_pipeline.py, `int(synapse["z"])` ...);
+#   funkelab/daisy 5d0e6c9abbab6a86990d58b3e00ac4332a8ced46 (the commit synister's
+#     singularity/Singularity builds; requirements.txt names the 0.3-dev branch, whose last
+#     merge 1e251d2606616ef47340cf887549d7b586f102e4 and tag v0.2 d71f32d9 hold the same
+#     code): daisy/coordinate.py Coordinate (every entry `int()`, `/` is `int(a / b)`),
+#     daisy/roi.py Roi.snap_to_grid and daisy/array.py Array.to_ndarray.
+SYNISTER_COMMIT = "101df82840a7f8ab65d0b65217777b1e60a64148"
+DAISY_COMMIT = "5d0e6c9abbab6a86990d58b3e00ac4332a8ced46"
 
-    size, voxel_size = Coordinate(shape), Coordinate(volume.voxel_size)
-    cubes = []
-    for loc in locations:
-        loc = Coordinate(tuple(int(v) for v in loc))
-        offset_nm = loc - (size / 2 * voxel_size)
-        roi = Roi(offset_nm, size * voxel_size).snap_to_grid(voxel_size, mode="closest")
-        begin = (roi.begin - Coordinate(volume.offset)) / voxel_size
-        cube, _ = volume.read(np.array(begin), tuple(size))
-        cubes.append(cube)
-    return np.stack(cubes)
+
+def daisy02_snap_closest(begin, shape, voxel_size) -> tuple[tuple, tuple]:
+    """daisy/roi.py `Roi(begin, shape).snap_to_grid(voxel_size, mode='closest')` at
+    DAISY_COMMIT, line for line: returns the snapped (offset, shape) in nm."""
+    end = tuple(b + s for b, s in zip(begin, shape))  # Roi.get_end: offset + shape
+    begin_in_voxel_fractions = (
+        np.asarray(begin, dtype=np.float32) / np.asarray(voxel_size))
+    end_in_voxel_fractions = (
+        np.asarray(end, dtype=np.float32) / np.asarray(voxel_size))
+    begin_in_voxel = np.round(begin_in_voxel_fractions)
+    end_in_voxel = np.round(end_in_voxel_fractions)
+    offset = tuple(b * v for b, v in zip(begin_in_voxel, voxel_size))
+    shape = tuple((e - b) * v for b, e, v in zip(begin_in_voxel, end_in_voxel, voxel_size))
+    # Roi(offset, shape): daisy.Coordinate makes every entry int()
+    return tuple(int(x) for x in offset), tuple(int(x) for x in shape)
+
+
+def synister_get_raw(data: np.ndarray, data_offset, voxel_size, locs, size) -> np.ndarray:
+    """synister/utils.py get_raw at SYNISTER_COMMIT on daisy at DAISY_COMMIT, reading
+    `data` (z, y, x) whose first voxel lies at `data_offset` nm: the uint8 cubes, before
+    `raw / 255 * 2 - 1`. Stacking fails, as in Synister, when shapes differ."""
+    size = tuple(int(s) for s in size)  # daisy.Coordinate(size)
+    voxel_size = tuple(int(v) for v in voxel_size)
+    size_nm = tuple(s * v for s, v in zip(size, voxel_size))
+    half = tuple(int(s / 2) for s in size)  # Coordinate.__truediv__: int(a / other)
+    raw = []
+    for loc in locs:
+        # predict_pipeline.py: (int(synapse["z"]), ...), then daisy.Coordinate(loc)
+        loc = tuple(int(c) for c in loc)
+        offset_nm = tuple(c - h * v for c, h, v in zip(loc, half, voxel_size))
+        begin, shape = daisy02_snap_closest(offset_nm, size_nm, voxel_size)
+        if shape[0] != size[0]:  # as get_raw compares them: nm against voxels
+            shape = size_nm      # roi.set_shape(size_nm)
+        raw.append(_daisy02_to_ndarray(data, data_offset, voxel_size, begin, shape))
+    return np.stack(raw)
+
+
+def _daisy02_to_ndarray(data, data_offset, voxel_size, begin, shape) -> np.ndarray:
+    """daisy/array.py `dataset.to_ndarray(roi=roi, fill_value=0)` (get_raw's read of a ROI
+    not contained in the dataset; `dataset[roi].to_ndarray()` reads the same voxels):
+    zeros, with the part shared with the dataset copied in."""
+    voxels = tuple(int(s / v) for s, v in zip(shape, voxel_size))  # (roi / voxel_size)
+    out = np.zeros(voxels, dtype=data.dtype)
+    first = [int((b - o) / v) for b, o, v in zip(begin, data_offset, voxel_size)]
+    lo = [max(f, 0) for f in first]
+    hi = [min(f + n, d) for f, n, d in zip(first, voxels, data.shape)]
+    if all(h > low for low, h in zip(lo, hi)):
+        out[tuple(slice(low - f, h - f) for low, h, f in zip(lo, hi, first))] = data[
+            tuple(slice(low, h) for low, h in zip(lo, hi))]
+    return out
+
+
+def synister_cubes(volume, locations: np.ndarray, shape) -> np.ndarray:
+    """`synister_get_raw` of an ntclass RawVolume (read whole: test volumes are small)."""
+    return synister_get_raw(np.asarray(volume.data[...]), volume.offset, volume.voxel_size,
+                            locations, shape)

@@ -75,7 +75,7 @@ def predict_only(tiny_demo, tmp_path_factory):
     """A config without a source: two models from checkpoints, one table target."""
     run = tmp_path_factory.mktemp("predict_only")
     own = own_model_file(run / "own_model.pt")
-    reference = synister_model(SYNISTER_SHAPE)
+    reference = synister_model(SYNISTER_SHAPE, gain=8)  # probabilities that tell cubes apart
     save_gunpowder_checkpoint(reference, run / "model_checkpoint_1000")
     config = {
         "classes": CLASSES,
@@ -129,6 +129,96 @@ def test_synister_checkpoint_gives_synisters_probabilities(predict_only, tiny_de
     assert np.allclose(pred[CLASSES].sum(axis=1), 1, atol=1e-5)
     assert (pred["predicted_nt"] == pd.Series(SYNISTER_CLASSES)[expected.argmax(1)].values
             ).all()
+
+
+def voxel_centred_and_random(volume, n: int, seed: int) -> np.ndarray:
+    """Locations (nm) at voxel centres (as tables exported from voxel coordinates hold
+    them) and anywhere, in whole nm (FAFB's tables) and not, some reaching past the
+    volume's border."""
+    rng = np.random.default_rng(seed)
+    vs, offset = np.array(volume.voxel_size), np.array(volume.offset)
+    extent = np.array(volume.shape) * vs
+    centred = offset + (rng.integers(0, volume.shape, (n, 3)) + 0.5) * vs
+    anywhere = offset + rng.uniform(-vs * 4, extent + vs * 4, (n, 3))
+    return np.concatenate([centred, np.trunc(anywhere[: n // 2]), anywhere[n // 2:]])
+
+
+def test_a_synister_checkpoint_predicts_on_the_cubes_synisters_get_raw_cuts(tmp_path):
+    """The path a gunpowder checkpoint takes in prediction (import_model records crop
+    synister; the shard job's BlockPredictor reads its cubes with the record's crop) gives
+    the cubes of Synister's get_raw, as written out from daisy 0.2's arithmetic in
+    tests/synister_reference.py (synister/utils.py at funkelab/synister 101df828, daisy/roi.py
+    and daisy/coordinate.py at funkelab/daisy 5d0e6c9a), and Synister's probabilities:
+    its intensity mapping, its fill of 0 outside the volume and its class order."""
+    from ntclass.predict.cubes import CubeReader
+    from ntclass.predict.shard import BlockPredictor, PredictConfig
+    from ntclass.settings import Prediction
+    from ntclass.volumes import cube_begins, write_zarr_volume
+
+    data = np.random.default_rng(3).integers(0, 256, (40, 112, 112), dtype=np.uint8)
+    write_zarr_volume(tmp_path / "v.zarr", "raw", data, (40, 4, 4), offset=(400, 40, 80),
+                      chunks=(8, 32, 32))
+    volume = open_raw(tmp_path / "v.zarr", "raw")
+    reference = synister_model(SYNISTER_SHAPE, gain=8)  # probabilities that tell cubes apart
+    save_gunpowder_checkpoint(reference, tmp_path / "model_checkpoint_1000")
+    entry = {"checkpoint": str(tmp_path / "model_checkpoint_1000"), "architecture": "vgg3d",
+             "params": SYNISTER_PARAMS, "input_shape": SYNISTER_SHAPE,
+             "checkpoint_classes": SYNISTER_CLASSES}
+    classes = CLASSES[:6]  # ntclass's order, not the checkpoint's
+    record = import_model(entry["checkpoint"], as_model(entry), classes, [40, 4, 4],
+                          tmp_path / "model.pt")
+    assert record["crop"] == "synister"
+
+    locations = voxel_centred_and_random(volume, 12, seed=4)
+    theirs = synister_cubes(volume, locations, SYNISTER_SHAPE)
+    pending, padded = CubeReader(volume, SYNISTER_SHAPE, 1).submit(locations, record["crop"])
+    ours = np.stack([cube.result() for cube in pending])
+    assert np.array_equal(ours, theirs)
+    assert padded.any() and not padded.all()
+    # the voxel-centred cubes are where rounding halves down would have cut others
+    vs = np.array(volume.voxel_size)
+    start = np.trunc(locations[:12]).astype(int) - np.array(SYNISTER_SHAPE) // 2 * vs
+    halves_down = (start + (vs - 1) // 2) // vs - np.array(volume.offset) // vs
+    moved = (halves_down != cube_begins(volume, locations[:12], SYNISTER_SHAPE, "synister"))
+    assert moved.any(axis=1).mean() > 0.5
+
+    rows = pd.DataFrame({"raw_container": str(tmp_path / "v.zarr"), "raw_dataset": "raw",
+                         "z": locations[:, 0], "y": locations[:, 1], "x": locations[:, 2]})
+    cfg = PredictConfig(classes=tuple(classes), voxel_size=(40, 4, 4), intensity_range=None,
+                        settings=Prediction(device="cpu", mixed_precision=False,
+                                            rows_per_block=64, batch_size=8, workers=1))
+    probs, flagged, _ = BlockPredictor(str(tmp_path / "model.pt"), None, cfg, None
+                                       ).predict(rows)
+    order = [SYNISTER_CLASSES.index(c) for c in classes]
+    expected = synister_probabilities(reference, theirs)[:, order]
+    assert np.abs(probs - expected).max() < 1e-5
+    assert np.array_equal(flagged, padded)
+    # the comparison tells cubes apart: on the cubes of rounding halves down, and on
+    # another intensity mapping, the probabilities are far outside its tolerance
+    moved_cubes = np.stack([volume.read(b, SYNISTER_SHAPE)[0] for b in halves_down])
+    elsewhere = synister_probabilities(reference, moved_cubes)[:, order]
+    assert np.abs(elsewhere - expected[:12]).max(axis=1)[moved.any(axis=1)].min() > 1e-4
+    with torch.no_grad():  # [0, 1] in place of [-1, 1]
+        unit = torch.softmax(reference(torch.tensor(theirs / np.float32(255))), dim=1)
+    assert np.abs(unit.numpy()[:, order] - expected).max() > 1e-3
+
+
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                         reason="no GPU"))])
+def test_uint8_raw_maps_to_synisters_input_bit_for_bit(device):
+    """Every uint8 value as Synister's get_raw maps it (synister/utils.py at funkelab/
+    synister 101df828: `raw.astype(np.float32)`, `/ 255.0`, `* 2.0 - 1.0`, float32
+    throughout) and as ntclass does for a gunpowder checkpoint (SYNISTER_INTENSITY)."""
+    from ntclass.intensity import Intensity, to_network
+    from ntclass.models.checkpoints import SYNISTER_INTENSITY
+
+    raw = np.arange(256, dtype=np.uint8).reshape(1, 4, 8, 8)
+    theirs = raw.astype(np.float32) / 255.0 * 2.0 - 1.0
+    intensity = Intensity("uint8", *SYNISTER_INTENSITY["uint8"])
+    ours = to_network(torch.from_numpy(raw).to(device), intensity).cpu().numpy()[:, 0]
+    assert theirs.dtype == ours.dtype == np.float32
+    assert np.array_equal(ours, theirs)
 
 
 def test_ntclass_model_file_outputs_are_mapped_by_name(predict_only, tiny_demo):

@@ -223,24 +223,94 @@ def test_an_empty_split_part_names_the_target_and_the_part(tmp_path):
     assert not (tmp_path / "t").exists()
 
 
-def test_cube_begins_follow_synisters_crop_off_the_grid(tmp_path):
-    """The synister convention against Synister's own crop (funlib.geometry's snap), on
-    locations anywhere inside their voxels; the ntclass convention is the voxel that
-    holds the location."""
-    from synister_reference import synister_cubes
+def every_residue(voxel_size, shape, seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """Locations (nm) and their cube begins (nm), which take on every axis every residue
+    modulo the voxel size: at integer parts from -3 to 3 (halves with odd and even ones)
+    and beyond 2**24 nm (where float32 no longer holds every whole nm), with a fraction of
+    a nm that truncation drops."""
+    vs, half = np.array(voxel_size), np.array(shape) // 2
+    axes = []
+    for v in vs:
+        ks = [*range(-3, 4), *(2**25 // v + j for j in range(4))]
+        axes.append(np.array([k * v + r for k in ks for r in range(v)]))
+    n = max(len(a) for a in axes)
+    begins = np.stack([np.resize(a, n) for a in axes], axis=1)
+    whole = begins + half * vs
+    fraction = np.random.default_rng(seed).uniform(0, 0.999, whole.shape)
+    return whole + np.where(whole < 0, -fraction, fraction), begins
 
-    from ntclass.volumes import cube_begins
 
-    data = np.random.default_rng(1).integers(0, 255, size=(40, 120, 120), dtype=np.uint8)
-    write_zarr_volume(tmp_path / "v.zarr", "raw", data, (40, 4, 4), offset=(400, 40, 40))
-    volume = open_raw(tmp_path / "v.zarr", "raw")
-    rng = np.random.default_rng(2)
-    locations = volume.offset + rng.uniform([400, 120, 120], [1200, 360, 360], (300, 3))
-    shape = (8, 24, 24)
-    begins = cube_begins(volume, locations, shape, "synister")
-    theirs = synister_cubes(volume, locations, shape)
-    ours = np.stack([volume.read(b, shape)[0] for b in begins])
-    assert np.array_equal(ours, theirs)
-    ntclass = cube_begins(volume, locations, shape, "ntclass")
-    assert np.array_equal(ntclass, volume.to_voxel(locations) - np.array(shape) // 2)
-    assert (ntclass != begins).any(axis=1).mean() > 0.5
+@pytest.mark.parametrize("voxel_size, shape", [
+    ((40, 4, 4), (16, 160, 160)), ((40, 4, 4), (7, 25, 25)), ((8, 6, 5), (8, 24, 24)),
+    ((8, 6, 5), (9, 23, 21)), ((1, 2, 3), (8, 24, 24))])
+def test_synister_crop_is_daisy_02s_arithmetic_at_every_residue(voxel_size, shape):
+    """cube_begins(..., "synister") against Synister's crop written out from the code it
+    ran (tests/synister_reference.py): synister/utils.py get_raw at funkelab/synister
+    101df82840a7f8ab65d0b65217777b1e60a64148, on daisy/roi.py Roi.snap_to_grid and
+    daisy/coordinate.py at funkelab/daisy 5d0e6c9abbab6a86990d58b3e00ac4332a8ced46 (the
+    same code as v0.2 and the 0.3-dev branch): float32 begins, np.round."""
+    from synister_reference import daisy02_snap_closest
+
+    from ntclass.volumes import RawVolume, cube_begins
+
+    offset = tuple(3 * v for v in voxel_size)
+    volume = RawVolume(np.zeros((1, 1, 1), np.uint8), voxel_size, offset, "v")
+    locations, begins = every_residue(voxel_size, shape)
+    vs, size = np.array(voxel_size), np.array(shape)
+    expected, cuts = [], []
+    for b in begins:
+        snapped, cut = daisy02_snap_closest(tuple(b.tolist()), tuple(size * vs), voxel_size)
+        if cut[0] != shape[0]:  # get_raw: nm against voxels, then set_shape(size_nm)
+            cut = tuple(size * vs)
+        expected.append((np.array(snapped) - offset) // vs)
+        cuts.append(np.array(cut) // vs)
+    # a cube of another shape (z voxel size 1 nm, begin and end rounded apart) is refused
+    other = np.any(np.array(cuts) != size, axis=1)
+    assert other.any() == (voxel_size[0] == 1)
+    if other.any():
+        with pytest.raises(NtclassError, match="not the model's input_shape"):
+            cube_begins(volume, locations[other], shape, "synister")
+    ours = cube_begins(volume, locations[~other], shape, "synister")
+    assert np.array_equal(ours, np.array(expected)[~other])
+    begins = begins[~other]
+    # the data hold halves with odd and even integer parts, where rounding down differs
+    # from np.round, and float32 begins that are not the whole nm they came from
+    small = np.abs(begins) < 2**24
+    tie = (2 * (begins % vs) == vs) & small
+    if (vs % 2 == 0).any():
+        assert (tie & (begins // vs % 2 == 0)).any() and (tie & (begins // vs % 2 == 1)).any()
+        halves_down = (begins + (vs - 1) // 2) // vs - np.array(offset) // vs
+        assert (halves_down != ours).any()
+    assert (begins.astype(np.float32) != begins).any()
+
+
+def test_synister_crop_refuses_what_synister_could_not_cut():
+    """At a z voxel size of 1 nm, get_raw keeps the separately snapped shape: an odd cube
+    size around a half becomes one voxel larger or smaller, and Synister's np.stack of
+    the batch fails. ntclass says so instead of cutting another cube."""
+    from synister_reference import synister_get_raw
+
+    from ntclass.volumes import RawVolume, cube_begins
+
+    data = np.zeros((40, 80, 80), np.uint8)
+    volume = RawVolume(data, (1, 4, 4), (0, 0, 0), "v")
+    fine = np.array([[20.0, 160.0, 160.0]])  # y, x begins at whole voxels
+    half = np.array([[20.0, 162.0, 160.0]])  # y begin 2 nm into a 4 nm voxel
+    shape = (8, 25, 25)
+    assert synister_get_raw(data, (0, 0, 0), (1, 4, 4), fine, shape).shape[1:] == shape
+    assert synister_get_raw(data, (0, 0, 0), (1, 4, 4), half, shape).shape[1:] != shape
+    with pytest.raises(ValueError):  # Synister's own batch of the two
+        synister_get_raw(data, (0, 0, 0), (1, 4, 4), np.concatenate([fine, half]), shape)
+    cube_begins(volume, fine, shape, "synister")
+    with pytest.raises(NtclassError, match=r"Synister's crop cuts the synapse at \[20.0, "
+                       r"162.0, 160.0\] nm a cube of \[8, 2[46], 25\] voxels, not the "
+                       r"model's input_shape \[8, 25, 25\] \(1 of 2 synapses\).*crop: ntclass"):
+        cube_begins(volume, np.concatenate([fine, half]), shape, "synister")
+    off_grid = RawVolume(data, (40, 4, 4), (20, 0, 0), "v.zarr/raw")
+    with pytest.raises(NtclassError, match=r"raw 'v.zarr/raw' has offset \[20, 0, 0\] nm, "
+                       r"not a multiple of its voxel size \[40, 4, 4\]"):
+        cube_begins(off_grid, fine, (8, 24, 24), "synister")
+    # the ntclass convention is unchanged: the voxel that holds the location is the centre
+    assert np.array_equal(cube_begins(off_grid, half, shape, "ntclass"),
+                          off_grid.to_voxel(half) - np.array(shape) // 2)
+

@@ -380,11 +380,14 @@ def write_zarr_volume(container: str | os.PathLike, dataset: str, data: np.ndarr
 
 # Where a cube sits around its synapse, as the model's trainer placed it:
 #   ntclass: the voxel that holds the location is voxel shape // 2 of the cube;
-#   synister: Synister's crop (synister.utils.get_raw): the location truncated to whole nm,
-#     minus shape / 2 voxels, snapped to the closest voxel corner (ties down), as
-#     funlib's Roi.snap_to_grid(mode="closest") does. The two differ by one voxel on an
-#     axis where the location lies in the upper half of its voxel.
+#   synister: Synister's crop (synister/utils.py get_raw, on daisy 0.2 / 0.3-dev: see
+#     synister_cube_begins). The two differ by one voxel on an axis where the location lies
+#     in the upper half of its voxel, and on some axes where it lies at the voxel's centre.
 CROPS = ("ntclass", "synister")
+# The crops' arithmetic, in the prediction cache's key: revision 2 rounds the synister
+# crop's halves to even, as daisy 0.2 did (1 rounded them down), so older cached
+# predictions are not reused.
+CROP_REVISION = 2
 
 
 def cube_begins(volume: RawVolume, locations: np.ndarray, shape: Sequence[int],
@@ -396,10 +399,46 @@ def cube_begins(volume: RawVolume, locations: np.ndarray, shape: Sequence[int],
         return volume.to_voxel(locations) - shape // 2
     if crop != "synister":
         raise NtclassError(f"crop convention '{crop}' is unknown; expected one of {CROPS}")
+    return synister_cube_begins(volume, locations, shape)
+
+
+def synister_cube_begins(volume: RawVolume, locations: np.ndarray, shape: Sequence[int]
+                         ) -> np.ndarray:
+    """The first voxel of each cube as Synister's prediction cut it, in daisy 0.2's
+    arithmetic (Coordinate, Roi.snap_to_grid(mode="closest"), Array.to_ndarray):
+
+    - the location in whole nm, truncated (`int()`), less `int(size / 2)` voxels;
+    - begin and end of that ROI, each as float32 divided by the voxel size, rounded by
+      `np.round` (halves to even), so the snapped shape can differ from the cube's;
+    - get_raw then resets the shape to the cube's when `shape_nm[0] != size[0]`, a nm
+      against a voxel count: always, unless the z voxel size is 1 nm. Where it is not reset
+      and differs, Synister's batch could not be stacked: refused here.
+    """
+    size = np.asarray(shape, dtype=np.int64)
     vs = np.asarray(volume.voxel_size, dtype=np.int64)
-    start = np.trunc(np.asarray(locations, dtype=np.float64)).astype(np.int64) - (
-        shape // 2) * vs
-    return (start + (vs - 1) // 2) // vs - np.asarray(volume.offset, dtype=np.int64) // vs
+    offset = np.asarray(volume.offset, dtype=np.int64)
+    if np.any(offset % vs):
+        raise NtclassError(
+            f"raw '{volume.name}' has offset {list(volume.offset)} nm, not a multiple of its "
+            f"voxel size {list(volume.voxel_size)}: Synister's crop (daisy) cannot read such "
+            "a volume; set crop: ntclass in the model entry")
+    begin_nm = np.trunc(np.asarray(locations, dtype=np.float64)).astype(np.int64) - (
+        size // 2) * vs
+    begin = np.round(begin_nm.astype(np.float32) / vs)  # float32 / int64: float64, as daisy
+    end = np.round((begin_nm + size * vs).astype(np.float32) / vs)
+    kept = (end - begin)[:, 0] * vs[0] == size[0]  # get_raw's test, nm against voxels
+    cut = np.where(kept[:, None], end - begin, size)
+    wrong = np.flatnonzero(np.any(cut != size, axis=1))
+    if len(wrong):
+        i = wrong[0]
+        raise NtclassError(
+            f"Synister's crop cuts the synapse at {np.asarray(locations)[i].tolist()} nm a "
+            f"cube of {cut[i].astype(int).tolist()} voxels, not the model's input_shape "
+            f"{size.tolist()} ({len(wrong)} of {len(begin)} synapses): daisy 0.2 rounds the "
+            "cube's begin and end separately, and at a z voxel size of 1 nm Synister's "
+            "get_raw keeps that shape, so its own prediction could not stack them; set "
+            "crop: ntclass in the model entry")
+    return begin.astype(np.int64) - offset // vs
 
 
 def crop_cubes(volume: RawVolume, locations: np.ndarray, shape: Sequence[int]

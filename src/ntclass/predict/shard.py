@@ -41,7 +41,7 @@ from ntclass.predict.cubes import EMPTY_SHARE, cpu_count, cube_reader
 from ntclass.predict.targets import shard_file
 from ntclass.settings import Prediction
 from ntclass.sql import duckdb_connection, query_one
-from ntclass.volumes import RawVolume
+from ntclass.volumes import CROP_REVISION, RawVolume
 
 log = logging.getLogger(__name__)
 META_COLUMNS = ["synapse_id", "z", "y", "x", "pre_id", "post_id", "nt"]
@@ -64,7 +64,8 @@ class PredictConfig:
         return {"classes": list(self.classes), "voxel_size": _list(self.voxel_size),
                 "device": pick_device(self.settings.device),
                 "mixed_precision": self.settings.mixed_precision,
-                "intensity_range": _list(self.intensity_range), "empty_share": EMPTY_SHARE}
+                "intensity_range": _list(self.intensity_range), "empty_share": EMPTY_SHARE,
+                "crop_revision": CROP_REVISION}
 
 
 def _list(values) -> list | None:
