@@ -33,9 +33,8 @@ import pyarrow as pa
 import tensorstore as ts
 
 from ntclass.errors import NtclassError
-from ntclass.evaluate.outofcore import quoted
 from ntclass.io import atomic_path
-from ntclass.sql import duckdb_connection, query_one
+from ntclass.sql import duckdb_connection, query_one, quoted
 
 SHARDED_ABOVE = 10_000  # one file per annotation and per segment below: 4 files a synapse
 LIMIT = 1000  # annotations per spatial cell: a sample a viewer draws at once
