@@ -18,12 +18,13 @@ def _module_name(path: Path) -> str:
 
 
 def _import_graph() -> dict[str, set[str]]:
-    """Module -> the ntclass modules it imports at module level (not inside functions)."""
+    """Module -> the ntclass modules it imports, at module level or inside functions (a
+    deferred import hides a cycle from Python, not from the reader)."""
     modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph = {}
     for name, path in modules.items():
         found = set()
-        for node in ast.parse(path.read_text()).body:
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(
                     "ntclass"):
                 for alias in node.names:

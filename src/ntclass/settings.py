@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from ntclass.errors import NtclassError
+from ntclass.schema import with_defaults
 
 
 def _frozen(value: Any) -> Any:
@@ -39,8 +40,6 @@ class Section:
     @classmethod
     def from_partial(cls, section: Mapping[str, Any], where: str) -> Self:
         """From a section that may leave keys out: the schema's defaults fill them."""
-        from ntclass.config import with_defaults
-
         return cls.from_config(with_defaults(section, cls.schema, where), where)
 
     @classmethod
@@ -298,8 +297,6 @@ class TrainConfig:
     def from_config(cls, values: Mapping[str, Any], where: str = "training") -> TrainConfig:
         """From the model's keys (MODEL_KEYS) and its training keys, which may leave keys
         out: the schema fills them."""
-        from ntclass.config import with_defaults
-
         training = with_defaults({k: v for k, v in values.items() if k not in cls.MODEL_KEYS},
                                  _TRAINING[:-1], where)
         built = {"augment": Augment, "loss": Loss, "neither": Neither, "init_from": InitFrom}
