@@ -167,9 +167,7 @@ def test_annotations_read_back_equal_the_prediction_table(tmp_path, monkeypatch,
 def served_project(tmp_path, monkeypatch):
     """A project folder with one view state and a raw outside it, served by `ntclass
     view`'s file server on a free port."""
-    import threading
-
-    from ntclass.view.serve import file_server, served_state
+    from ntclass.view.serve import FileServer, served_state
     from ntclass.view.state import raw_source, state
 
     project, outside = tmp_path / "project", tmp_path / "elsewhere" / "em.zarr"
@@ -188,14 +186,12 @@ def served_project(tmp_path, monkeypatch):
                   segments_url=f"{written_for}/results/view/m/t/segment_properties",
                   centre_nm=(0, 0, 0), palette="synister", segmentation=None, name="m t")
     (view / "state.json").write_text(json.dumps(value))
-    server = file_server(project, "127.0.0.1", 0)
-    address = f"http://127.0.0.1:{server.server_address[1]}"
+    server = FileServer(project, "127.0.0.1", 0)
+    address = f"http://127.0.0.1:{server.port}"
     chosen = served_state(project, "m", "t", address)
-    server.RequestHandlerClass.outside_roots = chosen.outside_roots
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.allow(chosen.outside_roots)
     yield address, chosen, outside
-    server.shutdown()
-    server.server_close()
+    server.stop()
 
 
 def fetch(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
