@@ -2,6 +2,7 @@ rule neuroglancer:
     """The synapse predictions as neuroglancer annotations, the neuron calls as segment
     properties and a state (JSON and URL) showing both over the raw."""
     input:
+        unpack(view_raw_input),
         predictions="results/predictions/{model}/{target}/predictions.parquet",
         neurons="results/evaluation/{model}/{target}/neurons.csv",
     output:
