@@ -39,10 +39,10 @@ rule predict_shard:
         "results/benchmarks/predict_shard/{model}/{target}/{shard}.tsv"
     conda:
         ENV
-    threads: config["prediction"]["threads"]
+    threads: config["resources"]["predict"]["threads"]
     resources:
         gpu=config["resources"]["predict"]["gpus"],
-        mem_mb=config["prediction"]["mem_mb"],
+        mem_mb=config["resources"]["predict"]["mem_mb"],
         runtime=config["resources"]["predict"]["runtime"],
         # how the work is cut: resources, which Snakemake's rerun triggers leave out
         rows_per_block=config["prediction"]["rows_per_block"],

@@ -75,8 +75,16 @@ def check_unique_keys(paths) -> None:
                 loader.dispose()
 
 
+# keys of a shard job's needs, now under resources.predict like every step's
+MOVED_TO_RESOURCES = ("threads", "mem_mb")
+
+
 def check_config(config: Mapping, schema_path: str | os.PathLike) -> None:
     """Raise NtclassError for the first problem of `config` against the schema."""
+    for key in MOVED_TO_RESOURCES:
+        if key in (config.get("prediction") or {}):
+            raise NtclassError(f"config key 'prediction.{key}' has moved to "
+                               f"resources.predict.{key}, beside the other steps' resources")
     with open(schema_path) as f:
         schema = yaml.safe_load(f)
     validator = jsonschema.Draft202012Validator(schema)
