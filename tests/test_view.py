@@ -224,10 +224,10 @@ def test_view_server_sends_cors_headers_and_byte_ranges(served_project):
 
 def test_view_server_moves_the_state_and_serves_nothing_else(served_project):
     address, chosen, outside = served_project
-    raw = chosen.state["layers"][0]["source"]["url"]
+    raw = chosen.state["layers"][0]["source"][0]["url"]
     assert raw == f"zarr2://{address}/@abs{outside}/raw"
     annotations = chosen.state["layers"][1]["source"]
-    assert annotations == f"precomputed://{address}/results/view/m/t/annotations"
+    assert annotations == [{"url": f"precomputed://{address}/results/view/m/t/annotations"}]
     assert fetch(f"{address}/@abs{outside}/raw/.zarray")[:3:2] == (200, b"{}")
     for refused in ["/@abs" + str(outside.parent / "secret.txt"), "/results/view/",
                     "/../elsewhere/secret.txt", "/%2e%2e/elsewhere/secret.txt",

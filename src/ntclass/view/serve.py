@@ -23,6 +23,7 @@ import tornado.netutil
 import tornado.web
 
 from ntclass.errors import NtclassError
+from ntclass.view.state import source_urls
 
 OUTSIDE = "/@abs"  # the prefix of local raw outside the project folder (state.raw_source)
 
@@ -65,7 +66,8 @@ def served_state(project: Path, model: str, target: str, address: str) -> Served
     text = path.read_text()
     value = json.loads(text)
     suffix = f"/results/view/{model}/{target}/annotations"
-    sources = [layer["source"] for layer in value["layers"] if layer["type"] == "annotation"]
+    sources = [url for layer in value["layers"] if layer["type"] == "annotation"
+               for url in source_urls(layer)]
     match = re.fullmatch(r"precomputed://(.*)" + re.escape(suffix), sources[0]) if sources \
         else None
     if not match:
