@@ -126,6 +126,10 @@ class FeedOnly(BlockPredictor):
     def _run(self, model, batch, intensity) -> np.ndarray:
         return np.zeros((len(batch), len(self.cfg.classes)), np.float32)
 
+    @classmethod
+    def cube_placement(cls, model_path, cfg) -> tuple[tuple, str]:
+        return tuple(CUBE), "ntclass"
+
     def model(self):
         if self._model is None:
             self._device = "cpu"
