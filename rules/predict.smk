@@ -48,7 +48,9 @@ rule predict_shard:
         voxel_size=config.get("voxel_size"),
         intensity_range=target_intensity_range,
         prediction=prediction_params(),
-        work=work_cut("prediction", "rows_per_block", "batch_size", "workers"),
+        work=work_cut(
+            "prediction", "rows_per_block", "batch_size", "workers", "jpeg_decoder"
+        ),
         # daisy's done markers: outside the declared outputs so a killed shard resumes
         work_dir=lambda wc: written(
             f"results/predictions/{wc.model}/{wc.target}/work/{wc.shard}"
