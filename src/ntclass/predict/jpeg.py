@@ -59,9 +59,15 @@ def choose_jpeg_decoder(setting: str, device: str) -> str:
     if device.startswith("cuda"):
         if available:
             return "nvimgcodec"
-        log.warning("JPEG chunks are decoded by TensorStore on the CPU: nvImageCodec is not "
-                    "installed (%s)", INSTALL_HINT)
+        _say_not_installed()
     return "tensorstore"
+
+
+@lru_cache(maxsize=1)
+def _say_not_installed() -> None:
+    """Once a process: every block asks."""
+    log.warning("JPEG chunks are decoded by TensorStore on the CPU: nvImageCodec is not "
+                "installed (%s)", INSTALL_HINT)
 
 
 def compressed_morton_code(index: tuple[int, int, int], grid: tuple[int, int, int]) -> int:

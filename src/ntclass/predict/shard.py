@@ -127,7 +127,6 @@ class BlockPredictor:
             self._model, self._record = load_model(self.model_path, self.cfg.classes,
                                                    self._device)
             self._threads = max(1, cpu_count() // self.cfg.settings.workers)
-            self._jpeg = choose_jpeg_decoder(self.cfg.settings.jpeg_decoder, self._device)
         return self._model
 
     def __call__(self, block) -> None:
@@ -151,6 +150,7 @@ class BlockPredictor:
         outside the volume (padded) and of those that hold no data (empty) of some rows.
         `later`: the rows that come next (their chunks are kept for them)."""
         model = self.model()
+        jpeg = choose_jpeg_decoder(self.cfg.settings.jpeg_decoder, self._device)
         probs = np.zeros((len(rows), len(self.cfg.classes)), dtype=np.float32)
         padded = np.zeros(len(rows), dtype=bool)
         empty = np.zeros(len(rows), dtype=bool)
@@ -158,7 +158,7 @@ class BlockPredictor:
                 ["raw_container", "raw_dataset"], sort=False).indices.items():
             reader = cube_reader(container, dataset, _tuple(self.cfg.voxel_size),
                                  tuple(self._record["input_shape"]), self._threads,
-                                 os.getpid(), self._jpeg, self._device)
+                                 os.getpid(), jpeg, self._device)
             intensity = model_input_mapping(reader.volume, self._record,
                                             self.cfg.intensity_range, self.model_path)
             locations = rows[["z", "y", "x"]].to_numpy(dtype=np.float64)[idx]
