@@ -204,6 +204,9 @@ def main() -> None:
                         help="decode threads (default: the cores)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--no-http", action="store_true")
+    parser.add_argument("--data-path-only", action="store_true",
+                        help="chunks/s and the data path alone (on a CPU the FAFB model "
+                             "would take hours)")
     parser.add_argument("--quick", action="store_true",
                         help="CI-sized: synapses/s of whole jobs (fixed cost not taken out)")
     args = parser.parse_args()
@@ -266,6 +269,8 @@ def measure(args, device, threads, container, shard, small, rows, n, model, para
         rate = shard_rate(str(model), shard, fixed(small), n, settings(decoder), tmp / "runs",
                           DataPathOnly, args.repeats)
         table.append(("data path alone, synapses/s", decoder, rate))
+    if args.data_path_only:
+        return table
     iterations = max(3, min(50, n // args.batch_size))
     alone = forward_rate(params, list(shape), device, args.batch_size, iterations)
     table.append(("model alone, synapses/s", "forward pass", alone))

@@ -113,6 +113,9 @@ def _scale(volume: RawVolume) -> dict:
 def _decoder(device: str, threads: int, pid: int):
     from nvidia import nvimgcodec
 
+    # nvImageCodec keeps one core for its caller: it uses at most cores - 1 threads (and
+    # warns when asked for more)
+    threads = max(1, min(threads, len(os.sched_getaffinity(0)) - 1))
     if device.startswith("cuda"):
         index = int(device.split(":")[1]) if ":" in device else 0
         # every backend: the hardware engines, nvJPEG on the GPU, hybrid; CPU fallback
