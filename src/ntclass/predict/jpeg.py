@@ -48,18 +48,19 @@ def choose_jpeg_decoder(setting: str, device: str) -> str:
     if setting not in JPEG_DECODERS:
         raise NtclassError(f"prediction.jpeg_decoder is '{setting}'; expected one of "
                            f"{', '.join(JPEG_DECODERS)}")
-    if setting == "tensorstore":
-        return setting
+    # auto on the CPU does not import nvImageCodec: without CUDA libraries it prints
+    # load errors of its GPU extensions
+    if setting == "tensorstore" or (setting == "auto" and not device.startswith("cuda")):
+        return "tensorstore"
     available = nvimgcodec_available()
     if setting == "nvimgcodec":
         if not available:
             raise NtclassError(f"prediction.jpeg_decoder is nvimgcodec, but nvImageCodec is "
                                f"not installed; {INSTALL_HINT}, or set it to tensorstore")
         return setting
-    if device.startswith("cuda"):
-        if available:
-            return "nvimgcodec"
-        _say_not_installed()
+    if available:
+        return "nvimgcodec"
+    _say_not_installed()
     return "tensorstore"
 
 
