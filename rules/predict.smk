@@ -48,6 +48,7 @@ rule predict_shard:
         rows_per_block=config["prediction"]["rows_per_block"],
         batch_size=config["prediction"]["batch_size"],
         workers=config["prediction"]["workers"],
+        jpeg_decoder=config["prediction"]["jpeg_decoder"],
     params:
         shard=lambda wc: int(wc.shard),
         classes=config["classes"],

@@ -43,6 +43,7 @@ CASES = [
     (("prediction", "csv_max_synapses"), 0, NOTHING, None),
     (("prediction", "batch_size"), 5, NOTHING, None),
     (("prediction", "workers"), 2, NOTHING, None),
+    (("prediction", "jpeg_decoder"), "nvimgcodec", NOTHING, None),  # the same pixels
     (("prediction", "device"), "cpu", downstream_of_predictions(), None),
     (("prediction", "mixed_precision"), False, downstream_of_predictions(), None),
     (("evaluation", "neuron_rule"), "mean", EVALUATION_ONLY, None),

@@ -5,7 +5,8 @@ from ntclass.workflow import run_job
 sm = snakemake  # noqa: F821 (provided by Snakemake)
 p = sm.params
 # how the work is cut arrives as resources (outside Snakemake's rerun triggers)
-work = {key: sm.resources[key] for key in ("rows_per_block", "batch_size", "workers")}
+work = {key: sm.resources[key]
+        for key in ("rows_per_block", "batch_size", "workers", "jpeg_decoder")}
 run_job(
     sm.log[0],
     lambda: predict_target_shard(

@@ -77,13 +77,14 @@ class Partition(Section):
 @dataclass(frozen=True)
 class Prediction(Section):
     """A shard job's settings: the first two change the probabilities, the rest only how
-    the work is cut."""
+    the work is cut (the JPEG decoders give the same pixels)."""
 
     device: str  # auto, cpu, cuda or cuda:N
     mixed_precision: bool  # bf16 autocast on a GPU
     rows_per_block: int  # synapses per daisy block
     batch_size: int
     workers: int  # daisy worker processes
+    jpeg_decoder: str = "auto"  # auto, tensorstore or nvimgcodec (predict.jpeg)
 
 
 @dataclass(frozen=True)

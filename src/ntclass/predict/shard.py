@@ -40,7 +40,8 @@ from ntclass.errors import NtclassError
 from ntclass.intensity import Intensity, intensity_of, to_network
 from ntclass.io import NULLABLE_INTEGERS, atomic_path, remove_files
 from ntclass.models.modelfile import load_model, pick_device
-from ntclass.predict.cubes import EMPTY_SHARE, cpu_count, cube_reader
+from ntclass.predict.cubes import EMPTY_SHARE, cpu_count, cube_reader, hold_no_data
+from ntclass.predict.jpeg import choose_jpeg_decoder
 from ntclass.predict.rawstamps import STAMP, stamp_shard
 from ntclass.predict.targets import shard_file
 from ntclass.settings import Prediction
@@ -165,6 +166,7 @@ class BlockPredictor:
         outside the volume (padded) and of those that hold no data (empty) of some rows.
         `later`: the rows that come next (their chunks are kept for them)."""
         model = self.model()
+        jpeg = choose_jpeg_decoder(self.cfg.settings.jpeg_decoder, self._device)
         probs = np.zeros((len(rows), len(self.cfg.classes)), dtype=np.float32)
         padded = np.zeros(len(rows), dtype=bool)
         empty = np.zeros(len(rows), dtype=bool)
@@ -172,7 +174,7 @@ class BlockPredictor:
                 ["raw_container", "raw_dataset"], sort=False).indices.items():
             reader = cube_reader(container, dataset, _tuple(self.cfg.voxel_size),
                                  tuple(self._record["input_shape"]), self._threads,
-                                 os.getpid())
+                                 os.getpid(), jpeg, self._device)
             intensity = model_input_mapping(reader.volume, self._record,
                                             self.cfg.intensity_range, self.model_path)
             locations = rows[["z", "y", "x"]].to_numpy(dtype=np.float64)[idx]
@@ -198,22 +200,25 @@ class BlockPredictor:
         `empty` the cubes that hold no data."""
         for n, start in enumerate(range(0, len(pending), self.cfg.settings.batch_size)):
             part = pending[start:start + self.cfg.settings.batch_size]
-            batch = self._buffer(n % 2, part[0].shape, part[0].dtype)[:len(part)]
-            slots = batch.numpy()
+            batch = self._buffer(n % 2, part[0].shape, part[0].dtype,
+                                 part[0].device)[:len(part)]
+            # cut on the device where chunks were decoded there
+            slots = batch.numpy() if batch.device.type == "cpu" else batch
             for i, cube in enumerate(part):  # each cube straight into its slot
                 cube.result(slots[i])
-                empty[start + i] = cube.holds_no_data(slots[i], fill)
+            empty[start:start + len(part)] = hold_no_data(part, slots, fill)
             yield batch
 
-    def _buffer(self, which: int, shape: tuple[int, ...], dtype) -> torch.Tensor:
+    def _buffer(self, which: int, shape: tuple[int, ...], dtype, on: str = "cpu"
+                ) -> torch.Tensor:
         """Two batch buffers, reused (pinned for a GPU): fresh memory for every batch
         would cost a page fault per 4 KB written. A batch is consumed (copied to the
         device, or mapped to floats) before its buffer comes round again."""
-        key = (which, tuple(shape), np.dtype(dtype).name)
+        key = (which, tuple(shape), np.dtype(dtype).name, on)
         if key not in self._buffers:
             self._buffers[key] = torch.empty(
                 (self.cfg.settings.batch_size, *shape), dtype=_TORCH_DTYPES[np.dtype(dtype)],
-                pin_memory=torch.device(self._device).type == "cuda")
+                device=on, pin_memory=on == "cpu" and torch.device(self._device).type == "cuda")
         return self._buffers[key]
 
     def _run(self, model, batch: torch.Tensor, intensity: Intensity) -> np.ndarray:
