@@ -6,6 +6,7 @@ from ntclass.config import SCHEMA_PATH, imported_models, model_training
 from ntclass.errors import NtclassError
 from ntclass.evaluate.flywire import flywire_codes
 from ntclass.predict.targets import read_target_meta
+from ntclass.provenance import config_sha256
 from ntclass.sources.kinds import SplitPart
 from ntclass.workflow import canonical, configured_sources, demo_data_under
 
@@ -51,6 +52,18 @@ wildcard_constraints:
     shard=r"\d+",
 
 
+# the config as this run holds it (defaults filled in), for the provenance outputs record
+CONFIG_SHA256 = config_sha256(config)
+
+
+def config_digest(wildcards, resources):
+    """The digest of the config a job runs with, recorded in its outputs' provenance. To
+    Snakemake it derives from the job's resources and stays out of the rerun trigger: an
+    output is remade when a value it depends on changes, not when any key of the config
+    does (it then keeps the digest of the config that made it)."""
+    return CONFIG_SHA256
+
+
 def work_cut(section, *keys):
     """How a job's work is cut (read batches, blocks, batch sizes, workers), for its script.
     To Snakemake these are derived from the job's resources, and it leaves such params out
@@ -90,7 +103,9 @@ def prediction_params():
 
 
 def evaluation_params():
-    """The evaluation settings of rule evaluate (a temperature arrives as a file)."""
+    """The evaluation settings of rule evaluate (a temperature and an abstention threshold
+    arrive as files; the abstention settings count only when it is on)."""
+    abstention = config["evaluation"]["abstention"]
     return canonical(
         {
             k: config["evaluation"][k]
@@ -104,7 +119,40 @@ def evaluation_params():
             )
         }
         | {"neuron_table": config["evaluation"].get("neuron_table")}
+        | {"abstention": abstention if abstention["precision"] is not None else None}
     )
+
+
+def abstention_params():
+    """The evaluation settings an abstention threshold depends on."""
+    return canonical(
+        {
+            k: config["evaluation"][k]
+            for k in (
+                "neuron_rule",
+                "min_synapses",
+                "min_confidence",
+                "empty_cubes",
+                "abstention",
+            )
+        }
+    )
+
+
+def abstention_enabled():
+    return config["evaluation"]["abstention"]["precision"] is not None
+
+
+def abstention_inputs(wildcards):
+    """The predictions of the part an abstention threshold is fitted on, and the model's
+    temperature when temperature scaling is on."""
+    fit_on = config["evaluation"]["abstention"]["fit_on"]
+    inputs = {
+        "predictions": f"results/predictions/{wildcards.model}/{fit_on}/predictions.parquet"
+    }
+    if config["evaluation"]["temperature_scaling"]["enabled"]:
+        inputs["temperature"] = f"results/models/{wildcards.model}/temperature.json"
+    return inputs
 
 
 def source_inputs(wildcards=None):
@@ -211,6 +259,8 @@ def evaluation_inputs(wildcards):
     }
     if config["evaluation"]["temperature_scaling"]["enabled"]:
         inputs["temperature"] = f"results/models/{wildcards.model}/temperature.json"
+    if abstention_enabled():
+        inputs["abstention"] = f"results/models/{wildcards.model}/abstention.json"
     if config["evaluation"]["group_by"]:
         inputs["synapses"] = f"results/targets/{wildcards.target}"
     if config["evaluation"].get("neuron_table"):
@@ -226,6 +276,7 @@ def superseded_outputs(wildcards):
         "metrics.json",
         "report.txt",
         "neurons.csv",
+        "inputs.csv",
         "edges.csv",
         "confusion.png",
         "calibration.png",

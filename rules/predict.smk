@@ -70,6 +70,7 @@ rule merge_predictions:
     input:
         shards=shard_paths,
         synapses="results/targets/{target}",
+        model="results/models/{model}/model.pt",
     output:
         parquet="results/predictions/{model}/{target}/predictions.parquet",
     log:
@@ -78,6 +79,11 @@ rule merge_predictions:
         "results/benchmarks/merge_predictions/{model}/{target}.tsv"
     conda:
         ENV
+    params:
+        model=lambda wc: wc.model,
+        classes=config["classes"],
+        prediction=prediction_params(),
+        config_sha256=config_digest,
     script:
         "../workflow_scripts/merge_predictions.py"
 

@@ -11,5 +11,7 @@ run_job(
         settings=Evaluation.from_config(p.evaluation, "evaluation"), title=p.title,
         outputs=EvaluationOutputs.of(sm.output),
         temperature_path=getattr(sm.input, "temperature", None),
-        target_dir=getattr(sm.input, "synapses", None)),
+        target_dir=getattr(sm.input, "synapses", None),
+        abstention_path=getattr(sm.input, "abstention", None),
+        config_digest=p.config_sha256),
 )
