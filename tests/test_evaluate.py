@@ -122,7 +122,7 @@ def test_comparison_table_has_one_row_per_run():
                                                   {"model": "b", "target": "test"}], CLASSES)
     assert list(table["model"]) == ["a", "b"]
     assert table["accuracy"].iloc[0] == pytest.approx(5 / 6)
-    assert table["neuron_accuracy"].iloc[1] == 1.0
+    assert table["neuron_accuracy"].iloc[1] == 1.0 and table["coverage"].iloc[1] == 1.0
     assert table["f1_glu"].iloc[0] == pytest.approx(1.0)
     assert table["ece"].notna().all()
 
@@ -554,3 +554,24 @@ def test_provenance_travels_from_the_prediction_table_to_the_report_and_tables(t
     write_flywire_synapses(str(renamed), str(tmp_path / "fw.parquet"),
                            ["acetylcholine", "gaba", "glutamate"], tmp_path, provenance)
     assert table_provenance(tmp_path / "fw.parquet") == provenance
+
+
+def test_ntclass_evaluate_refuses_an_abstention_it_cannot_apply(tmp_path, capsys):
+    """A config asking for abstention without the fitted threshold: one sentence, nothing
+    written (rather than calls that look abstained but are not)."""
+    import yaml
+
+    from ntclass.cli import main
+
+    table = HAND_MADE.assign(confidence=HAND_MADE[CLASSES].max(axis=1))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"classes": CLASSES,
+                                      "evaluation": {"abstention": {"precision": 0.9}}}))
+    code = main(["evaluate", str(_written(table, tmp_path / "p.csv")), "--config",
+                 str(config), "--out", str(tmp_path / "out")])
+    said = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and said == [
+        "ntclass: evaluation.abstention.precision is set, but ntclass evaluate fits no "
+        "threshold: give the abstention.json the workflow fitted with --abstention, or "
+        "leave precision out"]
+    assert not (tmp_path / "out" / "metrics.json").exists()

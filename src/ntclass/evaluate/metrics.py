@@ -515,7 +515,8 @@ def comparison_table(metrics: Sequence[dict], runs: Sequence[dict],
         syn, neu = m["synapse"], m["neuron"]
         row = {"model": run["model"], "target": run["target"], "synapses": syn["n"],
                "accuracy": syn["accuracy"], "balanced_accuracy": syn["balanced_accuracy"],
-               "neurons": neu["n"], "neuron_accuracy": neu["accuracy"], "ece": syn.get("ece"),
+               "neurons": neu["n"], "neuron_accuracy": neu["accuracy"],
+               "coverage": neu.get("coverage"), "ece": syn.get("ece"),
                "temperature": m.get("temperature")}
         for c in classes:
             row[f"f1_{c}"] = syn["per_class"].get(c, {}).get("f1")
