@@ -89,9 +89,10 @@ def provenance_lines(provenance: Mapping[str, Any]) -> list[str]:
         if abstention:
             threshold = abstention["threshold"]
             lines.append(f"  abstention         precision {abstention['precision']} on "
-                         f"'{abstention['fitted_on']}': unclear below confidence "
-                         + (f"{threshold:.4f}" if threshold is not None else
-                            "any (the precision was not reached)"))
+                         f"'{abstention['fitted_on']}': " + (
+                             f"unclear below confidence {threshold:.4f}"
+                             if threshold is not None else
+                             "every neuron unclear (no threshold reached the precision)"))
         lines.append(f"  config sha256      {evaluation.get('config_sha256') or 'unknown'} "
                      "(of the evaluation)")
     return lines

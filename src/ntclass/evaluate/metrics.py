@@ -217,15 +217,17 @@ def report_text(metrics: dict, title: str) -> str:
 def _abstention_lines(abstention: dict | None) -> list[str]:
     if not abstention:
         return []
-    fitted = (f"on '{abstention['fitted_on']}': precision "
-              f"{_fmt(abstention['achieved_precision'])}, coverage "
-              f"{_fmt(abstention['fitted_coverage'])} of {abstention['fitted_neurons']} "
-              "labelled neurons")
     if abstention["threshold"] is None:
         return [f"  abstention: no confidence threshold reaches precision "
-                f"{abstention['precision']} {fitted}: every neuron is called unclear"]
+                f"{abstention['precision']} on '{abstention['fitted_on']}' "
+                f"({abstention['fitted_neurons']} labelled neurons): every neuron is called "
+                "unclear"]
     return [f"  abstention: unclear below confidence {abstention['threshold']:.4f}, the "
-            f"lowest at which the calls reach precision {abstention['precision']} {fitted}",
+            f"lowest at which the calls reach precision {abstention['precision']} on "
+            f"'{abstention['fitted_on']}' (there: precision "
+            f"{_fmt(abstention['achieved_precision'])}, coverage "
+            f"{_fmt(abstention['fitted_coverage'])} of {abstention['fitted_neurons']} "
+            "labelled neurons)",
             f"  here, at that threshold: coverage {_fmt(abstention['coverage'])}, "
             f"precision {_fmt(abstention['precision_here'])}"]
 
