@@ -79,7 +79,9 @@ def prediction_params():
 
 
 def evaluation_params():
-    """The evaluation settings of rule evaluate (a temperature arrives as a file)."""
+    """The evaluation settings of rule evaluate (a temperature and an abstention threshold
+    arrive as files; the abstention settings count only when it is on)."""
+    abstention = config["evaluation"]["abstention"]
     return canonical(
         {
             k: config["evaluation"][k]
@@ -93,7 +95,40 @@ def evaluation_params():
             )
         }
         | {"neuron_table": config["evaluation"].get("neuron_table")}
+        | {"abstention": abstention if abstention["precision"] is not None else None}
     )
+
+
+def abstention_params():
+    """The evaluation settings an abstention threshold depends on."""
+    return canonical(
+        {
+            k: config["evaluation"][k]
+            for k in (
+                "neuron_rule",
+                "min_synapses",
+                "min_confidence",
+                "empty_cubes",
+                "abstention",
+            )
+        }
+    )
+
+
+def abstention_enabled():
+    return config["evaluation"]["abstention"]["precision"] is not None
+
+
+def abstention_inputs(wildcards):
+    """The predictions of the part an abstention threshold is fitted on, and the model's
+    temperature when temperature scaling is on."""
+    fit_on = config["evaluation"]["abstention"]["fit_on"]
+    inputs = {
+        "predictions": f"results/predictions/{wildcards.model}/{fit_on}/predictions.parquet"
+    }
+    if config["evaluation"]["temperature_scaling"]["enabled"]:
+        inputs["temperature"] = f"results/models/{wildcards.model}/temperature.json"
+    return inputs
 
 
 def source_inputs(wildcards=None):
@@ -200,6 +235,8 @@ def evaluation_inputs(wildcards):
     }
     if config["evaluation"]["temperature_scaling"]["enabled"]:
         inputs["temperature"] = f"results/models/{wildcards.model}/temperature.json"
+    if abstention_enabled():
+        inputs["abstention"] = f"results/models/{wildcards.model}/abstention.json"
     if config["evaluation"]["group_by"]:
         inputs["synapses"] = f"results/targets/{wildcards.target}"
     if config["evaluation"].get("neuron_table"):
@@ -211,6 +248,7 @@ SUPERSEDED_EVALUATION = (
     "metrics",
     "report",
     "neurons",
+    "inputs",
     "edges",
     "confusion",
     "calibration",

@@ -12,6 +12,7 @@ rule evaluate:
             labels={"model": "{model}", "target": "{target}"},
         ),
         neurons="results/evaluation/{model}/{target}/neurons.csv",
+        inputs="results/evaluation/{model}/{target}/inputs.csv",
         edges="results/evaluation/{model}/{target}/edges.csv",
         groups="results/evaluation/{model}/{target}/groups.csv",
         confusion=report(
@@ -45,6 +46,7 @@ rule flywire_tables:
     input:
         predictions="results/predictions/{model}/{target}/predictions.parquet",
         neurons="results/evaluation/{model}/{target}/neurons.csv",
+        metrics="results/evaluation/{model}/{target}/metrics.json",
     output:
         neurons="results/evaluation/{model}/{target}/flywire_neurons.csv",
         synapses="results/evaluation/{model}/{target}/flywire_synapses.parquet",
@@ -80,6 +82,27 @@ rule fit_temperature:
         fit_on=config["evaluation"]["temperature_scaling"]["fit_on"],
     script:
         "../workflow_scripts/fit_temperature.py"
+
+
+rule fit_abstention:
+    """One confidence threshold per model below which neurons are called unclear, fitted on
+    the neuron calls of a labelled split part to reach evaluation.abstention.precision.
+    """
+    input:
+        unpack(abstention_inputs),
+    output:
+        abstention="results/models/{model}/abstention.json",
+    log:
+        "logs/evaluate/{model}_abstention.log",
+    benchmark:
+        "results/benchmarks/fit_abstention/{model}.tsv"
+    conda:
+        ENV
+    params:
+        classes=config["classes"],
+        evaluation=abstention_params(),
+    script:
+        "../workflow_scripts/fit_abstention.py"
 
 
 rule compare:

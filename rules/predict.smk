@@ -74,6 +74,7 @@ rule merge_predictions:
     input:
         shards=shard_paths,
         synapses="results/targets/{target}",
+        model="results/models/{model}/model.pt",
     output:
         parquet="results/predictions/{model}/{target}/predictions.parquet",
     log:
@@ -82,6 +83,10 @@ rule merge_predictions:
         "results/benchmarks/merge_predictions/{model}/{target}.tsv"
     conda:
         ENV
+    params:
+        model=lambda wc: wc.model,
+        classes=config["classes"],
+        prediction=prediction_params(),
     script:
         "../workflow_scripts/merge_predictions.py"
 

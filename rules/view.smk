@@ -5,6 +5,7 @@ rule neuroglancer:
         unpack(view_raw_input),
         predictions="results/predictions/{model}/{target}/predictions.parquet",
         neurons="results/evaluation/{model}/{target}/neurons.csv",
+        metrics="results/evaluation/{model}/{target}/metrics.json",
     output:
         annotations=directory("results/view/{model}/{target}/annotations"),
         segments=directory("results/view/{model}/{target}/segment_properties"),

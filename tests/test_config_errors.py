@@ -49,6 +49,10 @@ def with_(path: str, value):
     (with_("evaluation", {"temperature_scaling": {"enabled": True}}),
      "evaluation.temperature_scaling.fit_on 'validation' is not a target of type split; "
      "add one to targets, e.g. validation: {type: split, part: validation}"),
+    (with_("evaluation", {"abstention": {"precision": 0.9}}),
+     "evaluation.abstention.fit_on 'validation' is not a target of type split"),
+    (with_("evaluation", {"abstention": {"precision": 90}}),
+     "config key 'evaluation.abstention.precision' is 90, expected"),
     (with_("split", {"method": "given", "assignment": "old_split.csv"}),
      "file 'old_split.csv' given as split.assignment does not exist"),
     (with_("split.time_limit", 60),

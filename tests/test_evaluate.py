@@ -1,4 +1,5 @@
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -121,7 +122,7 @@ def test_comparison_table_has_one_row_per_run():
                                                   {"model": "b", "target": "test"}], CLASSES)
     assert list(table["model"]) == ["a", "b"]
     assert table["accuracy"].iloc[0] == pytest.approx(5 / 6)
-    assert table["neuron_accuracy"].iloc[1] == 1.0
+    assert table["neuron_accuracy"].iloc[1] == 1.0 and table["coverage"].iloc[1] == 1.0
     assert table["f1_glu"].iloc[0] == pytest.approx(1.0)
     assert table["ece"].notna().all()
 
@@ -185,7 +186,7 @@ def test_fitted_temperature_is_applied_in_evaluation(tmp_path):
     settings = Evaluation(neuron_rule="mean", min_synapses=1, min_confidence=0.0, signs={},
                           empty_cubes="leave_out")
     outs = EvaluationOutputs(*(str(tmp_path / n) for n in (
-        "m.json", "r.txt", "n.csv", "e.csv", "g.csv", "c.png", "k.png")))
+        "m.json", "r.txt", "n.csv", "e.csv", "g.csv", "c.png", "k.png", "i.csv")))
     raw = evaluate_predictions(str(tmp_path / "test.csv"), classes=CLASSES, settings=settings,
                                title="t", outputs=outs)
     scaled = evaluate_predictions(str(tmp_path / "test.csv"), classes=CLASSES,
@@ -341,3 +342,236 @@ def test_flywire_tables_refuse_a_class_flywire_has_no_code_for():
 
     with pytest.raises(NtclassError, match=r"classes \['neither'\] have no FlyWire code"):
         flywire_codes(["gaba", "neither"])
+
+
+def test_margin_and_entropy_of_hand_made_probabilities():
+    from ntclass.predict.shard import margin_and_entropy
+
+    margin, entropy = margin_and_entropy(np.array(
+        [[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3], [0.0, 1.0, 0.0], [0.45, 0.1, 0.45]]))
+    assert margin == pytest.approx([0.5, 0.0, 1.0, 0.0], abs=1e-6)
+    assert entropy == pytest.approx([-(0.7 * np.log(0.7) + 0.2 * np.log(0.2)
+                                       + 0.1 * np.log(0.1)), np.log(3), 0.0,
+                                     -(0.9 * np.log(0.45) + 0.1 * np.log(0.1))], abs=1e-6)
+    assert margin.dtype == entropy.dtype == np.float32
+    assert [len(a) for a in margin_and_entropy(np.zeros((0, 3)))] == [0, 0]
+
+
+def test_prediction_columns_keep_their_order_with_margin_and_entropy_last():
+    from ntclass.predict.shard import META_COLUMNS, _with_calls
+
+    frame = pd.DataFrame({c: [1] for c in META_COLUMNS}).assign(
+        ach=[0.6], gaba=[0.3], glu=[0.1], padded=[False], empty=[False])
+    table = _with_calls(frame, CLASSES)
+    assert list(table.columns) == [*META_COLUMNS, *CLASSES, "predicted_nt", "confidence",
+                                   "padded", "empty", "margin", "entropy"]
+    assert table["margin"].iloc[0] == pytest.approx(0.3)
+
+
+def input_table():
+    """Post neuron 10: four inputs, three labelled (two predicted right); post neuron 11:
+    one unlabelled input; one synapse without a partner."""
+    table = predictions([
+        (1, "ach", [0.8, 0.1, 0.1]), (1, "ach", [0.3, 0.6, 0.1]), (2, "glu", [0.1, 0.1, 0.8]),
+        (2, None, [0.2, 0.2, 0.6]), (3, None, [0.1, 0.7, 0.2]), (3, "gaba", [0.1, 0.8, 0.1]),
+    ])
+    table["post_id"] = pd.array([10, 10, 10, 10, 11, None], dtype="UInt64")
+    return table
+
+
+def test_input_composition_per_post_synaptic_neuron_by_hand(tmp_path):
+    from ntclass.evaluate.inputs import input_columns, write_input_composition
+    from ntclass.evaluate.outofcore import connect
+
+    con = connect(input_table(), tmp_path)
+    summary = write_input_composition(con, "preds", CLASSES, str(tmp_path / "inputs.csv"))
+    inputs = pd.read_csv(tmp_path / "inputs.csv").set_index("post_id")
+    assert list(inputs.reset_index().columns) == input_columns(CLASSES)
+    ten = inputs.loc[10]
+    assert ten["n_synapses"] == 4 and ten["n_labelled"] == 3
+    assert [ten[f"n_{c}"] for c in CLASSES] == [1, 1, 2]
+    assert [ten[f"fraction_{c}"] for c in CLASSES] == pytest.approx([0.25, 0.25, 0.5])
+    assert ten["mean_ach"] == pytest.approx((0.8 + 0.3 + 0.1 + 0.2) / 4)
+    assert ten["main_nt"] == "glu"
+    # labelled inputs: true ach, ach, glu; predicted ach, gaba, glu
+    assert ten["agreement"] == pytest.approx(2 / 3)
+    assert ten["composition_error"] == pytest.approx(0.5 * (1 + 1 + 0) / 3)
+    eleven = inputs.loc[11]
+    assert eleven["main_nt"] == "gaba" and eleven["n_labelled"] == 0
+    assert pd.isna(eleven["agreement"]) and pd.isna(eleven["composition_error"])
+    assert summary == {"neurons": 2, "synapses": 5, "labelled": 3,
+                       "agreement": pytest.approx(2 / 3),
+                       "mean_agreement": pytest.approx(2 / 3),
+                       "mean_composition_error": pytest.approx(1 / 3),
+                       "neurons_labelled": 1}
+    con.close()
+    # a table without partners: the header alone
+    con = connect(input_table().drop(columns="post_id"), tmp_path)
+    write_input_composition(con, "preds", CLASSES, str(tmp_path / "none.csv"))
+    assert (tmp_path / "none.csv").read_text().strip() == ",".join(input_columns(CLASSES))
+
+
+def test_abstention_threshold_is_the_lowest_that_reaches_the_precision():
+    from ntclass.evaluate.abstention import TIE, abstention_threshold
+
+    confidence = [0.9, 0.8, 0.7, 0.6, 0.5]
+    correct = [True, True, False, True, False]
+    # precision of the calls at or above each value: 1, 1, 2/3, 3/4, 3/5
+    found = abstention_threshold(confidence, correct, 0.75)
+    assert found["threshold"] == pytest.approx(0.6 - TIE, abs=0)
+    assert (found["called"], found["coverage"], found["achieved_precision"]) == (4, 0.8, 0.75)
+    assert abstention_threshold(confidence, correct, 1.0)["called"] == 2
+    assert abstention_threshold(confidence, correct, 0.5)["called"] == 5
+    # min_confidence is a floor: nothing below it is called
+    assert abstention_threshold(confidence, correct, 0.75, floor=0.85)["called"] == 1
+    # tied confidences are called together or not at all
+    tied = abstention_threshold([0.8, 0.8, 0.5], [True, False, True], 0.9)
+    assert tied["threshold"] is None and tied["called"] == 0 and tied["coverage"] == 0.0
+
+
+def neuron_table(seed):
+    """Overconfident predictions, ten synapses per neuron, the neuron's NT the label of most
+    of its synapses."""
+    probabilities, labels, _ = overconfident_predictions(n=1500, seed=seed)
+    table = temperature_table(probabilities, labels)
+    table["nt"] = table.groupby("pre_id")["nt"].transform(lambda s: s.mode().iloc[0])
+    return table
+
+
+def test_abstention_fitted_on_validation_reaches_its_precision_and_reports_coverage(
+        tmp_path):
+    import json
+
+    from ntclass.errors import NtclassError
+    from ntclass.evaluate.metrics import (
+        EvaluationOutputs,
+        evaluate_predictions,
+        fit_abstention_file,
+    )
+    from ntclass.settings import Evaluation
+
+    neuron_table(0).to_csv(tmp_path / "validation.csv", index=False)
+    neuron_table(1).to_csv(tmp_path / "test.csv", index=False)
+    common = {"neuron_rule": "mean", "min_synapses": 1, "min_confidence": 0.0}
+    record = fit_abstention_file(str(tmp_path / "validation.csv"), CLASSES, precision=0.9,
+                                 leave_out_empty=True, fitted_on="validation",
+                                 out_path=str(tmp_path / "abstention.json"), **common)
+    assert json.loads((tmp_path / "abstention.json").read_text()) == record
+    assert 0 < record["coverage"] < 1 and record["achieved_precision"] >= 0.9
+
+    settings = Evaluation(**common, signs={}, empty_cubes="leave_out")
+    outs = EvaluationOutputs.in_folder(tmp_path / "out")
+    for part in ("validation", "test"):
+        metrics = evaluate_predictions(str(tmp_path / f"{part}.csv"), classes=CLASSES,
+                                       settings=settings, title="t", outputs=outs,
+                                       abstention_path=str(tmp_path / "abstention.json"))
+        neurons = pd.read_csv(outs.neurons)
+        unclear = neurons["predicted_nt"] == "unclear"
+        assert (unclear == (neurons["confidence"] < record["threshold"])).all()
+        assert metrics["neuron"]["coverage"] == pytest.approx(1 - unclear.mean())
+        assert metrics["abstention"]["coverage"] == metrics["neuron"]["coverage"]
+        called = neurons[~unclear]
+        assert metrics["abstention"]["precision_here"] == pytest.approx(
+            (called["predicted_nt"] == called["nt"]).mean())
+        # on the part it was fitted on, the calls reach the precision asked for
+        if part == "validation":
+            assert metrics["neuron"]["accuracy"] >= 0.9
+            assert metrics["neuron"]["coverage"] == pytest.approx(record["coverage"])
+    report = Path(outs.report).read_text()
+    assert f"unclear below confidence {record['threshold']:.4f}" in report
+    assert "precision 0.9 on 'validation'" in report and "coverage" in report
+    assert metrics["provenance"]["evaluation"]["abstention"]["threshold"] == \
+        record["threshold"]
+    # a threshold fitted under another neuron rule is refused
+    with pytest.raises(NtclassError, match="fitted for neuron rule 'mean', but the "
+                                           "evaluation uses 'majority'"):
+        evaluate_predictions(str(tmp_path / "test.csv"), classes=CLASSES,
+                             settings=Evaluation(**{**common, "neuron_rule": "majority"},
+                                                 signs={}, empty_cubes="leave_out"),
+                             title="t", outputs=outs,
+                             abstention_path=str(tmp_path / "abstention.json"))
+
+
+def test_provenance_travels_from_the_prediction_table_to_the_report_and_tables(tmp_path):
+    import hashlib
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ntclass.evaluate.flywire import write_flywire_synapses
+    from ntclass.evaluate.metrics import EvaluationOutputs, evaluate_predictions
+    from ntclass.provenance import (
+        config_sha256,
+        file_sha256,
+        prediction_provenance,
+        table_provenance,
+        with_provenance,
+    )
+    from ntclass.settings import Evaluation
+
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    made = prediction_provenance(model="vgg", model_path=tmp_path / "model.pt",
+                                 classes=CLASSES, settings={"device": "cpu"},
+                                 config_digest=config_sha256({"b": 1, "a": [2]}))
+    assert made["checkpoint_sha256"] == file_sha256(tmp_path / "model.pt") == \
+        hashlib.sha256(b"weights").hexdigest()
+    assert config_sha256({"b": 1, "a": [2]}) == config_sha256({"a": [2], "b": 1})
+    table = pa.Table.from_pandas(input_table().assign(
+        confidence=lambda t: t[CLASSES].max(axis=1), z=1.0, y=2.0, x=3.0),
+        preserve_index=False)
+    path = tmp_path / "predictions.parquet"
+    pq.write_table(table.cast(with_provenance(table.schema, made)), path)
+    assert table_provenance(path) == made
+    assert b"pandas" in pq.read_schema(path).metadata  # the other keys are kept
+
+    scaling = {"temperature": 1.5, "fitted_on": "validation"}
+    (tmp_path / "temperature.json").write_text(json.dumps(scaling))
+    settings = Evaluation(neuron_rule="majority", min_synapses=2, min_confidence=0.25,
+                          signs={}, empty_cubes="leave_out")
+    outs = EvaluationOutputs.in_folder(tmp_path / "out")
+    metrics = evaluate_predictions(str(path), classes=CLASSES, settings=settings, title="t",
+                                   outputs=outs, temperature_path=str(tmp_path /
+                                                                      "temperature.json"),
+                                   config_digest="c0ffee")
+    provenance = metrics["provenance"]
+    assert {k: provenance[k] for k in made} == made
+    assert provenance["evaluation"] == {
+        "neuron_rule": "majority", "min_synapses": 2, "min_confidence": 0.25,
+        "abstention": None, "temperature": 1.5, "temperature_fitted_on": "validation",
+        "config_sha256": "c0ffee"}
+    report = Path(outs.report).read_text()
+    for line in ("model              vgg", f"checkpoint sha256  {made['checkpoint_sha256']}",
+                 "neuron rule        majority, min_synapses 2, min_confidence 0.25",
+                 "temperature 1.5000 fitted on 'validation'", "config sha256      c0ffee",
+                 "Inputs (inputs.csv): 2 post-synaptic neurons"):
+        assert line in report, line
+    assert json.loads(Path(outs.metrics).read_text())["provenance"] == provenance
+    # the FlyWire synapse table carries it too
+    renamed = tmp_path / "flywire_named.parquet"
+    pq.write_table(table.rename_columns([{"ach": "acetylcholine", "glu": "glutamate"}.get(
+        n, n) for n in table.column_names]), renamed)
+    write_flywire_synapses(str(renamed), str(tmp_path / "fw.parquet"),
+                           ["acetylcholine", "gaba", "glutamate"], tmp_path, provenance)
+    assert table_provenance(tmp_path / "fw.parquet") == provenance
+
+
+def test_ntclass_evaluate_refuses_an_abstention_it_cannot_apply(tmp_path, capsys):
+    """A config asking for abstention without the fitted threshold: one sentence, nothing
+    written (rather than calls that look abstained but are not)."""
+    import yaml
+
+    from ntclass.cli import main
+
+    table = HAND_MADE.assign(confidence=HAND_MADE[CLASSES].max(axis=1))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"classes": CLASSES,
+                                      "evaluation": {"abstention": {"precision": 0.9}}}))
+    code = main(["evaluate", str(_written(table, tmp_path / "p.csv")), "--config",
+                 str(config), "--out", str(tmp_path / "out")])
+    said = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and said == [
+        "ntclass: evaluation.abstention.precision is set, but ntclass evaluate fits no "
+        "threshold: give the abstention.json the workflow fitted with --abstention, or "
+        "leave precision out"]
+    assert not (tmp_path / "out" / "metrics.json").exists()

@@ -114,10 +114,13 @@ def test_annotations_read_back_equal_the_prediction_table(tmp_path, monkeypatch,
     table = prediction_table(3000)
     table.to_parquet(tmp_path / "predictions.parquet")
     out = tmp_path / "annotations"
+    provenance = {"model": "m", "checkpoint_sha256": "ab" * 32}
     write_annotations(str(tmp_path / "predictions.parquet"), out, CLASSES, tmp_path / "work",
-                      limit=100, sharded=sharded)
+                      limit=100, sharded=sharded,
+                      extra_info={"ntclass_provenance": provenance})
     decoded = Decoder(out)
     info = decoded.info
+    assert info["ntclass_provenance"] == provenance  # beside the spec's keys
     assert info["annotation_type"] == "POINT" and list(info["dimensions"]) == ["x", "y", "z"]
     nt = next(p for p in info["properties"] if p["id"] == "nt")
     assert nt["enum_labels"] == CLASSES and nt["enum_values"] == [0, 1, 2, 3]
@@ -161,6 +164,28 @@ def test_annotations_read_back_equal_the_prediction_table(tmp_path, monkeypatch,
         for segment, raw in index.items():
             assert sorted(s for s, _ in decoded.multiple(raw)) == sorted(
                 expected[expected == segment].index)
+
+
+def test_the_shader_filters_on_the_layers_nt_and_confidence_properties():
+    """The state's shader reads only properties the annotation info declares: the
+    confidence slider hides points under it, and the colour follows the nt enum's order."""
+    import re
+
+    from ntclass.view.annotations import properties
+    from ntclass.view.state import colours, shader
+
+    code = shader(CLASSES, "synister")
+    declared = {p["id"]: p for p in properties(CLASSES)}
+    read = set(re.findall(r"prop_(\w+)\(\)", code))
+    assert read == {"confidence", "nt"} and read <= set(declared)
+    assert declared["confidence"]["type"] == "float32"
+    assert "#uicontrol float min_confidence slider(min=0, max=1, default=0)" in code
+    assert "if (prop_confidence() < min_confidence) { discard; }" in code
+    enum = declared["nt"]
+    for value, name in zip(enum["enum_values"], enum["enum_labels"]):
+        hexa = colours(CLASSES, "synister")[name]
+        rgb = ", ".join(f"{int(hexa[k:k + 2], 16) / 255:.3f}" for k in (1, 3, 5))
+        assert f"if (nt == {value}u) {{ colour = vec3({rgb}); }}  // {name}" in code
 
 
 @pytest.fixture

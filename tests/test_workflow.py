@@ -41,6 +41,7 @@ def test_outputs_exist(finished_run):
                  "results/evaluation/tiny/test/metrics.json",
                  "results/evaluation/tiny/test/report.txt",
                  "results/evaluation/tiny/test/neurons.csv",
+                 "results/evaluation/tiny/test/inputs.csv",
                  "results/evaluation/tiny/test/edges.csv",
                  "results/evaluation/tiny/test/confusion.png",
                  "results/evaluation/tiny/test/calibration.png",
@@ -92,6 +93,11 @@ def test_every_test_synapse_predicted_once(finished_run):
     assert np.allclose(pred[CLASSES].sum(axis=1), 1.0, atol=1e-4)
     assert (pred["predicted_nt"] == pred[CLASSES].idxmax(axis=1)).all()
     assert np.allclose(pred["confidence"], pred[CLASSES].max(axis=1))
+    ranked = np.sort(pred[CLASSES].to_numpy(), axis=1)
+    assert np.allclose(pred["margin"], ranked[:, -1] - ranked[:, -2], atol=1e-6)
+    p = pred[CLASSES].to_numpy()
+    assert np.allclose(pred["entropy"], -(p * np.log(np.clip(p, 1e-30, None))).sum(axis=1),
+                       atol=1e-5)
     merged = pred.merge(test, on="synapse_id", suffixes=("", "_m"))
     assert (merged["nt"] == merged["nt_m"]).all()
     parquet = pd.read_parquet(finished_run / "results/predictions/tiny/test/predictions.parquet")
@@ -115,6 +121,41 @@ def test_metrics_agree_with_predictions_and_beat_chance(finished_run):
     assert p_value < 0.01, metrics["synapse"]
     report = (finished_run / "results/evaluation/tiny/test/report.txt").read_text()
     assert f"accuracy           {accuracy:.3f}" in report
+
+
+def test_input_composition_and_provenance_of_the_run(finished_run):
+    """inputs.csv counts each post-synaptic neuron's inputs by predicted NT; the prediction
+    table, metrics.json and the report say which model file and config made them."""
+    import hashlib
+
+    from ntclass.provenance import table_provenance
+
+    pred = pd.read_csv(finished_run / "results/predictions/tiny/test/predictions.csv")
+    evaluation = finished_run / "results/evaluation/tiny/test"
+    inputs = pd.read_csv(evaluation / "inputs.csv").set_index("post_id")
+    partnered = pred[pred["post_id"].notna()]
+    counts = partnered.groupby(["post_id", "predicted_nt"]).size().unstack(fill_value=0)
+    assert sorted(inputs.index) == sorted(counts.index)
+    for c in CLASSES:
+        expected = counts[c] if c in counts else 0
+        assert (inputs[f"n_{c}"] == expected).all(), c
+    assert np.allclose(inputs[[f"fraction_{c}" for c in CLASSES]].sum(axis=1), 1.0)
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    right = (partnered["predicted_nt"] == partnered["nt"]).sum()
+    assert metrics["inputs"]["agreement"] == pytest.approx(right / partnered["nt"].notna().sum())
+
+    made = table_provenance(finished_run / "results/predictions/tiny/test/predictions.parquet")
+    model = (finished_run / "results/models/tiny/model.pt").read_bytes()
+    assert made["model"] == "tiny" and made["classes"] == CLASSES
+    assert made["checkpoint_sha256"] == hashlib.sha256(model).hexdigest()
+    assert re.fullmatch(r"[0-9a-f]{64}", made["prediction"]["config_sha256"])
+    provenance = metrics["provenance"]
+    assert provenance["checkpoint_sha256"] == made["checkpoint_sha256"]
+    assert provenance["evaluation"]["neuron_rule"] == "majority"
+    assert provenance["evaluation"]["config_sha256"] == made["prediction"]["config_sha256"]
+    report = (evaluation / "report.txt").read_text()
+    assert f"checkpoint sha256  {made['checkpoint_sha256']}" in report
+    assert "coverage" in report and "Inputs (inputs.csv)" in report
 
 
 def test_rerun_has_nothing_to_do(finished_run):
@@ -319,11 +360,12 @@ def test_temperature_fitted_on_the_validation_part_and_applied(finished_run, tmp
     shutil.copytree(finished_run, run, symlinks=True)  # times kept: the run stays finished
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["targets"]["validation"] = {"type": "split", "part": "validation"}
-    config["evaluation"] = {"temperature_scaling": {"enabled": True, "fit_on": "validation"}}
+    config["evaluation"] = {"temperature_scaling": {"enabled": True, "fit_on": "validation"},
+                            "abstention": {"precision": 0.7}}
     write_config(run, config)
     # (its shard jobs are planned once the new target's checkpoint job has run)
     assert planned_jobs(run) == {"target_synapses": 1, "merge_predictions": 1,
-                                 "fit_temperature": 1, "evaluate": 2,
+                                 "fit_temperature": 1, "fit_abstention": 1, "evaluate": 2,
                                  "compare": 1, "all": 1}
     snakemake(run)
     record = json.loads((run / "results/models/tiny/temperature.json").read_text())
@@ -339,6 +381,27 @@ def test_temperature_fitted_on_the_validation_part_and_applied(finished_run, tmp
     assert after["synapse"]["ece_uncalibrated"] == pytest.approx(before["synapse"]["ece"])
     comparison = pd.read_csv(run / "results/evaluation/comparison.csv").set_index("target")
     assert comparison.loc["test", "temperature"] == pytest.approx(record["temperature"])
+
+    # the abstention threshold, fitted on the calibrated calls of the validation part
+    abstention = json.loads((run / "results/models/tiny/abstention.json").read_text())
+    assert abstention["temperature"] == record["temperature"]
+    for target in ("validation", "test"):
+        evaluation = run / f"results/evaluation/tiny/{target}"
+        metrics = json.loads((evaluation / "metrics.json").read_text())
+        neurons = pd.read_csv(evaluation / "neurons.csv")
+        unclear = neurons["predicted_nt"] == "unclear"
+        below = (neurons["confidence"] < abstention["threshold"] if abstention["threshold"]
+                 is not None else True)
+        assert (unclear == below).all()
+        assert metrics["abstention"]["coverage"] == pytest.approx(1 - unclear.mean())
+        report = (evaluation / "report.txt").read_text()
+        assert "abstention:" in report and "precision 0.7" in report
+        assert metrics["provenance"]["evaluation"]["temperature"] == record["temperature"]
+    validation = json.loads((run / "results/evaluation/tiny/validation/metrics.json"
+                             ).read_text())
+    if abstention["threshold"] is not None:  # reached on the part it was fitted on
+        assert validation["neuron"]["accuracy"] >= 0.7
+        assert validation["neuron"]["coverage"] == pytest.approx(abstention["coverage"])
 
 
 @pytest.fixture(scope="module")
@@ -370,12 +433,19 @@ def test_views_hold_every_prediction_over_the_local_raw(viewed_run):
         "d0": [4e-8, "m"], "d1": [4e-9, "m"], "d2": [4e-9, "m"]}
     url = (view / "state_url.txt").read_text().strip()
     assert url.startswith("https://neuroglancer-demo.appspot.com/#!")
+    metrics = json.loads((viewed_run / "results/evaluation/tiny/test/metrics.json").read_text())
+    assert info["ntclass_provenance"] == metrics["provenance"]
+    assert info["ntclass_provenance"]["checkpoint_sha256"]
     assert json.loads(urllib.parse.unquote(url.partition("#!")[2])) == state
 
 
 def test_flywire_tables_hold_every_synapse_and_neuron(viewed_run):
     evaluation = viewed_run / "results/evaluation/tiny/test"
     predictions = pd.read_parquet(viewed_run / "results/predictions/tiny/test/predictions.parquet")
+    from ntclass.provenance import table_provenance
+
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    assert table_provenance(evaluation / "flywire_synapses.parquet") == metrics["provenance"]
     synapses = pd.read_parquet(evaluation / "flywire_synapses.parquet").set_index("id")
     assert list(synapses.columns) == ["pre_pt_root_id", "post_pt_root_id", "x", "y", "z",
                                       "gaba", "ach", "oct", "ser"]

@@ -1,4 +1,5 @@
 from ntclass.evaluate.metrics import EvaluationOutputs, evaluate_predictions
+from ntclass.provenance import config_sha256
 from ntclass.settings import Evaluation
 from ntclass.workflow import run_job
 
@@ -11,5 +12,7 @@ run_job(
         settings=Evaluation.from_config(p.evaluation, "evaluation"), title=p.title,
         outputs=EvaluationOutputs.of(sm.output),
         temperature_path=getattr(sm.input, "temperature", None),
-        target_dir=getattr(sm.input, "synapses", None)),
+        target_dir=getattr(sm.input, "synapses", None),
+        abstention_path=getattr(sm.input, "abstention", None),
+        config_digest=config_sha256(sm.config)),
 )

@@ -7,5 +7,5 @@ run_job(
     lambda: write_flywire_tables(sm.input.predictions, sm.input.neurons,
                                  {"neurons": sm.output.neurons,
                                   "synapses": sm.output.synapses},
-                                 classes=sm.params.classes),
+                                 classes=sm.params.classes, metrics=sm.input.metrics),
 )

@@ -11,5 +11,6 @@ run_job(
     lambda: write_view(
         sm.input.predictions, sm.input.neurons, ViewOutputs.of(sm.output),
         classes=p.classes, settings=View.from_config(p.view, "view"), raw=raw,
-        voxel_size=p.voxel_size, name=p.name, model=p.model, target=p.target),
+        voxel_size=p.voxel_size, name=p.name, model=p.model, target=p.target,
+        metrics=sm.input.metrics),
 )

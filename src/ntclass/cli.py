@@ -59,7 +59,7 @@ def import_split(legacy: str, out: str) -> int:
 
 
 def evaluate(predictions: str, config_path: str | None, classes: str | None, out: str,
-             temperature: str | None) -> int:
+             temperature: str | None, abstention: str | None = None) -> int:
     """The workflow's evaluation of an existing prediction table (CSV or Parquet)."""
     import yaml
 
@@ -69,6 +69,7 @@ def evaluate(predictions: str, config_path: str | None, classes: str | None, out
         check_prediction_table,
         evaluate_predictions,
     )
+    from ntclass.provenance import config_sha256
 
     config = {}
     if config_path:
@@ -79,12 +80,18 @@ def evaluate(predictions: str, config_path: str | None, classes: str | None, out
         raise NtclassError("give the class names (the probability columns), with --classes "
                            "a,b,c or --config a config file that lists classes")
     settings = evaluation_settings(config.get("evaluation", {}))
+    if settings.abstention.precision is not None and not abstention:
+        raise NtclassError("evaluation.abstention.precision is set, but ntclass evaluate "
+                           "fits no threshold: give the abstention.json the workflow fitted "
+                           "with --abstention, or leave precision out")
     check_prediction_table(predictions, names)
     Path(out).mkdir(parents=True, exist_ok=True)
     metrics = evaluate_predictions(predictions, classes=names, settings=settings,
                                    title=f"ntclass evaluation: {predictions}",
                                    outputs=EvaluationOutputs.in_folder(out),
-                                   temperature_path=temperature)
+                                   temperature_path=temperature,
+                                   abstention_path=abstention,
+                                   config_digest=config_sha256(config) if config else None)
     syn, neu = metrics["synapse"], metrics["neuron"]
     print(f"{syn['n']} labelled synapses, accuracy {syn['accuracy']}; {neu['n']} neurons, "
           f"accuracy {neu['accuracy']}; written to {out}/")
@@ -121,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                    "the config's classes)")
     p.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
     p.add_argument("--temperature", help="a temperature.json fitted by the workflow")
+    p.add_argument("--abstention", help="an abstention.json fitted by the workflow "
+                   "(evaluation.abstention)")
     p = sub.add_parser("view", help="serve a finished project's neuroglancer view (the "
                        "annotations, segment properties and local raw) on this machine, "
                        "with neuroglancer's own client, and print the URL to open")
@@ -149,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                          args.client_port, args.verbose)
         if args.command == "evaluate":
             return evaluate(args.predictions, args.config, args.classes, args.out,
-                            args.temperature)
+                            args.temperature, args.abstention)
     except NtclassError as e:
         print(f"ntclass: {e}", file=sys.stderr)
         return 1

@@ -88,10 +88,22 @@ class Prediction(Section):
 
 
 @dataclass(frozen=True)
+class Abstention(Section):
+    """Neuron calls withheld ('unclear') below a confidence threshold fitted on a labelled
+    split part to reach a precision of the calls."""
+
+    schema: ClassVar = ("properties", "evaluation", "properties", "abstention")
+    optional: ClassVar = ("precision",)
+    precision: float | None  # None: no abstention beyond min_confidence
+    fit_on: str  # the target (a split part) the threshold is fitted on
+
+
+@dataclass(frozen=True)
 class Evaluation(Section):
     """How predictions become metrics, neuron calls and signed edges."""
 
-    optional: ClassVar[tuple[str, ...]] = ("neuron_table",)
+    optional: ClassVar[tuple[str, ...]] = ("neuron_table", "abstention")
+    nested: ClassVar = {"abstention": Abstention}
 
     neuron_rule: str  # majority, mean or sum
     min_synapses: int
@@ -100,6 +112,7 @@ class Evaluation(Section):
     empty_cubes: str  # leave_out or keep: synapses whose cubes held no data
     group_by: tuple[str, ...] = ()  # columns whose groups get consensus calls
     neuron_table: str | None = None  # a table of neurons (pre_id and group columns)
+    abstention: Abstention | None = None  # a fitted threshold arrives as a file
 
 
 @dataclass(frozen=True)

@@ -157,13 +157,19 @@ def check_source_paths(config: Mapping) -> None:
 
 
 def check_temperature_scaling(config: Mapping) -> None:
-    """Temperature scaling is fitted on a labelled part of the split, named as a target."""
+    """Temperature scaling and abstention are fitted on a labelled part of the split, named
+    as a target."""
     scaling = config["evaluation"]["temperature_scaling"]
-    if not scaling["enabled"]:
-        return
-    name = scaling["fit_on"]
+    if scaling["enabled"]:
+        _check_fit_on(config, "temperature_scaling", scaling["fit_on"])
+    abstention = config["evaluation"]["abstention"]
+    if abstention["precision"] is not None:
+        _check_fit_on(config, "abstention", abstention["fit_on"])
+
+
+def _check_fit_on(config: Mapping, key: str, name: str) -> None:
     target = config["targets"].get(name)
     if target is None or target["type"] != "split":
         raise NtclassError(
-            f"evaluation.temperature_scaling.fit_on '{name}' is not a target of type split; "
+            f"evaluation.{key}.fit_on '{name}' is not a target of type split; "
             f"add one to targets, e.g. {name}: {{type: split, part: validation}}")

@@ -4,13 +4,16 @@ with FlyWire-shaped data."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from ntclass.errors import NtclassError
 from ntclass.io import atomic_path, write_csv
+from ntclass.provenance import PARQUET_KEY
 from ntclass.sql import duckdb_connection, quoted
 
 # class name -> FlyWire's code: lower case in the synapse table's columns and `<code>_avg`,
@@ -52,30 +55,37 @@ def flywire_neurons(neurons: pd.DataFrame, classes: Sequence[str]) -> pd.DataFra
 
 
 def write_flywire_synapses(predictions: str, out: str, classes: Sequence[str],
-                           workdir: Path) -> int:
+                           workdir: Path, provenance: Mapping[str, Any] | None = None) -> int:
     """The prediction table as FlyWire's synapse table (Parquet), out of core: id,
     pre_pt_root_id, post_pt_root_id, x, y, z (nm, not FlyWire's voxels) and each class's
-    probability under its code. Returns the number of synapses."""
+    probability under its code; `provenance` as JSON in the schema's metadata (key
+    `ntclass`). Returns the number of synapses."""
     codes = flywire_codes(classes)
     by_code = {code: c for c, code in codes.items()}
     columns = ["synapse_id AS id", "pre_id AS pre_pt_root_id", "post_id AS post_pt_root_id",
                "x", "y", "z"] + [f"{quoted(by_code[code])} AS {code}"
                                  for code in SYNAPSE_ORDER if code in by_code]
+    metadata = ""
+    if provenance:
+        text = json.dumps(provenance, sort_keys=True).replace("'", "''")
+        metadata = f", KV_METADATA {{{PARQUET_KEY.decode()}: '{text}'}}"
     con = duckdb_connection(workdir)
     try:
         with atomic_path(out) as tmp:  # COPY answers with the number of rows written
             (n,) = con.execute(f"COPY (SELECT {', '.join(columns)} FROM "
                                f"read_parquet('{predictions}') ORDER BY synapse_id) "
-                               f"TO '{tmp}' (FORMAT parquet)").fetchone()
+                               f"TO '{tmp}' (FORMAT parquet{metadata})").fetchone()
     finally:
         con.close()
     return n
 
 
 def write_flywire_tables(predictions: str, neurons: str, outputs: Mapping[str, str],
-                         classes: Sequence[str]) -> None:
-    """Both tables of one model and target (outputs: neurons, synapses)."""
+                         classes: Sequence[str], metrics: str | None = None) -> None:
+    """Both tables of one model and target (outputs: neurons, synapses); the synapse
+    table carries the evaluation's provenance (from its metrics.json)."""
     table = pd.read_csv(neurons, dtype={"predicted_nt": "string"})
     write_csv(flywire_neurons(table, classes), outputs["neurons"])
+    provenance = json.loads(Path(metrics).read_text()).get("provenance") if metrics else None
     write_flywire_synapses(predictions, outputs["synapses"], classes,
-                           Path(outputs["synapses"]).parent)
+                           Path(outputs["synapses"]).parent, provenance)

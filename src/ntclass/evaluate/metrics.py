@@ -20,6 +20,11 @@ from sklearn.metrics import (
 
 from ntclass.errors import NtclassError
 from ntclass.evaluate import outofcore
+from ntclass.evaluate.abstention import (
+    abstention_threshold,
+    applied_min_confidence,
+    read_abstention,
+)
 from ntclass.evaluate.calibration import (
     apply_temperature,
     expected_calibration_error,
@@ -30,8 +35,10 @@ from ntclass.evaluate.calibration import (
 from ntclass.evaluate.circuit import FLY_SIGNS, write_signed_edges
 from ntclass.evaluate.groups import COLUMNS as GROUP_COLUMNS
 from ntclass.evaluate.groups import group_calls, group_metrics, neuron_groups
+from ntclass.evaluate.inputs import write_input_composition
 from ntclass.ids import ID_DTYPE
 from ntclass.io import NamedOutputs
+from ntclass.provenance import provenance_lines, table_provenance
 from ntclass.settings import Evaluation
 from ntclass.sql import quoted
 
@@ -143,6 +150,10 @@ def metrics_of(labelled: pd.DataFrame, neurons: pd.DataFrame, classes: Sequence[
     neuron = classification_metrics(known["nt"], known["predicted_nt"], classes)
     neuron["rule"] = rule
     neuron["unclear"] = int((neurons["predicted_nt"] == "unclear").sum())
+    neuron["neurons"] = len(neurons)
+    # coverage: the share of neurons given a call; the rest are 'unclear'
+    neuron["coverage"] = (len(neurons) - neuron["unclear"]) / len(neurons) if len(
+        neurons) else None
     return {"classes": list(classes), "chance": 1.0 / len(classes),
             "synapse": synapse, "neuron": neuron}
 
@@ -182,6 +193,10 @@ def report_text(metrics: dict, title: str) -> str:
     lines += ["", f"Neuron level ({neu['n']} neurons with a known NT, rule {neu['rule']}, "
                   f"{neu['unclear']} unclear)",
               f"  accuracy           {_fmt(neu['accuracy'])}"]
+    if neu.get("coverage") is not None:
+        lines.append(f"  coverage           {_fmt(neu['coverage'])} "
+                     f"({neu['neurons'] - neu['unclear']} of {neu['neurons']} neurons called)")
+    lines += _abstention_lines(metrics.get("abstention"))
     if neu["n"]:
         lines += ["", "  confusion matrix (rows: true, columns: predicted)",
                   _table(neu["confusion_matrix"]["counts"], classes)]
@@ -194,7 +209,43 @@ def report_text(metrics: dict, title: str) -> str:
     for column, found in (metrics.get("group") or {}).items():
         lines += ["", f"Groups by {column}: {found['groups']} groups, {found['known']} with a "
                   f"known NT, consensus accuracy {_fmt(found['accuracy'])} (groups.csv)"]
+    lines += _input_lines(metrics.get("inputs"))
+    if metrics.get("provenance"):
+        lines += ["", *provenance_lines(metrics["provenance"])]
     return "\n".join(lines) + "\n"
+
+
+def _abstention_lines(abstention: dict | None) -> list[str]:
+    if not abstention:
+        return []
+    if abstention["threshold"] is None:
+        return [f"  abstention: no confidence threshold reaches precision "
+                f"{abstention['precision']} on '{abstention['fitted_on']}' "
+                f"({abstention['fitted_neurons']} labelled neurons): every neuron is called "
+                "unclear"]
+    return [f"  abstention: unclear below confidence {abstention['threshold']:.4f}, the "
+            f"lowest at which the calls reach precision {abstention['precision']} on "
+            f"'{abstention['fitted_on']}' (there: precision "
+            f"{_fmt(abstention['achieved_precision'])}, coverage "
+            f"{_fmt(abstention['fitted_coverage'])} of {abstention['fitted_neurons']} "
+            "labelled neurons)",
+            f"  here, at that threshold: coverage {_fmt(abstention['coverage'])}, "
+            f"precision {_fmt(abstention['precision_here'])}"]
+
+
+def _input_lines(inputs: dict | None) -> list[str]:
+    if not inputs or not inputs["neurons"]:
+        return []
+    lines = ["", f"Inputs (inputs.csv): {inputs['neurons']} post-synaptic neurons, "
+                 f"{inputs['synapses']} input synapses, composition by predicted NT"]
+    if inputs["labelled"]:
+        lines += [f"  labelled inputs predicted as labelled  {_fmt(inputs['agreement'])} "
+                  f"({inputs['labelled']} synapses; mean per neuron "
+                  f"{_fmt(inputs['mean_agreement'])})",
+                  f"  composition error      {_fmt(inputs['mean_composition_error'])} (mean "
+                  "total variation between predicted and labelled NT shares, over "
+                  f"{inputs['neurons_labelled']} neurons with labelled inputs)"]
+    return lines
 
 
 def calibrated(predictions: pd.DataFrame, classes: Sequence[str],
@@ -212,6 +263,66 @@ def _labelled_arrays(predictions: pd.DataFrame, classes: Sequence[str]):
     index = {c: i for i, c in enumerate(classes)}
     return (labelled[list(classes)].to_numpy(dtype=float),
             labelled["nt"].map(index).to_numpy(dtype=int))
+
+
+def abstention_summary(record: dict, neuron: dict) -> dict:
+    """What the fitted threshold is and what it leaves on this target: the coverage (share
+    of neurons called) and the precision of the calls (their neuron-level accuracy)."""
+    return {"precision": record["precision"], "fitted_on": record["fitted_on"],
+            "threshold": record["threshold"],
+            "achieved_precision": record["achieved_precision"],
+            "fitted_coverage": record["coverage"], "fitted_neurons": record["neurons"],
+            "coverage": neuron["coverage"], "precision_here": neuron["accuracy"]}
+
+
+def evaluation_provenance(predictions_path: str, settings: Evaluation,
+                          scaling: dict | None, abstention: dict | None,
+                          config_digest: str | None) -> dict:
+    """The prediction table's provenance (the model, its checkpoint digest, the prediction
+    settings; unknown for another tool's table) with the evaluation's: the neuron rule and
+    thresholds, the calibration and the config digest."""
+    found = table_provenance(predictions_path) or {"model": None, "checkpoint_sha256": None}
+    return {**found, "evaluation": {
+        "neuron_rule": settings.neuron_rule, "min_synapses": settings.min_synapses,
+        "min_confidence": settings.min_confidence,
+        "abstention": None if abstention is None else {
+            k: abstention[k] for k in ("precision", "fitted_on", "threshold")},
+        "temperature": scaling["temperature"] if scaling else None,
+        "temperature_fitted_on": scaling.get("fitted_on") if scaling else None,
+        "config_sha256": config_digest}}
+
+
+def fit_abstention_file(predictions_path: str, classes: Sequence[str], *, precision: float,
+                        neuron_rule: str, min_synapses: int, min_confidence: float,
+                        leave_out_empty: bool, fitted_on: str, out_path: str,
+                        temperature_path: str | None = None) -> dict:
+    """Fit a model's abstention threshold on the neuron calls of one labelled target (its
+    validation part), temperature-scaled where a temperature is given; write it with the
+    precision and coverage it reaches there."""
+    from ntclass.io import write_json
+
+    temperature = (json.loads(Path(temperature_path).read_text())["temperature"]
+                   if temperature_path else None)
+    with outofcore.scratch() as work:
+        con = outofcore.connect(predictions_path, Path(work), leave_out_empty=leave_out_empty)
+        view = outofcore.scaled_view(con, classes, temperature)
+        calls = calls_in(con, view, classes, neuron_rule, min_synapses, 0.0)
+        con.close()
+    known = calls[calls["nt"].notna() & (calls["n_synapses"] >= min_synapses)]
+    if not len(known):
+        raise NtclassError(f"target '{fitted_on}' given as evaluation.abstention.fit_on has "
+                           "no labelled neuron to fit a threshold on")
+    correct = (known["predicted_nt"].astype(str) == known["nt"].astype(str)).to_numpy()
+    record = {"precision": precision, "fitted_on": fitted_on, "neuron_rule": neuron_rule,
+              "min_synapses": min_synapses, "min_confidence": min_confidence,
+              "temperature": temperature,
+              **abstention_threshold(known["confidence"].to_numpy(dtype=float), correct,
+                                     precision, floor=min_confidence)}
+    if record["threshold"] is None:
+        log.warning("no confidence threshold reaches precision %s on '%s': every neuron "
+                    "will be called unclear", precision, fitted_on)
+    write_json(record, out_path)
+    return record
 
 
 def fit_temperature_file(predictions_path: str, classes: Sequence[str], fitted_on: str,
@@ -326,38 +437,44 @@ class EvaluationOutputs(NamedOutputs):
     groups: str
     confusion: str
     calibration: str
+    inputs: str
 
     @classmethod
     def in_folder(cls, folder: str | os.PathLike) -> EvaluationOutputs:
         return cls(**{f.name: str(Path(folder) / name) for f, name in zip(fields(cls), (
             "metrics.json", "report.txt", "neurons.csv", "edges.csv", "groups.csv",
-            "confusion.png", "calibration.png"))})
+            "confusion.png", "calibration.png", "inputs.csv"))})
 
 
 def evaluate_predictions(predictions_path: str, *, classes: Sequence[str],
                          settings: Evaluation, title: str, outputs: EvaluationOutputs,
                          temperature_path: str | None = None,
-                         target_dir: str | None = None) -> dict:
+                         target_dir: str | None = None, abstention_path: str | None = None,
+                         config_digest: str | None = None) -> dict:
     """Evaluate one prediction table (Parquet): metrics.json, report.txt, the neuron
-    calls, the signed edge list and the figures. With a fitted temperature, every
-    probability used (neuron calls, confidences, calibration) is temperature-scaled first.
-    Only the labelled synapses are held in memory; the rest is aggregated out of core."""
+    calls, the input composition of the post-synaptic neurons, the signed edge list and
+    the figures. With a fitted temperature, every probability used (neuron calls,
+    confidences, calibration) is temperature-scaled first; with a fitted abstention
+    threshold, neurons below it are unclear. Only the labelled synapses are held in
+    memory; the rest is aggregated out of core."""
     from ntclass.evaluate.plots import confusion_figure, reliability_figure
     from ntclass.io import write_csv, write_json, write_text
 
-    temperature = None
-    if temperature_path:
-        temperature = json.loads(Path(temperature_path).read_text())["temperature"]
+    scaling = json.loads(Path(temperature_path).read_text()) if temperature_path else None
+    temperature = scaling["temperature"] if scaling else None
     rule = settings.neuron_rule
+    abstention = (read_abstention(abstention_path, rule, temperature) if abstention_path
+                  else None)
+    min_confidence = applied_min_confidence(settings.min_confidence, abstention)
     with outofcore.scratch() as work:
         con = outofcore.connect(predictions_path, Path(work),
                                 leave_out_empty=settings.empty_cubes == "leave_out")
         n_empty = outofcore.empty_cubes(con)
         labelled = outofcore.labelled_rows(con)
         view = outofcore.scaled_view(con, classes, temperature)
-        neurons = calls_in(con, view, classes, rule, settings.min_synapses,
-                           settings.min_confidence)
+        neurons = calls_in(con, view, classes, rule, settings.min_synapses, min_confidence)
         write_signed_edges(con, neurons, settings.signs or FLY_SIGNS, outputs.edges)
+        inputs = write_input_composition(con, view, classes, outputs.inputs)
         con.close()
         groups = (group_calls(neurons, neuron_groups(settings.group_by, target_dir,
                                                      settings.neuron_table, Path(work)),
@@ -371,6 +488,11 @@ def evaluate_predictions(predictions_path: str, *, classes: Sequence[str],
         metrics["temperature"] = temperature
         metrics["synapse"]["ece_uncalibrated"] = raw_ece
     metrics["empty_cubes"] = {"n": n_empty, "left_out": settings.empty_cubes == "leave_out"}
+    metrics["inputs"] = inputs
+    if abstention is not None:
+        metrics["abstention"] = abstention_summary(abstention, metrics["neuron"])
+    metrics["provenance"] = evaluation_provenance(
+        predictions_path, settings, scaling, metrics.get("abstention"), config_digest)
     if settings.group_by:
         metrics["group"] = group_metrics(groups)
     if n_empty:
@@ -396,7 +518,8 @@ def comparison_table(metrics: Sequence[dict], runs: Sequence[dict],
         syn, neu = m["synapse"], m["neuron"]
         row = {"model": run["model"], "target": run["target"], "synapses": syn["n"],
                "accuracy": syn["accuracy"], "balanced_accuracy": syn["balanced_accuracy"],
-               "neurons": neu["n"], "neuron_accuracy": neu["accuracy"], "ece": syn.get("ece"),
+               "neurons": neu["n"], "neuron_accuracy": neu["accuracy"],
+               "coverage": neu.get("coverage"), "ece": syn.get("ece"),
                "temperature": m.get("temperature")}
         for c in classes:
             row[f"f1_{c}"] = syn["per_class"].get(c, {}).get("f1")

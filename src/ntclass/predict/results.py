@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 from ntclass.errors import NtclassError
 from ntclass.io import NULLABLE_INTEGERS, atomic_path
 from ntclass.predict.targets import read_target_meta
+from ntclass.provenance import with_provenance
 from ntclass.sql import duckdb_connection, query_one
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,10 @@ def iter_predictions(path: str | os.PathLike, columns: Sequence[str] | None = No
         yield batch.to_pandas(types_mapper=NULLABLE_INTEGERS.get)
 
 
-def merge_target(shard_paths: Sequence[str], target_dir: str, out_parquet: str) -> int:
-    """Concatenate a target's shards into one Parquet file; every synapse exactly once."""
+def merge_target(shard_paths: Sequence[str], target_dir: str, out_parquet: str,
+                 provenance: Mapping[str, Any] | None = None) -> int:
+    """Concatenate a target's shards into one Parquet file; every synapse exactly once.
+    `provenance` (the model, its digest, the settings) goes into the schema's metadata."""
     expected = read_target_meta(target_dir)["synapses"]
     files = [str(p) for p in shard_paths]
     con = duckdb_connection(Path(out_parquet).parent)
@@ -51,7 +55,8 @@ def merge_target(shard_paths: Sequence[str], target_dir: str, out_parquet: str) 
     # an empty shard's columns come from pandas: take the types of one with rows
     filled = [p for p in files if pq.ParquetFile(p).metadata.num_rows] or files
     schema = pq.read_schema(filled[0])
-    with atomic_path(out_parquet) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    written = with_provenance(schema, provenance)
+    with atomic_path(out_parquet) as tmp, pq.ParquetWriter(tmp, written) as writer:
         for path in files:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
                 writer.write_table(pa.Table.from_batches([batch]).cast(schema),

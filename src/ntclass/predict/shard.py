@@ -404,7 +404,8 @@ def write_shard_table(shard_path: Path, cache: Path, classes: Sequence[str], out
 
 
 def _with_calls(df: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
-    """Add `predicted_nt` and `confidence`; refuse rows without a prediction."""
+    """Add `predicted_nt`, `confidence`, `margin` and `entropy`; refuse rows without a
+    prediction."""
     probs = df[list(classes)]
     if probs.isna().any().any():
         row = df[probs.isna().any(axis=1)].iloc[0]
@@ -417,7 +418,22 @@ def _with_calls(df: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     df["confidence"] = values.max(axis=1) if len(values) else np.zeros(0, np.float32)
     df["padded"] = df["padded"].astype(bool)
     df["empty"] = df["empty"].astype(bool)
-    return df[[*META_COLUMNS, *classes, "predicted_nt", "confidence", "padded", "empty"]]
+    df["margin"], df["entropy"] = margin_and_entropy(values)
+    return df[[*META_COLUMNS, *classes, "predicted_nt", "confidence", "padded", "empty",
+               "margin", "entropy"]]
+
+
+def margin_and_entropy(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the top probability minus the second, and the entropy in nats (0: one
+    class certain; ln(number of classes): all alike). Both say how far a synapse is from
+    having no clear transmitter, which the top probability alone hides."""
+    p = np.asarray(probabilities, dtype=np.float32)
+    if not len(p):
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    top_two = np.sort(p, axis=1)[:, -2:]
+    margin = top_two[:, 1] - top_two[:, 0]
+    terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1)), 0)
+    return margin.astype(np.float32), np.maximum(terms.sum(axis=1), 0).astype(np.float32)
 
 
 # -------------------------------------------------------------------------- the shard

@@ -110,9 +110,12 @@ class IndexWriter:
 
 
 def write_annotations(predictions: str, out: Path, classes: Sequence[str], work: Path,
-                      limit: int = LIMIT, sharded: bool | None = None) -> dict:
+                      limit: int = LIMIT, sharded: bool | None = None,
+                      extra_info: dict | None = None) -> dict:
     """Write `predictions` (a Parquet table of ntclass predictions) as an annotation
-    collection in `out`; returns its info. `sharded`: None decides by the count."""
+    collection in `out`; returns its info. `sharded`: None decides by the count.
+    `extra_info`: keys added to the info beside the spec's (neuroglancer ignores them),
+    such as the provenance."""
     work.mkdir(parents=True, exist_ok=True)
     con = duckdb_connection(work)
     con.execute(f"ATTACH '{work / 'annotations.duckdb'}' AS disk; USE disk")
@@ -142,6 +145,7 @@ def write_annotations(predictions: str, out: Path, classes: Sequence[str], work:
                 "lower_bound": lower, "upper_bound": upper, "annotation_type": "POINT",
                 "properties": properties(classes), "relationships": relationships,
                 "by_id": by_id, "spatial": levels}
+        info.update(extra_info or {})
         (tmp / "info").write_text(json.dumps(info, indent=1))
     con.close()
     shutil.rmtree(work, ignore_errors=True)

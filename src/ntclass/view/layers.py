@@ -32,12 +32,16 @@ class ViewOutputs(NamedOutputs):
 
 def write_view(predictions: str, neurons: str, outputs: ViewOutputs, *,
                classes: Sequence[str], settings: View, raw: Sequence[str] | None,
-               voxel_size: Sequence[int] | None, name: str, model: str, target: str
-               ) -> dict:
-    """Annotations, segment properties and the state (JSON and URL); returns the state."""
+               voxel_size: Sequence[int] | None, name: str, model: str, target: str,
+               metrics: str | None = None) -> dict:
+    """Annotations, segment properties and the state (JSON and URL); returns the state.
+    The provenance in `metrics` (metrics.json) goes into the annotations' info."""
     work = Path(outputs.annotations).parent / ".annotations-work"
+    # what made the layer, for whoever gets only the layer
+    provenance = json.loads(Path(metrics).read_text()).get("provenance") if metrics else None
     write_annotations(predictions, Path(outputs.annotations), classes, work,
-                      limit=settings.limit)
+                      limit=settings.limit,
+                      extra_info={"ntclass_provenance": provenance} if provenance else None)
     write_segment_properties(pd.read_csv(neurons, dtype={"predicted_nt": "string"}),
                              Path(outputs.segments))
     source, axes = None, ()
