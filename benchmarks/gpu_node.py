@@ -48,11 +48,11 @@ from predict_feed import (  # noqa: E402 (the benchmarks folder is no package)
 from predict_throughput import model_settings, write_model  # noqa: E402
 
 from ntclass import stores  # noqa: E402
+from ntclass.cubes import cpu_count, cube_reader  # noqa: E402
 from ntclass.intensity import intensity_of, to_network  # noqa: E402
+from ntclass.jpeg import JpegChunks, nvimgcodec_available  # noqa: E402
 from ntclass.models import build_model  # noqa: E402
 from ntclass.models.modelfile import pick_device  # noqa: E402
-from ntclass.predict.cubes import cpu_count, cube_reader  # noqa: E402
-from ntclass.predict.jpeg import JpegChunks, nvimgcodec_available  # noqa: E402
 from ntclass.predict.shard import BlockPredictor, PredictConfig, predict_shard  # noqa: E402
 from ntclass.settings import Prediction  # noqa: E402
 from ntclass.volumes import open_raw, open_tensorstore  # noqa: E402

@@ -40,7 +40,7 @@ import tensorstore as ts
 from scipy.ndimage import gaussian_filter
 
 from ntclass import stores
-from ntclass.predict.cubes import cpu_count, cube_reader
+from ntclass.cubes import cpu_count, cube_reader
 from ntclass.predict.shard import BlockPredictor, PredictConfig, predict_shard
 from ntclass.predict.targets import shard_file, write_target
 from ntclass.settings import Partition, Prediction
@@ -250,7 +250,7 @@ def _readers() -> list:
     """The cube readers of this process (a 1-worker job runs its blocks in-process)."""
     import gc
 
-    from ntclass.predict.cubes import CubeReader
+    from ntclass.cubes import CubeReader
     return [o for o in gc.get_objects() if isinstance(o, CubeReader) and o.cache]
 
 

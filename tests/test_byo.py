@@ -150,7 +150,7 @@ def test_a_synister_checkpoint_predicts_on_the_cubes_synisters_get_raw_cuts(tmp_
     tests/synister_reference.py (synister/utils.py at funkelab/synister 101df828, daisy/roi.py
     and daisy/coordinate.py at funkelab/daisy 5d0e6c9a), and Synister's probabilities:
     its intensity mapping, its fill of 0 outside the volume and its class order."""
-    from ntclass.predict.cubes import CubeReader
+    from ntclass.cubes import CubeReader
     from ntclass.predict.shard import BlockPredictor, PredictConfig
     from ntclass.settings import Prediction
     from ntclass.volumes import cube_begins, write_zarr_volume

@@ -14,11 +14,11 @@ import torch
 from conftest import CLASSES
 from remote_servers import http_server, precomputed
 
+from ntclass.cubes import CubeReader
 from ntclass.errors import NtclassError
+from ntclass.jpeg import choose_jpeg_decoder, compressed_morton_code
 from ntclass.models import build_model
 from ntclass.models.modelfile import model_record
-from ntclass.predict.cubes import CubeReader
-from ntclass.predict.jpeg import choose_jpeg_decoder, compressed_morton_code
 from ntclass.predict.shard import PredictConfig, predict_shard
 from ntclass.predict.targets import shard_file, write_target
 from ntclass.settings import Partition, Prediction

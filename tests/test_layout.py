@@ -45,6 +45,19 @@ def test_every_stage_of_the_rules_has_a_wing_of_the_library():
     assert {"sources", "models"} <= wings
 
 
+def test_no_stage_wing_imports_another():
+    """Code two stages share lives in a shared room (cubes.py, volumes.py, sources/, ...),
+    not in one stage's wing."""
+    stages = {"split", "train", "predict", "evaluate", "view"}
+    crossings = sorted(
+        f"{module} imports {imported}"
+        for module, imports in _import_graph().items()
+        for imported in imports
+        if (a := module.split(".")[1:2]) and (b := imported.split(".")[1:2])
+        and a[0] in stages and b[0] in stages and a != b)
+    assert crossings == []
+
+
 def test_the_library_has_no_import_cycles():
     graph = _import_graph()
     state: dict[str, int] = {}

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 import zarr
 
+from ntclass.cubes import CubeReader
 from ntclass.errors import NtclassError
-from ntclass.predict.cubes import CubeReader
 from ntclass.predict.targets import morton_cells, read_shard_rows, write_target
 from ntclass.settings import Partition
 from ntclass.sources.kinds import source_of
@@ -159,7 +159,7 @@ def test_crop_cubes_match_direct_reads_and_flag_padding(tmp_path):
 
 
 def _assemble(cache, begins, shape, later=None, ahead=2):
-    from ntclass.predict.cubes import ChunkedReads
+    from ntclass.cubes import ChunkedReads
 
     reads = ChunkedReads(cache, begins, begins + shape, later, ahead=ahead)
     cubes, most = [], 0
@@ -172,7 +172,7 @@ def _assemble(cache, begins, shape, later=None, ahead=2):
 
 
 def test_chunk_cache_decodes_each_chunk_once_across_blocks_within_its_budget(tmp_path):
-    from ntclass.predict.cubes import ChunkCache
+    from ntclass.cubes import ChunkCache
     from ntclass.volumes import open_tensorstore
 
     data = np.random.default_rng(3).integers(0, 255, size=(12, 128, 128), dtype=np.uint8)

@@ -84,7 +84,7 @@ class Prediction(Section):
     rows_per_block: int  # synapses per daisy block
     batch_size: int
     workers: int  # daisy worker processes
-    jpeg_decoder: str = "auto"  # auto, tensorstore or nvimgcodec (predict.jpeg)
+    jpeg_decoder: str = "auto"  # auto, tensorstore or nvimgcodec (jpeg)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ def _has_empty(con: duckdb.DuckDBPyConnection) -> bool:
 
 
 def empty_cubes(con: duckdb.DuckDBPyConnection) -> int:
-    """How many synapses' cubes held no data (see predict.cubes.EMPTY_SHARE)."""
+    """How many synapses' cubes held no data (see cubes.EMPTY_SHARE)."""
     if not _has_empty(con):
         return 0
     return con.execute("SELECT count(*) FROM everything WHERE empty").fetchall()[0][0]

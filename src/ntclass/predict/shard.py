@@ -36,12 +36,12 @@ import pyarrow.parquet as pq
 import torch
 from funlib.geometry import Roi
 
+from ntclass.cubes import EMPTY_SHARE, cpu_count, cube_reader, hold_no_data
 from ntclass.errors import NtclassError
 from ntclass.intensity import Intensity, intensity_of, to_network
 from ntclass.io import NULLABLE_INTEGERS, atomic_path, remove_files
+from ntclass.jpeg import choose_jpeg_decoder
 from ntclass.models.modelfile import load_model, pick_device
-from ntclass.predict.cubes import EMPTY_SHARE, cpu_count, cube_reader, hold_no_data
-from ntclass.predict.jpeg import choose_jpeg_decoder
 from ntclass.predict.rawstamps import STAMP, stamp_shard
 from ntclass.predict.targets import shard_file
 from ntclass.settings import Prediction

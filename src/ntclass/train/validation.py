@@ -9,8 +9,8 @@ import pandas as pd
 import torch
 
 from ntclass import stores
+from ntclass.cubes import CubeReader, cpu_count
 from ntclass.intensity import Intensity, intensity_of, to_network
-from ntclass.predict.cubes import CubeReader, cpu_count
 from ntclass.sources.synapses import LOCATION
 from ntclass.volumes import SLICE_CACHE_BYTES, RawVolume, open_raw_cached
 

@@ -25,7 +25,7 @@ import numpy as np
 import tensorstore as ts
 
 from ntclass import stores
-from ntclass.predict.jpeg import DecodedChunk, JpegChunks, is_jpeg
+from ntclass.jpeg import DecodedChunk, JpegChunks, is_jpeg
 from ntclass.volumes import RawVolume, cube_begins, open_raw_cached, open_tensorstore
 
 
