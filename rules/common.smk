@@ -199,9 +199,13 @@ def init_checkpoint(wildcards):
 
 def target_meta(target):
     """Counts of a partitioned target (known once its checkpoint job has run)."""
-    return read_target_meta(
-        checkpoints.target_synapses.get(target=target).output.synapses
-    )
+    synapses = checkpoints.target_synapses.get(target=target).output.synapses
+    if not os.path.exists(synapses):
+        # in a remote storage: a checkpoint output's open() (Snakemake's documented way)
+        # has Snakemake fetch the folder and call this function again
+        with synapses.open():
+            pass
+    return read_target_meta(synapses)
 
 
 def shard_paths(wildcards):
@@ -257,13 +261,16 @@ SUPERSEDED_EVALUATION = (
 
 def superseded_outputs(wildcards):
     """The outputs made from a model's predictions of a target (see rule predict_shard),
-    where Snakemake puts them."""
+    where Snakemake puts them (under a default storage: the job's local copies)."""
     made = [
         rules.merge_predictions.output.parquet,
         rules.prediction_csv.output.csv,
         rules.mongo_write_back.output.receipt,
     ] + [rules.evaluate.output[name] for name in SUPERSEDED_EVALUATION]
-    return expand(made, model=wildcards.model, target=wildcards.target)
+    # plain paths: expand() refuses the storage flag a default storage puts on them
+    return expand(
+        [str(path) for path in made], model=wildcards.model, target=wildcards.target
+    )
 
 
 def prediction_folder(output):

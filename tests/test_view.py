@@ -370,3 +370,20 @@ def test_spatial_index_samples_clustered_synapses_by_their_densest_cell(tmp_path
     inside = np.all((points >= box[0]) & (points <= box[1]), axis=1)
     assert inside.sum() > 0.9 * len(cells[fullest][0])
     assert sorted(found) == sorted(table.synapse_id[inside].tolist())
+
+
+def test_view_paths_of_a_remote_default_storage_and_outside_the_project(tmp_path,
+                                                                        monkeypatch):
+    """A job's local copy of a file in a bucket (Snakemake's .snakemake/storage/<provider>/
+    <bucket>/<key>) is served as <bucket>/<key>; a view's file outside the working
+    directory is refused, never given a path that reaches nothing."""
+    from ntclass.errors import NtclassError
+    from ntclass.view.state import served_path, view_path
+
+    monkeypatch.chdir(tmp_path)
+    copy = ".snakemake/storage/s3/lab-bucket/run1/results/view/m/t/annotations"
+    assert view_path(copy) == "lab-bucket/run1/results/view/m/t/annotations"
+    assert view_path("nt/results/view/m/t/annotations") == "nt/results/view/m/t/annotations"
+    assert served_path(str(tmp_path.parent / "raw.zarr")) is None
+    with pytest.raises(NtclassError, match="lies outside the working directory"):
+        view_path("/scratch/storage/s3/lab-bucket/results/view/m/t/annotations")

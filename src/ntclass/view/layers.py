@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,14 @@ from ntclass.settings import View
 from ntclass.sql import duckdb_connection, query_one
 from ntclass.view.annotations import write_annotations
 from ntclass.view.segments import write_segment_properties
-from ntclass.view.state import raw_axis_names, raw_source, state, state_page, state_url
+from ntclass.view.state import (
+    raw_axis_names,
+    raw_source,
+    state,
+    state_page,
+    state_url,
+    view_path,
+)
 from ntclass.volumes import open_raw
 
 
@@ -55,8 +61,8 @@ def write_view(predictions: str, neurons: str, outputs: ViewOutputs, *,
     con.close()
     served = settings.served_at.rstrip("/")
     value = state(classes=classes, raw=source, raw_axes=axes, voxel_size=voxel_size or (1, 1, 1),
-                  annotations_url=f"{served}/{_relative(outputs.annotations)}",
-                  segments_url=f"{served}/{_relative(outputs.segments)}",
+                  annotations_url=f"{served}/{view_path(outputs.annotations)}",
+                  segments_url=f"{served}/{view_path(outputs.segments)}",
                   centre_nm=centre, palette=settings.palette,
                   segmentation=settings.segmentation, name=name)
     with atomic_path(outputs.state) as tmp:
@@ -67,7 +73,3 @@ def write_view(predictions: str, neurons: str, outputs: ViewOutputs, *,
     with atomic_path(outputs.page) as tmp:
         tmp.write_text(state_page(url, name, model, target, settings.served_at))
     return value
-
-
-def _relative(path: str) -> str:
-    return os.path.relpath(path).replace(os.sep, "/")

@@ -54,7 +54,10 @@ def choose_state(project: Path, model: str | None, target: str | None) -> tuple[
     if not found:
         raise NtclassError(f"no view of model {model or 'any'} and target {target or 'any'} "
                            f"under '{project}/results/view' (found: {names}); run the "
-                           "workflow with view.enabled first")
+                           "workflow with view.enabled first (a run with a remote default "
+                           "storage keeps its views in the bucket: copy the run's folder "
+                           "from there, e.g. with `aws s3 sync`, and run ntclass view in "
+                           "the copy)")
     raise NtclassError(f"several views under '{project}/results/view' ({names}): choose one "
                        "with --model and --target")
 

@@ -8,6 +8,7 @@ import os
 import urllib.parse
 from collections.abc import Sequence
 
+from ntclass.errors import NtclassError
 from ntclass.stores import parse_container
 
 # The Synister paper's colours and FlyWire Codex's (Codex shows no tyramine: the paper's).
@@ -42,6 +43,34 @@ def shader(classes: Sequence[str], palette: str) -> str:
     return "\n".join(lines)
 
 
+# Where Snakemake keeps a job's local copies of a default storage's files (the default of
+# its --local-storage-prefix), each under <provider>/<bucket>/<key>
+LOCAL_STORAGE = (".snakemake", "storage")
+
+
+def served_path(path: str) -> str | None:
+    """A local file's path under `view.served_at`: relative to the working directory (the
+    project folder that `ntclass view` serves), or, for a job's local copy of a file in a
+    remote default storage, `<bucket>/<key>` (served_at is then the storage's address, its
+    buckets as paths). None: outside both."""
+    parts = os.path.relpath(path).split(os.sep)
+    if tuple(parts[:2]) == LOCAL_STORAGE:
+        return "/".join(parts[3:])
+    return None if parts[0] == os.pardir else "/".join(parts)
+
+
+def view_path(path: str) -> str:
+    """A view's own file under `view.served_at`; refused where neuroglancer could not
+    find it."""
+    served = served_path(path)
+    if served is None:
+        raise NtclassError(
+            f"the view's file '{path}' lies outside the working directory, where "
+            "view.served_at cannot reach it: with a remote default storage, keep "
+            "Snakemake's default --local-storage-prefix (.snakemake/storage)")
+    return served
+
+
 def raw_source(container: str, dataset: str, kind: str, served_at: str) -> str:
     """The raw as a neuroglancer source: a remote one as given, a local one through
     `ntclass view` (which serves the working directory at `served_at`, and a local raw
@@ -51,10 +80,8 @@ def raw_source(container: str, dataset: str, kind: str, served_at: str) -> str:
     if address.remote:
         base = address.location.rstrip("/")
     else:
-        relative = os.path.relpath(address.location)
         # `ntclass view` serves the project folder, and a raw outside it under /@abs
-        inside_project = relative.split(os.sep)[0] != os.pardir
-        path = relative if inside_project else "@abs" + os.path.abspath(address.location)
+        path = served_path(address.location) or "@abs" + os.path.abspath(address.location)
         base = served_at.rstrip("/") + "/" + path.replace(os.sep, "/")
     inside = "" if fmt == "precomputed" else "/" + dataset.strip("/")
     return f"{fmt}://{base}{inside}"
