@@ -8,8 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from ntclass.demo import DemoSpec, write_demo
+
+# one torch thread for what the tests train and predict in this process (the workflow's
+# jobs get theirs from resources): 2 threads on a busy 2-core machine ran 12x slower
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("acetylcholine", "gaba", "glutamate", "serotonin")

@@ -148,8 +148,8 @@ def test_under_each_prefix_how_the_work_is_cut_plans_no_job(three_forms):
         work_cut = copy.deepcopy(original)
         work_cut["ntclass"]["prediction"].update(
             {"workers": 2, "rows_per_block": 7, "batch_size": 5, "read_batch_rows": 11})
-        work_cut["ntclass"]["resources"] = {"train": {"threads": 1, "mem_mb": 999},
-                                            "predict": {"threads": 1, "mem_mb": 1234}}
+        work_cut["ntclass"]["resources"] = {"train": {"threads": 2, "mem_mb": 999},
+                                            "predict": {"threads": 2, "mem_mb": 1234}}
         (three_forms / "config.yaml").write_text(yaml.safe_dump(work_cut))
         assert planned(three_forms) == {}
         evaluation = copy.deepcopy(original)

@@ -121,8 +121,8 @@ def test_a_second_run_plans_nothing_even_with_another_cut_of_the_work(remote_run
     config = demo_config(server.url)
     config["prediction"].update({"workers": 2, "rows_per_block": 7, "batch_size": 5,
                                  "read_batch_rows": 11})
-    config["resources"] = {"train": {"threads": 1, "mem_mb": 999},
-                           "predict": {"threads": 1, "mem_mb": 1234}}
+    config["resources"] = {"train": {"threads": 2, "mem_mb": 999},
+                           "predict": {"threads": 2, "mem_mb": 1234}}
     assert planned_jobs(folder, *args, config=write_config(tmp_path, config)) == {}
     # a value that changes a result still plans what depends on it (the dry runs see)
     config = demo_config(server.url)

@@ -37,7 +37,7 @@ CASES = [
      downstream_of_predictions()),
     (("prediction", "rows_per_block"), 7, NOTHING, None),
     (("prediction", "read_batch_rows"), 11, NOTHING, None),
-    (("resources", "predict", "threads"), 1, NOTHING, None),
+    (("resources", "predict", "threads"), 2, NOTHING, None),
     (("resources", "predict", "mem_mb"), 1234, NOTHING, None),
     (("prediction", "csv"), False, NOTHING, None),
     (("prediction", "csv_max_synapses"), 0, NOTHING, None),

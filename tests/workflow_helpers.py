@@ -33,6 +33,9 @@ TINY_CONFIG = {
     "prediction": {"shards": 2, "block_size": [320, 512, 512], "batch_size": 16},
     # the demo and test_view write the views; the other workflow tests need not pay for them
     "view": {"enabled": False},
+    # one torch thread a job: on 2 cores two such jobs run side by side, where 2 threads a
+    # job on a loaded machine ran training 12x slower (OpenMP threads waiting on each other)
+    "resources": {"train": {"threads": 1}, "predict": {"threads": 1}},
 }
 
 
