@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= 2
 
-.PHONY: demo test lint clean-demo
+.PHONY: demo test lint schema clean-demo
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -28,6 +28,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests workflow_scripts benchmarks
 	$(BIN)/snakefmt --check Snakefile rules
 	$(BIN)/snakemake --lint
+
+# config.schema.yaml from config.skeleton.yaml and the settings of settings.py
+schema: $(STAMP)
+	$(BIN)/python -m ntclass.schemagen --write
 
 clean-demo:
 	rm -rf results logs benchmarks/results data/demo .snakemake

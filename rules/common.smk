@@ -7,6 +7,13 @@ from ntclass.config import SCHEMA_PATH, imported_models, model_training
 from ntclass.errors import NtclassError
 from ntclass.evaluate.flywire import flywire_codes
 from ntclass.predict.targets import read_target_meta
+from ntclass.settings import (
+    Evaluation,
+    Partition,
+    Prediction,
+    result_settings,
+    work_settings,
+)
 from ntclass.sources.kinds import SplitPart
 from ntclass.workflow import canonical, configured_sources, demo_outputs
 
@@ -62,41 +69,20 @@ def target_params(wildcards):
 
 
 def partition_params():
-    """How a target is cut into shards and sorted: synapses_per_shard counts only when the
-    number of shards follows from it."""
-    prediction = config["prediction"]
-    auto = prediction["shards"] == "auto"
-    return {
-        "shards": prediction["shards"],
-        "synapses_per_shard": prediction["synapses_per_shard"] if auto else None,
-        "block_size": prediction["block_size"],
-    }
+    """How a target is cut into shards and sorted (its RESULT settings: the WORK ones
+    reach the job as resources)."""
+    return result_settings(Partition, config["prediction"])
 
 
 def prediction_params():
     """The prediction settings a probability depends on (the rest only cut the work)."""
-    return {k: config["prediction"][k] for k in ("device", "mixed_precision")}
+    return result_settings(Prediction, config["prediction"])
 
 
 def evaluation_params():
     """The evaluation settings of rule evaluate (a temperature and an abstention threshold
     arrive as files; the abstention settings count only when it is on)."""
-    abstention = config["evaluation"]["abstention"]
-    return canonical(
-        {
-            k: config["evaluation"][k]
-            for k in (
-                "neuron_rule",
-                "min_synapses",
-                "min_confidence",
-                "signs",
-                "empty_cubes",
-                "group_by",
-            )
-        }
-        | {"neuron_table": config["evaluation"].get("neuron_table")}
-        | {"abstention": abstention if abstention["precision"] is not None else None}
-    )
+    return canonical(result_settings(Evaluation, config["evaluation"]))
 
 
 def abstention_params():

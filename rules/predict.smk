@@ -12,9 +12,10 @@ checkpoint target_synapses:
         "results/benchmarks/target_synapses/{target}.tsv"
     conda:
         ENV
-    # how the work is cut: resources, which Snakemake's rerun triggers leave out
+    # how the work is cut (the WORK settings): resources, which Snakemake's rerun
+    # triggers leave out
     resources:
-        read_batch_rows=config["prediction"]["read_batch_rows"],
+        **work_settings(Partition, config["prediction"]),
     params:
         target=target_params,
         target_name=lambda wc: wc.target,
@@ -40,15 +41,13 @@ rule predict_shard:
     conda:
         ENV
     threads: config["resources"]["predict"]["threads"]
+    # how the work is cut (the WORK settings): resources, which Snakemake's rerun
+    # triggers leave out
     resources:
+        **work_settings(Prediction, config["prediction"]),
         gpu=config["resources"]["predict"]["gpus"],
         mem_mb=config["resources"]["predict"]["mem_mb"],
         runtime=config["resources"]["predict"]["runtime"],
-        # how the work is cut: resources, which Snakemake's rerun triggers leave out
-        rows_per_block=config["prediction"]["rows_per_block"],
-        batch_size=config["prediction"]["batch_size"],
-        workers=config["prediction"]["workers"],
-        jpeg_decoder=config["prediction"]["jpeg_decoder"],
     params:
         shard=lambda wc: int(wc.shard),
         classes=config["classes"],

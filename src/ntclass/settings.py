@@ -1,23 +1,79 @@
 """Typed, frozen settings of the config sections a job uses, built once from the config.
 
-The schema holds every default; these objects take a section as Snakemake validated it
-(defaults filled), refuse keys they do not know and keys they lack, and from then on the
-library passes objects, never dicts. Lists become tuples so that the objects are frozen
-all the way down.
+Each setting is declared once, here, as a field of its section's class with `setting`:
+its type (the annotation; Literal for a choice), its default, its one-line meaning, its
+JSON-schema constraints and its effect: RESULT (it changes what a job makes, so it reaches
+the job as a Snakemake param and a change reruns the job) or WORK (it only cuts how the
+work is done: it reaches the job as a resource, which Snakemake's rerun trigger ignores).
+`python -m ntclass.schemagen --write` builds these sections of config.schema.yaml from
+the declarations (see config/README.md, "Adding a setting").
+
+These objects take a section as Snakemake validated it (defaults filled), refuse keys they
+do not know and keys they lack, and from then on the library passes objects, never dicts.
+Lists become tuples so that the objects are frozen all the way down.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from ntclass.errors import NtclassError
 from ntclass.schema import with_defaults
+
+# what a change of a setting does (see the module's docstring)
+RESULT, WORK = "result", "work"
+# the default of a setting that may be left out, and is None when it is: the schema gives
+# it no default
+ABSENT: Any = type("Absent", (), {"__repr__": lambda self: "ABSENT"})()
+
+
+def setting(default: Any = ABSENT, meaning: str = "", *, effect: str = RESULT,
+            schema: Mapping[str, Any] | None = None, **constraints: Any) -> Any:
+    """A field of a settings class, declaring one config key. `schema`: the key's JSON
+    schema where its annotation does not give it (a $ref, a oneOf, a mapping's keys);
+    `constraints`: JSON-schema keywords added to it (minimum=1, minLength=1, ...)."""
+    if effect not in (RESULT, WORK):
+        raise ValueError(f"effect is {effect!r}, expected {RESULT!r} or {WORK!r}")
+    if effect == WORK and (isinstance(default, bool) or not isinstance(default, int | str)):
+        raise ValueError(f"a WORK setting travels as a Snakemake resource, which is a "
+                         f"number or text; its default is {default!r}")
+    metadata = {"meaning": meaning, "effect": effect, "schema": schema,
+                "constraints": constraints, "declared": default}
+    if isinstance(default, Mapping):
+        return dataclasses.field(default_factory=lambda: dict(default), metadata=metadata)
+    return dataclasses.field(default=None if default is ABSENT else _frozen(default),
+                             metadata=metadata)
+
+
+def section(kind: type[Section], meaning: str) -> Any:
+    """A field that is a section of its own (its keys declared by `kind`): the schema
+    fills it with its defaults when it is left out."""
+    return dataclasses.field(default=None, metadata={"meaning": meaning, "effect": RESULT,
+                                                    "section": kind})
+
+
+def declared(kind: type) -> list[dataclasses.Field]:
+    """The fields of `kind` declared with `setting` or `section`."""
+    return [f for f in fields(kind) if "effect" in f.metadata]
+
+
+def result_settings(kind: type[Section], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The RESULT settings of `kind` in a config section (or a settings object's values):
+    what a job's params carry, as far as they count (`Section.counted`)."""
+    return kind.counted({f.name: values.get(f.name) for f in declared(kind)
+                         if f.metadata["effect"] == RESULT})
+
+
+def work_settings(kind: type[Section], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The WORK settings of `kind` in a config section: what a job's resources carry."""
+    return {f.name: values[f.name] for f in declared(kind) if f.metadata["effect"] == WORK}
 
 
 def _frozen(value: Any) -> Any:
@@ -49,24 +105,74 @@ class Section:
         if unknown:
             raise NtclassError(f"config key '{where}.{unknown[0]}' is unknown; known keys "
                                f"are {', '.join(sorted(known))}")
-        missing = [k for k in known if k not in section and k not in cls.optional]
+        missing = [k for k in known if k not in section and k not in cls.optional_keys()]
         if missing:
             raise NtclassError(f"config key '{where}.{missing[0]}' is missing")
         values = {k: _frozen(section.get(k)) for k in known}
-        for key, kind in cls.nested.items():
+        for key, kind in cls.nested_sections().items():
             if values[key] is not None:
                 values[key] = kind.from_config(section[key], f"{where}.{key}")
         return cls(**values)
 
+    @classmethod
+    def from_job(cls, params: Mapping[str, Any], resources: Any, where: str) -> Self:
+        """From a job's RESULT settings (`params`, as `result_settings` gave them) and its
+        resources, which carry the WORK settings (`work_settings`)."""
+        work = [f.name for f in declared(cls) if f.metadata["effect"] == WORK]
+        return cls.from_config({**params, **{k: resources[k] for k in work}}, where)
 
+    @classmethod
+    def optional_keys(cls) -> tuple[str, ...]:
+        """Keys that may be absent (None then): declared without a default, or sections."""
+        return (*cls.optional, *(f.name for f in declared(cls)
+                                 if f.metadata.get("declared", ABSENT) is ABSENT))
+
+    @classmethod
+    def nested_sections(cls) -> Mapping[str, type[Section]]:
+        return {**cls.nested, **{f.name: f.metadata["section"] for f in declared(cls)
+                                 if "section" in f.metadata}}
+
+    @classmethod
+    def default(cls, key: str) -> Any:
+        """The declared default of `key`."""
+        value = next(f for f in fields(cls) if f.name == key).metadata["declared"]
+        if value is ABSENT:
+            raise KeyError(f"{cls.__name__}.{key} has no default")
+        return _frozen(value)
+
+    @classmethod
+    def counted(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """`result_settings`'s values with those that do not count in this combination set
+        to None (so that changing them reruns nothing); as given by default."""
+        return values
+
+    def results(self) -> dict[str, Any]:
+        """This object's RESULT settings (`result_settings` of its values)."""
+        return result_settings(type(self), {f.name: getattr(self, f.name)
+                                            for f in fields(self)})
 @dataclass(frozen=True)
 class Partition(Section):
     """How a target's synapses are cut into shard jobs and sorted in space."""
 
-    shards: int | str  # a number, or "auto": one per synapses_per_shard
-    synapses_per_shard: int | None  # None unless shards is "auto"
-    block_size: tuple[int, int, int]  # nm, the cells of the spatial sort order
-    read_batch_rows: int  # synapses per batch when the target's source is read
+    shards: int | str = setting(
+        "auto", "Snakemake jobs per model and target: a number, or auto (one per "
+        "synapses_per_shard synapses)",
+        schema={"oneOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}]})
+    # None in a job's settings unless shards is "auto" (`counted`)
+    synapses_per_shard: int | None = setting(
+        1000000, "synapses per shard job where shards is auto", minimum=1)
+    block_size: tuple[int, int, int] = setting(
+        (640, 1024, 1024), "nm; the cells of the spatial sort order of a target's "
+        "synapses: about one raw chunk", schema={"$ref": "#/$defs/shape3"})
+    read_batch_rows: int = setting(
+        1000000, "synapses per batch when a target's source is read", effect=WORK,
+        minimum=1)
+
+    @classmethod
+    def counted(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """synapses_per_shard counts only when the number of shards follows from it."""
+        return {**values, "synapses_per_shard": values["synapses_per_shard"]
+                if values["shards"] == "auto" else None}
 
     def n_shards(self, n_synapses: int) -> int:
         if self.shards == "auto":
@@ -79,12 +185,22 @@ class Prediction(Section):
     """A shard job's settings: the first two change the probabilities, the rest only how
     the work is cut (the JPEG decoders give the same pixels)."""
 
-    device: str  # auto, cpu, cuda or cuda:N
-    mixed_precision: bool  # bf16 autocast on a GPU
-    rows_per_block: int  # synapses per daisy block
-    batch_size: int
-    workers: int  # daisy worker processes
-    jpeg_decoder: str = "auto"  # auto, tensorstore or nvimgcodec (jpeg)
+    device: str = setting("auto", "where the model runs: auto, cpu, cuda or cuda:N")
+    mixed_precision: bool = setting(True, "bf16 autocast on a GPU (ignored on the CPU)")
+    rows_per_block: int = setting(
+        1024, "synapses per daisy block (consecutive in the spatial order)", effect=WORK,
+        minimum=1)
+    batch_size: int = setting(64, "cubes per batch of the model", effect=WORK, minimum=1)
+    workers: int = setting(1, "daisy worker processes per shard job", effect=WORK,
+                           minimum=1)
+    jpeg_decoder: Literal["auto", "tensorstore", "nvimgcodec"] = setting(
+        "auto", "who decodes the chunks of JPEG precomputed raw: TensorStore on the CPU, or "
+        "nvImageCodec in batches (on a CUDA device, cubes cut there; without one its "
+        "CPU-only backend); auto: nvimgcodec on a CUDA device where it is installed, else "
+        "tensorstore. The pixels are the same: changing it reruns nothing", effect=WORK)
+
+
+FIT_ON = "name of a target of type split, e.g. {type: split, part: validation}"
 
 
 @dataclass(frozen=True)
@@ -93,57 +209,123 @@ class Abstention(Section):
     split part to reach a precision of the calls."""
 
     schema: ClassVar = ("properties", "evaluation", "properties", "abstention")
-    optional: ClassVar = ("precision",)
-    precision: float | None  # None: no abstention beyond min_confidence
-    fit_on: str  # the target (a split part) the threshold is fitted on
+    precision: float | None = setting(
+        None, "the precision the calls must reach on fit_on, e.g. 0.9; null: off",
+        exclusiveMinimum=0, maximum=1)
+    fit_on: str = setting("validation", FIT_ON)
 
 
 @dataclass(frozen=True)
 class Evaluation(Section):
     """How predictions become metrics, neuron calls and signed edges."""
 
-    optional: ClassVar[tuple[str, ...]] = ("neuron_table", "abstention")
-    nested: ClassVar = {"abstention": Abstention}
+    neuron_rule: Literal["majority", "mean", "sum"] = setting(
+        "majority", "a neuron's call from its synapses' predictions: the most frequent "
+        "one (confidence: its share of votes), or the argmax of their mean or summed "
+        "probabilities")
+    min_synapses: int = setting(1, "neurons with fewer synapses are called unclear",
+                                minimum=1)
+    min_confidence: float = setting(
+        0.0, "neurons whose call is less confident than this are called unclear",
+        minimum=0, maximum=1)
+    group_by: tuple[str, ...] = setting(
+        (), "columns of the target's synapses (hemilineage, brain_region) or of "
+        "neuron_table (e.g. cell_type) whose groups get a consensus call each (groups.csv, "
+        "and group accuracy in metrics.json)")
+    neuron_table: str | None = setting(
+        meaning="CSV or Parquet with pre_id and group columns (e.g. cell_type) for group_by",
+        schema={"$ref": "#/$defs/path"})
+    empty_cubes: Literal["leave_out", "keep"] = setting(
+        "leave_out", "synapses whose cubes held no data (at least 99 % of their voxels the "
+        "volume's fill value, as where chunks are missing; column empty of the "
+        "predictions): left out of the metrics, neuron calls and edges (counted in the "
+        "report), or kept")
+    abstention: Abstention | None = section(
+        Abstention, "withhold neuron calls that are not sure enough: a neuron is called "
+        "'unclear' where its confidence (the neuron rule's, after temperature scaling where "
+        "that is on) is below a threshold fitted per model on the neuron calls of target "
+        "fit_on, the lowest at which the calls there reach `precision` (the share of called "
+        "labelled neurons called right); the report states the coverage it leaves (the "
+        "share of neurons called). Works with min_confidence: the higher of the two "
+        "applies")  # a fitted threshold arrives as a file
+    signs: Mapping[str, int] = setting(
+        {"acetylcholine": 1, "gaba": -1, "glutamate": -1, "serotonin": 0, "dopamine": 0,
+         "octopamine": 0, "tyramine": 0},
+        "sign of each NT's synapses in the signed edge list: 1 excitatory, -1 inhibitory, "
+        "0 modulatory; NTs not listed get 0",
+        schema={"type": "object", "additionalProperties": {"enum": [-1, 0, 1]}})
 
-    neuron_rule: str  # majority, mean or sum
-    min_synapses: int
-    min_confidence: float
-    signs: Mapping[str, int]  # NT -> 1, -1 or 0; NTs not listed get 0
-    empty_cubes: str  # leave_out or keep: synapses whose cubes held no data
-    group_by: tuple[str, ...] = ()  # columns whose groups get consensus calls
-    neuron_table: str | None = None  # a table of neurons (pre_id and group columns)
-    abstention: Abstention | None = None  # a fitted threshold arrives as a file
+    @classmethod
+    def counted(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """The abstention settings count only when it is on."""
+        abstention = values["abstention"]
+        on = abstention is not None and abstention["precision"] is not None
+        return {**values, "abstention": abstention if on else None}
 
 
 @dataclass(frozen=True)
 class View(Section):
     """How results are shown in neuroglancer."""
 
-    optional: ClassVar[tuple[str, ...]] = ("segmentation",)
     schema: ClassVar[tuple[str, ...]] = ("properties", "view")
-    enabled: bool  # whether `all` asks for the layers
-    viewer: str  # the neuroglancer address the state's URL opens
-    served_at: str  # where `ntclass view` serves local files
-    segmentation: str | None  # a neuroglancer source of the lab's segmentation
-    palette: str  # synister or codex
-    limit: int  # annotations per spatial cell
+    enabled: bool = setting(True, "write the neuroglancer layers (rule neuroglancer, in "
+                            "`all`)")
+    viewer: str = setting("https://neuroglancer-demo.appspot.com",
+                          "the neuroglancer address the state's URL opens")
+    served_at: str = setting("http://127.0.0.1:9000", "where `ntclass view` serves "
+                             "results/ and local raw (the state's sources of local files)")
+    segmentation: str | None = setting(
+        meaning="a neuroglancer source of the lab's segmentation (e.g. precomputed://gs://"
+        "...): shown with the neuron calls as segment properties and linked to the synapses")
+    palette: Literal["synister", "codex"] = setting(
+        "synister", "the colours of the transmitters: the Synister paper's or FlyWire "
+        "Codex's")
+    limit: int = setting(1000, "annotations per spatial cell: what a zoomed-out viewer "
+                         "draws at once", minimum=1)
+
+
+FRACTION = {"type": "number", "minimum": 0, "maximum": 1}
 
 
 @dataclass(frozen=True)
 class Split(Section):
     """How the labelled synapses are split into train, validation and test."""
 
-    optional: ClassVar[tuple[str, ...]] = ("assignment", "mongo_split")
-    method: str  # random, grouped or given
-    assignment: str | None  # given: the split file
-    mongo_split: str | None  # given: a split stored in a MongoDB source
-    group_by: str
-    unknown_groups: tuple[str, ...]
-    fractions: Mapping[str, float]
-    seed: int
-    max_deviation: float
-    node_limit: int
-    mip_gap: float
+    method: Literal["random", "grouped", "given"] = setting(
+        "grouped", "given: the parts of the split file `assignment`, or of a split stored "
+        "in a MongoDB source (`mongo_split`)")
+    mongo_split: str | None = setting(
+        meaning="method given, source of type mongodb: the name of a split Synister stored "
+        "in the synapse documents (field splits.<name>: train, validation or test)",
+        minLength=1)
+    unknown_groups: tuple[str, ...] = setting(
+        ("NA", "NA1", "NONE", "NEW", "NEW2_POSTERIOR", "UNKNOWN",
+         *(f"UNKNOWN{i}" for i in range(10))),
+        "group_by values meaning 'unknown' (compared without case): each neuron with one "
+        "is a group of its own rather than all of them one group (Synister's list of "
+        "unknown hemilineage names)")
+    group_by: str = setting("pre_id", "the column whose values are kept together "
+                            "(grouped): pre_id (the neuron), hemilineage, ...")
+    assignment: str | None = setting(
+        meaning="method given: CSV/Parquet of synapse_id and split (train/validation/test) "
+        "naming every labelled synapse; ntclass import-split converts a legacy .pkl")
+    fractions: Mapping[str, float] = setting(
+        {"train": 0.7, "validation": 0.15, "test": 0.15},
+        "the share of each NT's labelled synapses in each part",
+        schema={"type": "object", "additionalProperties": False,
+                "properties": {"train": FRACTION, "validation": FRACTION, "test": FRACTION}})
+    seed: int = setting(0, "the seed of the random and grouped splits")
+    max_deviation: float = setting(
+        0.05, "the most a part's per-NT fraction may be off its target: a split further "
+        "off stops with a sentence", minimum=0, maximum=1)
+    node_limit: int = setting(
+        20000, "branch-and-bound nodes for the grouped split's integer program: a "
+        "deterministic limit, so that the same data, config and seed give the same split "
+        "on every machine", minimum=1)
+    mip_gap: float = setting(
+        0.001, "the integer program stops once no split can be better by more than this "
+        "(summed |fraction deviation| over NTs and parts); the gap reached is in the split "
+        "summary", minimum=0)
 
     @property
     def stored(self) -> str | None:

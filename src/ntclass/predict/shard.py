@@ -69,10 +69,10 @@ class PredictConfig:
     settings: Prediction
 
     def result_key(self) -> dict:
-        """The settings a prediction's value depends on (not how the work is cut)."""
+        """What a prediction's value depends on: the settings declared RESULT (not how the
+        work is cut), the device as picked, and the versions of the reading."""
         return {"classes": list(self.classes), "voxel_size": _list(self.voxel_size),
-                "device": pick_device(self.settings.device),
-                "mixed_precision": self.settings.mixed_precision,
+                **self.settings.results(), "device": pick_device(self.settings.device),
                 "intensity_range": _list(self.intensity_range), "empty_share": EMPTY_SHARE,
                 "crop_revision": CROP_REVISION, "raw_stamps": RAW_STAMPS}
 

@@ -51,8 +51,8 @@ class SplitOptions:
     """How hard the grouped split's integer program works: limits that depend on the
     problem alone (never on the clock), so every machine finds the same split."""
 
-    node_limit: int = 20000
-    mip_gap: float = 1e-3
+    node_limit: int = Split.default("node_limit")
+    mip_gap: float = Split.default("mip_gap")
 
 
 # weight of the secondary objective (groups per part) against the main one (synapses per
@@ -183,7 +183,8 @@ def check_balance(table: pd.DataFrame, fractions: Mapping[str, float], max_devia
 
 
 def make_split(table: pd.DataFrame, method: str, fractions: Mapping[str, float], seed: int,
-               group_by: str = "pre_id", max_deviation: float = 0.05,
+               group_by: str = Split.default("group_by"),
+               max_deviation: float = Split.default("max_deviation"),
                options: SplitOptions = SplitOptions(), origin: str = "the synapse source",
                unknown_groups: Sequence[str] = ()) -> tuple[pd.DataFrame, dict]:
     """Return `table` with a `split` column (train / validation / test for labelled
