@@ -109,8 +109,6 @@ def cell_of(key, grid_shape) -> list[int]:
 
 @pytest.mark.parametrize("sharded", [False, True])
 def test_annotations_read_back_equal_the_prediction_table(tmp_path, monkeypatch, sharded):
-    # small transactions: a shard is written in several, as at whole-brain scale
-    monkeypatch.setattr("ntclass.view.annotations.BATCH_KEYS", 97)
     table = prediction_table(3000)
     table.to_parquet(tmp_path / "predictions.parquet")
     out = tmp_path / "annotations"
