@@ -347,3 +347,69 @@ def test_spatial_index_samples_clustered_synapses_by_their_densest_cell(tmp_path
     inside = np.all((points >= box[0]) & (points <= box[1]), axis=1)
     assert inside.sum() > 0.9 * len(cells[fullest][0])
     assert sorted(found) == sorted(table.synapse_id[inside].tolist())
+
+
+def read_with_neuroglancer(folder: Path, ids, segments: dict[str, list[int]]) -> dict:
+    """The layer as neuroglancer's own reader decodes it: each annotation by id (point,
+    properties, related segments), each relationship's annotations, each level's cells."""
+    from neuroglancer.read_precomputed_annotations import AnnotationReader
+
+    reader = AnnotationReader(f"file://{folder}")
+    out = {"by_id": {}, "related": {}, "spatial": []}
+    for key in ids:
+        a = reader.by_id[int(key)]
+        out["by_id"][int(key)] = (tuple(np.asarray(a.point).tolist()), tuple(a.props),
+                                  tuple(tuple(int(s) for s in rel) for rel in a.segments))
+    for rel, keys in segments.items():
+        out["related"][rel] = {int(k): sorted(int(a.id) for a in reader.relationships[rel][k])
+                               for k in keys}
+    for level, spec in zip(reader.spatial, reader.metadata["spatial"]):
+        futures = {cell: level.get(cell) for cell in np.ndindex(*spec["grid_shape"])}
+        cells = {cell: [int(a.id) for a in found] for cell, found in
+                 ((cell, future.result()) for cell, future in futures.items()) if found}
+        out["spatial"].append((spec["limit"], spec["grid_shape"], cells))
+    return out
+
+
+def test_parallel_layer_decodes_with_neuroglancer_as_the_one_job_layer(tmp_path):
+    from ntclass.view import annotation_jobs
+
+    table = prediction_table(1600, seed=1)
+    table.to_parquet(tmp_path / "predictions.parquet")
+    ids = table.synapse_id.to_numpy()
+    segments = {"pre_segment": sorted(table.pre_id.unique()),
+                "post_segment": sorted(int(s) for s in table.post_id.dropna().unique())}
+    layers = {}
+    for name, options in {"one": {}, "many": {"rows_per_part": 200, "shard_bytes": 10_000,
+                                              "minishard_keys": 16}}.items():
+        plan = annotation_jobs.plan_annotations(str(tmp_path / "predictions.parquet"), CLASSES,
+                                                tmp_path / "plan", 100, True, **options)
+        jobs = annotation_jobs.index_shards(plan)
+        if name == "many":
+            assert len(plan["parts"]) == 8 and len(jobs) > 2 * len(plan["indices"])
+        else:
+            assert len(plan["parts"]) == 1 and len(jobs) == len(plan["indices"])
+        write_annotations(str(tmp_path / "predictions.parquet"), tmp_path / name, CLASSES,
+                          tmp_path / f"work-{name}", limit=100, sharded=True, **options)
+        layers[name] = read_with_neuroglancer(tmp_path / name, ids, segments)
+    assert len(list((tmp_path / "many" / "by_id").iterdir())) > 1
+    assert layers["many"] == layers["one"]
+
+    # every annotation once, with its properties and relationships, as the table says
+    layer, truth = layers["one"], table.set_index("synapse_id")
+    for key, (point, props, (pre, post)) in layer["by_id"].items():
+        row = truth.loc[key]
+        assert np.allclose(point, [row.x, row.y, row.z], rtol=1e-6)
+        assert np.allclose(props[:-1], [row.confidence, *row[CLASSES]])
+        assert CLASSES[props[-1]] == row.predicted_nt
+        assert pre == (row.pre_id,) and post == (() if pd.isna(row.post_id) else (row.post_id,))
+    for rel, column in (("pre_segment", "pre_id"), ("post_segment", "post_id")):
+        for segment, found in layer["related"][rel].items():
+            assert found == sorted(truth.index[truth[column] == segment])
+    # every level decoded, no cell over its limit, every synapse in exactly one level
+    assert len(layer["spatial"]) > 2
+    seen = []
+    for limit, _, cells in layer["spatial"]:
+        assert cells and all(0 < len(found) <= limit for found in cells.values())
+        seen += [i for found in cells.values() for i in found]
+    assert sorted(seen) == sorted(ids.tolist())
