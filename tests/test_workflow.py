@@ -350,7 +350,9 @@ def viewed_run(finished_run, tmp_path_factory):
     config["view"] = {"enabled": True}
     config["evaluation"] = {"flywire_tables": True}
     write_config(run, config)
-    assert planned_jobs(run) == {"neuroglancer": 1, "flywire_tables": 1, "all": 1}
+    # the map and reduce jobs are planned once the checkpoint annotation_plan has run
+    assert planned_jobs(run) == {"annotation_plan": 1, "neuroglancer": 1, "flywire_tables": 1,
+                                 "all": 1}
     snakemake(run)
     return run
 

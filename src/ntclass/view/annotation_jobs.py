@@ -168,6 +168,15 @@ def plan_annotations(predictions: str, classes: Sequence[str], work: Path,
             "parts": parts, "indices": indices}
 
 
+def write_plan(plan: dict, path: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(plan, indent=1))
+
+
+def read_plan(path: str) -> dict:
+    return json.loads(Path(path).read_text())
+
+
 def _levels(points, share: float, lower, upper, limit: int) -> tuple[list[dict], list[float]]:
     """The spatial levels (then the spare ones) and each level's cumulative quota."""
     grid, chunk = [1, 1, 1], [u - lo for u, lo in zip(upper, lower)]
@@ -219,14 +228,15 @@ def _column(table: pa.Table, name: str, dtype) -> np.ndarray:
     return table.column(name).to_numpy(zero_copy_only=False).astype(dtype)
 
 
-def map_annotations(plan: dict, part: int, out: Path) -> int:
-    """Encode the annotations of row range `part` once and file them under (index, shard)
-    as one Parquet part; returns the rows written."""
+def map_annotations(plan: dict, part: int, out: Path, predictions: str | None = None) -> int:
+    """Encode the annotations of row range `part` of `predictions` (by default the
+    planned table) once and file them under (index, shard) as one Parquet part; returns
+    the rows written."""
     classes = plan["classes"]
     start, end = plan["parts"][part]
     columns = ["synapse_id", "x", "y", "z", "confidence", *classes, "predicted_nt",
                "pre_id", "post_id"]
-    table = _read_rows(plan["predictions"], start, end, columns)
+    table = _read_rows(predictions or plan["predictions"], start, end, columns)
     n, size = table.num_rows, record_size(classes)
     record = np.zeros((n, size // 4), "<u4")
     floats = record.view("<f4")

@@ -13,6 +13,7 @@ import pandas as pd
 from ntclass.io import NamedOutputs, atomic_path
 from ntclass.settings import View
 from ntclass.sql import duckdb_connection, query_one
+from ntclass.view.annotation_jobs import assemble_annotations
 from ntclass.view.annotations import write_annotations
 from ntclass.view.segments import write_segment_properties
 from ntclass.view.state import raw_axis_names, raw_source, state, state_page, state_url
@@ -32,12 +33,17 @@ class ViewOutputs(NamedOutputs):
 
 def write_view(predictions: str, neurons: str, outputs: ViewOutputs, *,
                classes: Sequence[str], settings: View, raw: Sequence[str] | None,
-               voxel_size: Sequence[int] | None, name: str, model: str, target: str
-               ) -> dict:
-    """Annotations, segment properties and the state (JSON and URL); returns the state."""
+               voxel_size: Sequence[int] | None, name: str, model: str, target: str,
+               layer: tuple[dict, Sequence[tuple[int, str]]] | None = None) -> dict:
+    """Annotations, segment properties and the state (JSON and URL); returns the state.
+    `layer`: the plan and the reduced shards (index, folder) of an annotation layer
+    written by jobs, assembled here; None writes the whole layer here."""
     work = Path(outputs.annotations).parent / ".annotations-work"
-    write_annotations(predictions, Path(outputs.annotations), classes, work,
-                      limit=settings.limit)
+    if layer is None:
+        write_annotations(predictions, Path(outputs.annotations), classes, work,
+                          limit=settings.limit)
+    else:
+        assemble_annotations(*layer, Path(outputs.annotations))
     write_segment_properties(pd.read_csv(neurons, dtype={"predicted_nt": "string"}),
                              Path(outputs.segments))
     source, axes = None, ()
