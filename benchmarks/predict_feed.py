@@ -102,16 +102,18 @@ def create(layout: str, root: Path, shape: tuple[int, int, int], chunk: tuple[in
     return store, str(path), "raw"
 
 
-def write_volume(layout: str, root: Path, shape, chunk, seed: int = 0) -> tuple[str, str, float]:
-    """The same EM-like voxels in `layout`; returns container, dataset, compression."""
+def write_volume(layout: str, root: Path, shape, chunk, seed: int = 0, tile: int = 1024
+                 ) -> tuple[str, str, float]:
+    """The same EM-like voxels in `layout` (from a texture of `tile`^2 voxels a section,
+    shifted about); returns container, dataset, compression."""
     rng = np.random.default_rng(seed)
-    tile = em_tile(rng, (chunk[0], 1024, 1024))
+    tile = em_tile(rng, (chunk[0], tile, tile))
     store, container, dataset = create(layout, root, shape, chunk)
     for z in range(0, shape[0], tile.shape[0]):
         slab = np.empty((min(tile.shape[0], shape[0] - z), *shape[1:]), np.uint8)
         for y in range(0, shape[1], tile.shape[1]):
             for x in range(0, shape[2], tile.shape[2]):
-                piece = np.roll(tile, rng.integers(0, 1024, 2), axis=(1, 2))
+                piece = np.roll(tile, rng.integers(0, tile.shape[1], 2), axis=(1, 2))
                 h, w = min(tile.shape[1], shape[1] - y), min(tile.shape[2], shape[2] - x)
                 slab[:, y:y + h, x:x + w] = piece[:len(slab), :h, :w]
         store[z:z + len(slab)].write(slab).result()
@@ -125,6 +127,10 @@ class FeedOnly(BlockPredictor):
 
     def _run(self, model, batch, intensity) -> np.ndarray:
         return np.zeros((len(batch), len(self.cfg.classes)), np.float32)
+
+    @classmethod
+    def cube_placement(cls, model_path, cfg) -> tuple[tuple, str]:
+        return tuple(CUBE), "ntclass"
 
     def model(self):
         if self._model is None:

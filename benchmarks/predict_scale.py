@@ -69,10 +69,15 @@ def virtual_fafb(path: Path) -> None:
 def synapse_table(n: int, seed: int) -> pd.DataFrame:
     """`n` synapses at FAFB density in a box (isotropic in nm) inside FAFB: 100 synapses a
     neuron, partners drawn among the same neurons, a tenth of the neurons labelled."""
-    rng = np.random.default_rng(seed)
     side_nm = (n / FAFB_DENSITY * VOXEL.prod()) ** (1 / 3)
     box = np.minimum(side_nm, np.array(FAFB_SHAPE) * VOXEL * 0.9)
-    start = (np.array(FAFB_SHAPE) * VOXEL - box) / 2
+    return labelled_synapses(n, seed, (np.array(FAFB_SHAPE) * VOXEL - box) / 2, box)
+
+
+def labelled_synapses(n: int, seed: int, start: np.ndarray, box: np.ndarray) -> pd.DataFrame:
+    """`n` synapses uniform in the box (nm) from `start`: 100 a neuron, partners drawn among
+    the same neurons, a tenth of the neurons labelled."""
+    rng = np.random.default_rng(seed)
     locations = start + rng.uniform(0, 1, (n, 3)) * box
     neurons = max(1, n // 100)
     pre = rng.integers(0, neurons, n)

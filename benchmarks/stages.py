@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from predict_feed import FAFB_DENSITY, LAYOUTS, VOXEL, write_volume
-from predict_scale import CONFIG, run_snakemake
+from predict_scale import CONFIG, labelled_synapses, run_snakemake
 
 from ntclass.costs import stage_costs
 
@@ -44,20 +44,8 @@ PEAK_BOUND_MB = 1200
 
 
 def labelled_target(n: int, shape: tuple[int, int, int], seed: int) -> pd.DataFrame:
-    """`n` synapses uniform in the slab: 100 a neuron, partners among the same neurons, a
-    tenth of the neurons labelled."""
-    rng = np.random.default_rng(seed)
-    locations = rng.uniform(0, 1, (n, 3)) * np.array(shape) * np.array(VOXEL)
-    neurons = max(1, n // 100)
-    classes = np.asarray(CONFIG["classes"], dtype=object)
-    pre = rng.integers(0, neurons, n)
-    nts = classes[rng.integers(0, len(classes), neurons)]
-    labelled = rng.uniform(size=neurons) < 0.1
-    return pd.DataFrame({
-        "synapse_id": np.arange(n, dtype=np.uint64) + 10**12,
-        "z": locations[:, 0], "y": locations[:, 1], "x": locations[:, 2],
-        "pre_id": pre + 10**9, "post_id": rng.integers(0, neurons, n) + 10**9,
-        "nt": np.where(labelled[pre], nts[pre], None)})
+    """`n` labelled synapses uniform in the slab."""
+    return labelled_synapses(n, seed, np.zeros(3), np.array(shape) * np.array(VOXEL))
 
 
 def outputs(n: int) -> list[str]:

@@ -1,4 +1,5 @@
 # Helpers only: paths, wildcard constraints, target lists.
+import os
 import re
 import sys
 
@@ -7,26 +8,26 @@ from ntclass.errors import NtclassError
 from ntclass.evaluate.flywire import flywire_codes
 from ntclass.predict.targets import read_target_meta
 from ntclass.sources.kinds import SplitPart
-from ntclass.workflow import canonical, configured_sources, demo_data_under
+from ntclass.view.annotation_jobs import FIRST_SPATIAL, index_shards, read_plan
+from ntclass.workflow import canonical, configured_sources, demo_outputs
 
-# ntclass as a Snakemake module (`module ntclass: ... prefix: "nt"`): Snakemake prefixes the
-# paths of inputs and outputs; the paths below are made to agree with it. PREFIX is read
-# now, while the module's path modifier is the current one.
-PREFIX = str(workflow.modifier.modify_path("_"))[:-1]
-# the demo's data are ntclass's own outputs: under the prefix too
-config = demo_data_under(config, PREFIX)
-
-
-def written(path):
-    """A path ntclass writes, as its rules see it (under the module's prefix): for params,
-    which Snakemake does not prefix."""
-    return PREFIX + path
+# ntclass as a Snakemake module (`module ntclass: ... prefix: "nt"` or `replace_prefix:`):
+# Snakemake moves the paths of inputs and outputs, and may put them in a remote storage.
+# Nothing here knows where they end up: paths of ntclass's own files reach the jobs from
+# their inputs and outputs (params functions over output, rules.<name>.output, the
+# script's snakemake.input), never from a path built here.
+DEMO_MADE = {os.path.normpath(path) for path in demo_outputs(config)}
 
 
 def as_given(files):
-    """Paths the config names (the lab's data): inputs kept where the lab put them, relative
-    to its working directory, which Snakemake would otherwise prefix."""
-    return {role: local(path) for role, path in files.items()}
+    """Paths the config names as inputs. The lab's data stay where the lab put them
+    (local(): relative to its working directory, which Snakemake would otherwise prefix);
+    the demo's data are ntclass's own outputs, left to Snakemake to move with rule
+    demo_data's."""
+    return {
+        role: path if os.path.normpath(path) in DEMO_MADE else local(path)
+        for role, path in files.items()
+    }
 
 
 MODELS = list(config["models"])
@@ -49,17 +50,6 @@ wildcard_constraints:
     model="|".join(re.escape(m) for m in MODELS),
     target="|".join(re.escape(t) for t in TARGETS),
     shard=r"\d+",
-
-
-def work_cut(section, *keys):
-    """How a job's work is cut (read batches, blocks, batch sizes, workers), for its script.
-    To Snakemake these are derived from the job's resources, and it leaves such params out
-    of its rerun trigger: a result does not change with how its work was cut."""
-
-    def values(wildcards, resources):
-        return {key: config[section][key] for key in keys}
-
-    return values
 
 
 # keys of a target that only its MongoDB write-back reads
@@ -218,21 +208,30 @@ def evaluation_inputs(wildcards):
     return inputs
 
 
+SUPERSEDED_EVALUATION = (
+    "metrics",
+    "report",
+    "neurons",
+    "edges",
+    "confusion",
+    "calibration",
+)
+
+
 def superseded_outputs(wildcards):
-    """The outputs made from a model's predictions of a target (see rule predict_shard)."""
-    m, t = wildcards.model, wildcards.target
-    predictions = ["predictions.parquet", "predictions.csv", "mongo_write_back.json"]
-    evaluation = [
-        "metrics.json",
-        "report.txt",
-        "neurons.csv",
-        "edges.csv",
-        "confusion.png",
-        "calibration.png",
-    ]
-    return [written(f"results/predictions/{m}/{t}/{name}") for name in predictions] + [
-        written(f"results/evaluation/{m}/{t}/{name}") for name in evaluation
-    ]
+    """The outputs made from a model's predictions of a target (see rule predict_shard),
+    where Snakemake puts them."""
+    made = [
+        rules.merge_predictions.output.parquet,
+        rules.prediction_csv.output.csv,
+        rules.mongo_write_back.output.receipt,
+    ] + [rules.evaluate.output[name] for name in SUPERSEDED_EVALUATION]
+    return expand(made, model=wildcards.model, target=wildcards.target)
+
+
+def prediction_folder(output):
+    """The folder of a model's predictions of a target, from a shard's output path."""
+    return os.path.dirname(os.path.dirname(output.shard))
 
 
 def evaluation_targets():
@@ -264,6 +263,12 @@ def view_raw(wildcards):
     return [raw_container, described.raw_dataset] if raw_container else None
 
 
+def view_raw_input(wildcards):
+    """A target's raw when it is a local file: an input, so that the view's script finds
+    it where Snakemake put it (the demo's under a module's prefix)."""
+    return {k: v for k, v in target_raw(wildcards).items() if k == "raw"}
+
+
 def flywire_targets():
     """FlyWire-style tables of every model and target, when asked for."""
     if not config["evaluation"]["flywire_tables"]:
@@ -282,3 +287,49 @@ def view_targets():
     return expand(
         "results/view/{model}/{target}/state.json", model=MODELS, target=TARGETS
     )
+
+
+# The annotation layer's jobs (rules/view.smk): a plan, map and reduce jobs.
+JOBS = "results/view/{model}/{target}/annotation_jobs"
+
+
+def annotation_plan(wildcards):
+    """The plan of a model and target's annotation layer (known once its checkpoint ran)."""
+    return read_plan(
+        checkpoints.annotation_plan.get(
+            model=wildcards.model, target=wildcards.target
+        ).output.plan
+    )
+
+
+def annotation_parts(wildcards):
+    return expand(
+        f"{JOBS}/parts/{{part}}.parquet",
+        model=wildcards.model,
+        target=wildcards.target,
+        part=range(len(annotation_plan(wildcards)["parts"])),
+    )
+
+
+def annotation_overflow_in(wildcards):
+    """What the cells of the level above overflow into this spatial level's shards."""
+    index = int(wildcards.index)
+    if index <= FIRST_SPATIAL:
+        return []
+    jobs = index_shards(annotation_plan(wildcards))
+    return [
+        f"{JOBS}/overflow/{index - 1}/{shard}.parquet".format(
+            model=wildcards.model, target=wildcards.target
+        )
+        for i, shard in jobs
+        if i == index - 1
+    ]
+
+
+def annotation_shards(wildcards):
+    return [
+        f"{JOBS}/shards/{index}/{shard}".format(
+            model=wildcards.model, target=wildcards.target
+        )
+        for index, shard in index_shards(annotation_plan(wildcards))
+    ]

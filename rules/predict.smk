@@ -12,13 +12,15 @@ checkpoint target_synapses:
         "results/benchmarks/target_synapses/{target}.tsv"
     conda:
         ENV
+    # how the work is cut: resources, which Snakemake's rerun triggers leave out
+    resources:
+        read_batch_rows=config["prediction"]["read_batch_rows"],
     params:
         target=target_params,
         target_name=lambda wc: wc.target,
         classes=config["classes"],
         voxel_size=config.get("voxel_size"),
         partition=partition_params(),
-        reading=work_cut("prediction", "read_batch_rows"),
     script:
         "../workflow_scripts/target_synapses.py"
 
@@ -37,27 +39,29 @@ rule predict_shard:
         "results/benchmarks/predict_shard/{model}/{target}/{shard}.tsv"
     conda:
         ENV
-    threads: config["prediction"]["threads"]
+    threads: config["resources"]["predict"]["threads"]
     resources:
         gpu=config["resources"]["predict"]["gpus"],
-        mem_mb=config["prediction"]["mem_mb"],
+        mem_mb=config["resources"]["predict"]["mem_mb"],
         runtime=config["resources"]["predict"]["runtime"],
+        # how the work is cut: resources, which Snakemake's rerun triggers leave out
+        rows_per_block=config["prediction"]["rows_per_block"],
+        batch_size=config["prediction"]["batch_size"],
+        workers=config["prediction"]["workers"],
+        jpeg_decoder=config["prediction"]["jpeg_decoder"],
     params:
         shard=lambda wc: int(wc.shard),
         classes=config["classes"],
         voxel_size=config.get("voxel_size"),
         intensity_range=target_intensity_range,
         prediction=prediction_params(),
-        work=work_cut("prediction", "rows_per_block", "batch_size", "workers"),
         # daisy's done markers: outside the declared outputs so a killed shard resumes
-        work_dir=lambda wc: written(
-            f"results/predictions/{wc.model}/{wc.target}/work/{wc.shard}"
+        work_dir=lambda wc, output: os.path.join(
+            prediction_folder(output), "work", wc.shard
         ),
         # finished predictions by location, model and settings: a new release of the
         # target predicts only its new synapses
-        cache_dir=lambda wc: written(
-            f"results/predictions/{wc.model}/{wc.target}/cache"
-        ),
+        cache_dir=lambda wc, output: os.path.join(prediction_folder(output), "cache"),
         # outputs of an earlier prediction of this model and target, removed when a shard
         # starts anew: a rerun that fails leaves none of them looking current
         supersedes=superseded_outputs,

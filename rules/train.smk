@@ -25,7 +25,9 @@ rule train:
     params:
         training=training_params,
         # not an output: Snakemake would wipe it, and with it the checkpoints to resume from
-        checkpoints=lambda wc: written(f"results/models/{wc.model}/checkpoints"),
+        checkpoints=lambda wc, output: os.path.join(
+            os.path.dirname(output.model), "checkpoints"
+        ),
     script:
         "../workflow_scripts/train.py"
 

@@ -1,46 +1,3 @@
-from ntclass.view.annotation_jobs import FIRST_SPATIAL, index_shards, read_plan
-
-JOBS = "results/view/{model}/{target}/annotation_jobs"
-
-
-def annotation_plan(wildcards):
-    """The plan of a model and target's annotation layer (known once its checkpoint ran)."""
-    return read_plan(
-        checkpoints.annotation_plan.get(
-            model=wildcards.model, target=wildcards.target
-        ).output.plan
-    )
-
-
-def annotation_parts(wildcards):
-    return expand(
-        f"{JOBS}/parts/{{part}}.parquet",
-        model=wildcards.model,
-        target=wildcards.target,
-        part=range(len(annotation_plan(wildcards)["parts"])),
-    )
-
-
-def annotation_overflow_in(wildcards):
-    """What the cells of the level above overflow into this spatial level's shards."""
-    index = int(wildcards.index)
-    if index <= FIRST_SPATIAL:
-        return []
-    jobs = index_shards(annotation_plan(wildcards))
-    return [
-        f"{JOBS}/overflow/{index - 1}/{shard}.parquet".format(**wildcards)
-        for i, shard in jobs
-        if i == index - 1
-    ]
-
-
-def annotation_shards(wildcards):
-    return [
-        f"{JOBS}/shards/{index}/{shard}".format(**wildcards)
-        for index, shard in index_shards(annotation_plan(wildcards))
-    ]
-
-
 checkpoint annotation_plan:
     """The jobs of the annotation layer: its levels and quotas, each index's sharding and
     the row ranges of the map jobs, from one streaming scan of the predictions."""
@@ -57,6 +14,10 @@ checkpoint annotation_plan:
     params:
         classes=config["classes"],
         limit=config["view"]["limit"],
+        rows_per_part=config["view"]["synapses_per_job"],
+        sharded_above=config["view"]["sharded_above"],
+        minishard_keys=config["view"]["keys_per_minishard"],
+        shard_bytes=int(config["view"]["shard_mb"] * 1e6),
     script:
         "../workflow_scripts/annotation_plan.py"
 
@@ -110,6 +71,7 @@ rule neuroglancer:
     one folder), the neuron calls as segment properties and a state (JSON and URL) showing
     both over the raw."""
     input:
+        unpack(view_raw_input),
         predictions="results/predictions/{model}/{target}/predictions.parquet",
         neurons="results/evaluation/{model}/{target}/neurons.csv",
         plan=f"{JOBS}/plan.json",

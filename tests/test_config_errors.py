@@ -43,6 +43,8 @@ def with_(path: str, value):
     (with_("source.table", "$NTCLASS_UNSET_FOLDER/s.csv"),
      "file '$NTCLASS_UNSET_FOLDER/s.csv' given as source.table does not exist (environment "
      "variable NTCLASS_UNSET_FOLDER is not set"),
+    (with_("prediction.mem_mb", 2000), "config key 'prediction.mem_mb' has moved to "
+     "resources.predict.mem_mb"),
     (with_("split", {"method": "given"}), "config key 'split.assignment' is missing"),
     (with_("evaluation", {"temperature_scaling": {"enabled": True}}),
      "evaluation.temperature_scaling.fit_on 'validation' is not a target of type split; "

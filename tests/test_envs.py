@@ -23,9 +23,17 @@ def requirement_name(requirement: str) -> str:
     return normalise(re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0])
 
 
-def project_packages() -> set[str]:
+def project_packages(extra: str | None = None) -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return {requirement_name(r) for r in project["dependencies"]}
+    wanted = project["dependencies"] + (project["optional-dependencies"][extra] if extra
+                                        else [])
+    return {requirement_name(r) for r in wanted}
+
+
+# the GPU rules' env carries the `gpu` extra; the lock pins the part of it that runs on the
+# CPU (nvImageCodec's CPU-only backend, tested in CI)
+EXTRAS = {"cluster-cuda.yaml": "gpu"}
+LOCKED_EXTRA = {"nvidia-nvimgcodec-cu12"}
 
 
 def locked_versions() -> dict[str, str]:
@@ -58,13 +66,16 @@ def test_there_is_a_workstation_and_a_cuda_cluster_env():
 @pytest.mark.parametrize("path", ENV_FILES, ids=lambda p: p.name)
 def test_env_lists_the_project_packages_at_the_locked_versions(path):
     pins = env_pins(path)
-    assert set(pins) == project_packages()
+    assert set(pins) == project_packages(EXTRAS.get(path.name))
     locked = locked_versions()
-    assert {name: locked[name] for name in pins} == pins
+    assert {name: locked[name] for name in pins if name in locked} == {
+        name: pins[name] for name in pins if name in locked}
+    assert set(pins) - set(locked) <= project_packages("gpu")  # GPU-only wheels
 
 
 def test_lock_pins_every_project_package_and_only_test_tools_besides():
-    assert set(locked_versions()) - project_packages() == TEST_ONLY
+    assert set(locked_versions()) - project_packages() == TEST_ONLY | LOCKED_EXTRA
+    assert LOCKED_EXTRA <= project_packages("gpu")
     assert project_packages() <= set(locked_versions())
 
 

@@ -146,7 +146,7 @@ def test_a_workflow_predicts_from_a_remote_volume(served, tmp_path):
                        merged[[f"{c}_local" for c in CLASSES]].to_numpy(float), atol=1e-6)
     # the neuroglancer state shows the remote raw as given, over the synapses' layer
     state = json.loads((tmp_path / "results/view/own/em/state.json").read_text())
-    assert state["layers"][0]["source"] == container
+    assert state["layers"][0]["source"] == [{"url": container}]
     info = json.loads((tmp_path / "results/view/own/em/annotations/info").read_text())
     assert info["@type"] == "neuroglancer_annotations_v1"
 

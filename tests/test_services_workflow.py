@@ -127,8 +127,8 @@ def test_slurm_profile_installed_by_the_readme_runs_the_workflow_as_typed(slurm_
 
     # the workflow's needs, sized for this small node
     config = {**TINY_CONFIG, "training": QUICK_TRAINING,
-              "prediction": {**TINY_CONFIG["prediction"], "mem_mb": 2000},
               "resources": {"train": {"mem_mb": 2000, "runtime": 30},
+                            "predict": {"mem_mb": 2000},
                             "split": {"mem_mb": 2000, "runtime": 10}}}
     local, cluster = tmp_path / "local", tmp_path / "cluster"
     for d in (local, cluster):

@@ -1,5 +1,11 @@
 import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -7,6 +13,7 @@ import pytest
 import torch
 from conftest import CLASSES
 
+import ntclass
 from ntclass.errors import NtclassError
 from ntclass.settings import Augment, Loss, Neither
 from ntclass.sources.synapses import read_table_source
@@ -60,6 +67,12 @@ def test_model_file_round_trip(manifest, tmp_path):
         assert model(torch.zeros(1, 1, 4, 24, 24)).shape == (1, len(CLASSES))
     losses = pd.read_csv(out / "loss.csv")
     assert list(losses["iteration"]) == [1, 2, 3, 4, 5, 6]
+    # the last checkpoint holds the bare model's weights, as Synister and gunpowder read them
+    from ntclass.models.checkpoints import read_checkpoint
+    (folder,) = (out / "checkpoints").iterdir()
+    state, _ = read_checkpoint(folder / "model_checkpoint_6")
+    last = torch.load(out / "last.pt", weights_only=True)["state_dict"]
+    assert state.keys() == last.keys() and all(torch.equal(state[k], last[k]) for k in last)
 
 
 def test_model_pt_is_the_best_validated_model_and_the_last_is_kept(manifest, tmp_path):
@@ -232,59 +245,95 @@ def test_a_neither_class_is_trained_on_background_cubes(manifest, tmp_path):
             name="without")
 
 
-@pytest.mark.parametrize("kill", ["while writing checkpoint 6", "before atomic writes"])
-def test_a_run_killed_while_writing_a_checkpoint_resumes_from_the_last_good_one(
-        manifest, tmp_path, caplog, kill):
-    """The files a kill can leave: a partial temporary checkpoint (atomic writes), or, from
-    a writer without them, a truncated checkpoint under its final name; and a loss log
-    torn in its last row. The resumed run equals an uninterrupted one."""
-    cfg = replace(SMALL, validate_every=0)
-    whole = torch.load(run(manifest, tmp_path, cfg, "whole") / "model.pt",
-                       weights_only=True)["state_dict"]
-    killed = run(manifest, tmp_path, cfg, "killed")
-    (folder,) = (killed / "checkpoints").iterdir()
-    final = folder / "model_checkpoint_6"
-    data = final.read_bytes()
-    if kill == "while writing checkpoint 6":
-        final.unlink()
-        (folder / "incomplete-model_checkpoint_6").write_bytes(data[:len(data) // 2])
-    else:
-        final.write_bytes(data[:len(data) // 2])
-    with open(folder / "loss.csv", "a") as f:
-        f.write("3,0.4")  # a row cut short by the kill
-    for name in ("model.pt", "last.pt", "loss.csv"):
-        (killed / name).unlink()
-
-    with caplog.at_level(logging.INFO, logger="ntclass.train.run"):
-        run(manifest, tmp_path, cfg, "killed")
-    assert "resuming from iteration 3" in caplog.text
-    if kill == "before atomic writes":
-        assert f"checkpoint {final} does not load" in caplog.text
-        assert f"resuming from {folder / 'model_checkpoint_3'}" in caplog.text
-        assert (folder / "damaged-model_checkpoint_6").exists()
-    assert not list(folder.glob("incomplete-*"))
-    resumed = torch.load(killed / "model.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
-    assert pd.read_csv(killed / "loss.csv")["iteration"].tolist() == [1, 2, 3, 4, 5, 6]
+# dropout on: its draws must resume too
+KILLED = replace(SMALL, model_params={**SMALL.model_params, "dropout": 0.5})
 
 
-def test_resume_skips_a_checkpoint_written_ahead_of_its_logged_rows(tmp_path):
-    """gunpowder writes a step's checkpoint before the step's loss row and validation: a
-    kill in between leaves a checkpoint the logs do not reach. Resuming from it would lose
-    those rows, so it is removed and redone from the newest one they reach."""
-    from ntclass.train.run import logged_through, resume_point
+def start_killed_run(manifest, tmp_path, cfg, name, moment) -> subprocess.Popen:
+    """A training process that kills itself around the checkpoint of iteration 6 (see
+    kill_training.py)."""
+    out = tmp_path / name
+    outputs = TrainOutputs(*(str(out / n) for n in ("model.pt", "last.pt", "loss.csv",
+                                                   "validation.csv")))
+    job = tmp_path / f"{name}.pickle"
+    job.write_bytes(pickle.dumps((str(manifest), cfg, outputs, str(out / "checkpoints"), 6,
+                                  moment)))
+    src = str(Path(ntclass.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.Popen([sys.executable, str(Path(__file__).with_name(
+        "kill_training.py")), str(job)], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
 
-    for iteration in (20, 40, 60):
+
+def test_a_run_killed_around_a_checkpoint_resumes_to_the_weights_of_an_uninterrupted_run(
+        manifest, tmp_path, caplog):
+    """Killed (SIGKILL) after step 6's loss row and validation but before its checkpoint,
+    or half-way through the checkpoint's write: the rerun resumes from checkpoint 3, cuts
+    the logs back to it, and ends bit for bit where an uninterrupted run does."""
+    from kill_training import MOMENTS
+
+    killed = {moment: (f"killed{i}", start_killed_run(manifest, tmp_path, KILLED,
+                                                      f"killed{i}", moment))
+              for i, moment in enumerate(MOMENTS)}
+    whole = run(manifest, tmp_path, KILLED, "whole")
+    for moment, (name, proc) in killed.items():
+        output = proc.communicate(timeout=600)[0]
+        assert proc.returncode == -signal.SIGKILL, output[-3000:]
+        (folder,) = (tmp_path / name / "checkpoints").iterdir()
+        # what the kill left: no checkpoint 6, its temporary file, the rows of step 6
+        assert not (folder / "model_checkpoint_6").exists()
+        (left,) = folder.glob(".model_checkpoint_6.tmp-*")
+        assert (left.stat().st_size > 0) == (moment == "while writing the checkpoint")
+        assert pd.read_csv(folder / "loss.csv")["iteration"].tolist() == [1, 2, 3, 4, 5, 6]
+        assert pd.read_csv(folder / "validation.csv")["iteration"].tolist() == [3, 6]
+
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ntclass.train.run"):
+            run(manifest, tmp_path, KILLED, name)
+        assert f"resuming from iteration 3 ({folder / 'model_checkpoint_3'})" in caplog.text
+        assert f"removed {left}" in caplog.text and not left.exists()
+        for file in ("model.pt", "last.pt"):
+            a, b = (torch.load(d / file, weights_only=True) for d in (whole, tmp_path / name))
+            assert a["iteration"] == b["iteration"], (moment, file)
+            assert all(torch.equal(a["state_dict"][k], b["state_dict"][k])
+                       for k in a["state_dict"]), (moment, file)
+        for log_file in ("loss.csv", "validation.csv"):
+            a, b = (pd.read_csv(d / log_file) for d in (whole, tmp_path / name))
+            assert a.drop(columns="seconds", errors="ignore").equals(
+                b.drop(columns="seconds", errors="ignore")), (moment, log_file)
+
+
+def test_a_checkpoint_that_does_not_load_is_set_aside_and_the_logs_cut_to_the_one_used(
+        tmp_path, caplog):
+    from ntclass.train.run import cut_logs_to, newest_checkpoint
+
+    for iteration in (3, 6):
         torch.save({"model_state_dict": {}, "optimizer_state_dict": {}},
                    tmp_path / f"model_checkpoint_{iteration}")
-    rows = "".join(f"{i},0.5,1.0\n" for i in range(1, 46))
-    (tmp_path / "loss.csv").write_text("iteration,loss,seconds\n" + rows + "46,0.")
-    (tmp_path / "validation.csv").write_text("iteration,loss,accuracy\n40,0.5,0.5\n")
-    assert logged_through(tmp_path, 40) == 45
-    assert resume_point(tmp_path, 45) == 40
-    assert sorted(p.name for p in tmp_path.glob("model_checkpoint_*")) == [
-        "model_checkpoint_20", "model_checkpoint_40"]
-    # the validation due at 40 missing: the logs reach 39 only
-    (tmp_path / "validation.csv").write_text("iteration,loss,accuracy\n")
-    assert logged_through(tmp_path, 40) == 39
-    assert resume_point(tmp_path, 39) == 20
+    data = (tmp_path / "model_checkpoint_6").read_bytes()
+    # torn under its final name (the loop never writes so; a copy or a disk may)
+    (tmp_path / "model_checkpoint_6").write_bytes(data[:len(data) // 2])
+    with caplog.at_level(logging.WARNING, logger="ntclass.train.run"):
+        found = newest_checkpoint(tmp_path)
+    assert found.iteration == 3 and found.path == tmp_path / "model_checkpoint_3"
+    assert f"checkpoint {tmp_path / 'model_checkpoint_6'} does not load" in caplog.text
+    assert (tmp_path / "damaged-model_checkpoint_6").exists()
+    assert not (tmp_path / "model_checkpoint_6").exists()
+
+    # rows after the checkpoint go, a torn last one included
+    rows = "".join(f"{i},0.5,1.0\n" for i in range(1, 6))
+    (tmp_path / "loss.csv").write_text("iteration,loss,seconds\n" + rows + "6,0.")
+    (tmp_path / "validation.csv").write_text("iteration,loss,accuracy\n3,0.5,0.5\n"
+                                             "6,0.4,0.6\n")
+    cut_logs_to(tmp_path, 3)
+    assert pd.read_csv(tmp_path / "loss.csv")["iteration"].tolist() == [1, 2, 3]
+    assert pd.read_csv(tmp_path / "validation.csv")["iteration"].tolist() == [3]
+    # a row missing before the checkpoint: refused, naming the folder
+    (tmp_path / "loss.csv").write_text("iteration,loss,seconds\n1,0.5,1.0\n3,0.5,1.0\n")
+    with pytest.raises(NtclassError, match="does not hold the loss of every iteration up "
+                       "to its checkpoint 3"):
+        cut_logs_to(tmp_path, 3)
+
+    (tmp_path / "model_checkpoint_3").write_bytes(b"")
+    assert newest_checkpoint(tmp_path) is None

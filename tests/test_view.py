@@ -4,6 +4,7 @@ through TensorStore's `neuroglancer_uint64_sharded` key-value store."""
 
 from __future__ import annotations
 
+import collections
 import json
 import struct
 from pathlib import Path
@@ -12,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorstore as ts
+from view_helpers import read_with_neuroglancer
 
-from ntclass.view.annotations import write_annotations
+from ntclass.view.annotation_jobs import write_annotations
 
 CLASSES = ["acetylcholine", "gaba", "glutamate", "serotonin"]
 
@@ -165,9 +167,7 @@ def test_annotations_read_back_equal_the_prediction_table(tmp_path, monkeypatch,
 def served_project(tmp_path, monkeypatch):
     """A project folder with one view state and a raw outside it, served by `ntclass
     view`'s file server on a free port."""
-    import threading
-
-    from ntclass.view.serve import file_server, served_state
+    from ntclass.view.serve import FileServer, served_state
     from ntclass.view.state import raw_source, state
 
     project, outside = tmp_path / "project", tmp_path / "elsewhere" / "em.zarr"
@@ -186,14 +186,12 @@ def served_project(tmp_path, monkeypatch):
                   segments_url=f"{written_for}/results/view/m/t/segment_properties",
                   centre_nm=(0, 0, 0), palette="synister", segmentation=None, name="m t")
     (view / "state.json").write_text(json.dumps(value))
-    server = file_server(project, "127.0.0.1", 0)
-    address = f"http://127.0.0.1:{server.server_address[1]}"
+    server = FileServer(project, "127.0.0.1", 0)
+    address = f"http://127.0.0.1:{server.port}"
     chosen = served_state(project, "m", "t", address)
-    server.RequestHandlerClass.outside_roots = chosen.outside_roots
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.allow(chosen.outside_roots)
     yield address, chosen, outside
-    server.shutdown()
-    server.server_close()
+    server.stop()
 
 
 def fetch(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
@@ -226,10 +224,10 @@ def test_view_server_sends_cors_headers_and_byte_ranges(served_project):
 
 def test_view_server_moves_the_state_and_serves_nothing_else(served_project):
     address, chosen, outside = served_project
-    raw = chosen.state["layers"][0]["source"]["url"]
+    raw = chosen.state["layers"][0]["source"][0]["url"]
     assert raw == f"zarr2://{address}/@abs{outside}/raw"
     annotations = chosen.state["layers"][1]["source"]
-    assert annotations == f"precomputed://{address}/results/view/m/t/annotations"
+    assert annotations == [{"url": f"precomputed://{address}/results/view/m/t/annotations"}]
     assert fetch(f"{address}/@abs{outside}/raw/.zarray")[:3:2] == (200, b"{}")
     for refused in ["/@abs" + str(outside.parent / "secret.txt"), "/results/view/",
                     "/../elsewhere/secret.txt", "/%2e%2e/elsewhere/secret.txt",
@@ -349,28 +347,6 @@ def test_spatial_index_samples_clustered_synapses_by_their_densest_cell(tmp_path
     assert sorted(found) == sorted(table.synapse_id[inside].tolist())
 
 
-def read_with_neuroglancer(folder: Path, ids, segments: dict[str, list[int]]) -> dict:
-    """The layer as neuroglancer's own reader decodes it: each annotation by id (point,
-    properties, related segments), each relationship's annotations, each level's cells."""
-    from neuroglancer.read_precomputed_annotations import AnnotationReader
-
-    reader = AnnotationReader(f"file://{folder}")
-    out = {"by_id": {}, "related": {}, "spatial": []}
-    for key in ids:
-        a = reader.by_id[int(key)]
-        out["by_id"][int(key)] = (tuple(np.asarray(a.point).tolist()), tuple(a.props),
-                                  tuple(tuple(int(s) for s in rel) for rel in a.segments))
-    for rel, keys in segments.items():
-        out["related"][rel] = {int(k): sorted(int(a.id) for a in reader.relationships[rel][k])
-                               for k in keys}
-    for level, spec in zip(reader.spatial, reader.metadata["spatial"]):
-        futures = {cell: level.get(cell) for cell in np.ndindex(*spec["grid_shape"])}
-        cells = {cell: [int(a.id) for a in found] for cell, found in
-                 ((cell, future.result()) for cell, future in futures.items()) if found}
-        out["spatial"].append((spec["limit"], spec["grid_shape"], cells))
-    return out
-
-
 def test_parallel_layer_decodes_with_neuroglancer_as_the_one_job_layer(tmp_path):
     from ntclass.view import annotation_jobs
 
@@ -413,3 +389,35 @@ def test_parallel_layer_decodes_with_neuroglancer_as_the_one_job_layer(tmp_path)
         assert cells and all(0 < len(found) <= limit for found in cells.values())
         seen += [i for found in cells.values() for i in found]
     assert sorted(seen) == sorted(ids.tolist())
+
+
+def test_a_whole_brain_layer_is_planned_as_many_independent_jobs(tmp_path, monkeypatch):
+    """FAFB's 2.4e8 synapses, planned from the count alone (no data: the plan's scan is
+    replaced by FAFB's bounds and a uniform sample): every map job and every reduce job
+    of by_id and the relationships is independent of the others, and holds a bounded
+    share of the layer."""
+    from ntclass.view import annotation_jobs as jobs
+
+    n, pre, post = 240_000_000, 130_000, 2_000_000
+    rng = np.random.default_rng(0)
+    extent = np.array([1_000_000.0, 500_000.0, 280_000.0])  # x, y, z in nm
+    sample = rng.uniform(0, 1, (jobs.SAMPLE, 3)) * extent
+    monkeypatch.setattr(jobs, "_scan", lambda predictions, work, share: (
+        [0.0] * 3, extent.tolist(), [pre, post], sample))
+    monkeypatch.setattr(jobs, "_count", lambda predictions: n)
+    plan = jobs.plan_annotations("fafb.parquet", CLASSES, tmp_path, sharded=True)
+    parts = len(plan["parts"])
+    assert parts == -(-n // jobs.ROWS_PER_PART) >= 32
+    assert max(b - a for a, b in plan["parts"]) <= jobs.ROWS_PER_PART
+    by_index = collections.Counter(index for index, _ in jobs.index_shards(plan))
+    # by_id and each relationship: shards of tens of MB, minishards of about 1,000 keys
+    size = jobs.record_size(CLASSES)
+    for index, keys in ((0, n), (1, pre), (2, post)):
+        spec = plan["indices"][index]["sharding"]
+        assert by_index[index] == 1 << spec["shard_bits"]
+        per_minishard = keys / (1 << (spec["shard_bits"] + spec["minishard_bits"]))
+        assert 250 <= per_minishard <= 1000, (index, per_minishard)
+    assert by_index[0] >= 32  # by_id alone: 32 independent reduce jobs or more
+    shard_mb = n * (size + 24) / by_index[0] / 1e6
+    assert 10 <= shard_mb <= 60, shard_mb
+    assert sum(by_index.values()) + parts >= 64

@@ -366,7 +366,7 @@ def test_views_hold_every_prediction_over_the_local_raw(viewed_run):
     assert nt["enum_labels"] == CLASSES
     assert len(list((view / "annotations/by_id").iterdir())) == len(predictions)
     state = json.loads((view / "state.json").read_text())
-    raw = state["layers"][0]["source"]
+    [raw] = state["layers"][0]["source"]
     assert raw["url"] == "zarr2://http://127.0.0.1:9000/data/demo/volume.zarr/volumes/raw/s0"
     assert raw["transform"]["inputDimensions"] == {
         "d0": [4e-8, "m"], "d1": [4e-9, "m"], "d2": [4e-9, "m"]}

@@ -1,11 +1,13 @@
 from ntclass.settings import Split
 from ntclass.sources.kinds import source_of
 from ntclass.split.assign import split_source
-from ntclass.workflow import run_job
+from ntclass.workflow import files_from_inputs, run_job
 
-p, out = snakemake.params, snakemake.output  # noqa: F821 (provided by Snakemake)
+sm = snakemake  # noqa: F821 (provided by Snakemake)
+p, out = sm.params, sm.output
 run_job(
-    snakemake.log[0],  # noqa: F821
-    lambda: split_source(source_of(p.source), p.classes, p.voxel_size,
-                         Split.from_config(p.split, "split"), out.manifest, out.summary),
+    sm.log[0],
+    lambda: split_source(source_of(files_from_inputs(p.source, sm.input)), p.classes,
+                         p.voxel_size, Split.from_config(p.split, "split"), out.manifest,
+                         out.summary),
 )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import os
 from collections.abc import Mapping, Sequence
 
@@ -11,54 +10,10 @@ import jsonschema
 import yaml
 
 from ntclass.errors import NtclassError
+from ntclass.schema import SCHEMA_PATH, filling_defaults, sentence, with_defaults
 from ntclass.settings import Evaluation
 
-_TYPE_NAMES = {"integer": "an integer", "number": "a number", "string": "a string",
-               "boolean": "true or false", "array": "a list", "object": "a mapping",
-               "null": "null"}
-
-
-def _key(path) -> str:
-    return ".".join(str(p) for p in path) or "(top level)"
-
-
-def _expected(error: jsonschema.ValidationError) -> str:
-    v, schema = error.validator, error.schema
-    if v == "type":
-        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        return " or ".join(_TYPE_NAMES.get(t, t) for t in types)
-    if v == "enum":
-        return "one of " + ", ".join(str(e) for e in schema["enum"])
-    if v in ("minimum", "exclusiveMinimum"):
-        return f"a value {'>=' if v == 'minimum' else '>'} {schema[v]}"
-    if v in ("maximum", "exclusiveMaximum"):
-        return f"a value {'<=' if v == 'maximum' else '<'} {schema[v]}"
-    if v in ("minItems", "maxItems"):
-        n = schema.get("minItems"), schema.get("maxItems")
-        return f"a list of {n[0]} items" if n[0] == n[1] else f"a list ({v} {schema[v]})"
-    if v == "pattern":
-        return f"text matching {schema['pattern']}"
-    if v == "uniqueItems":
-        return "no repeated entries"
-    return error.message
-
-
-def _sentence(error: jsonschema.ValidationError) -> str:
-    where = _key(error.absolute_path)
-    if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed))
-        hint = f"; known keys are {', '.join(allowed)}" if allowed else ""
-        prefix = f"'{where}.{extra[0]}'" if error.absolute_path else f"'{extra[0]}'"
-        return f"config key {prefix} is unknown{hint}"
-    if error.validator == "required":
-        missing = [k for k in error.schema["required"] if k not in error.instance][0]
-        full = f"{where}.{missing}" if error.absolute_path else missing
-        return f"config key '{full}' is missing"
-    if error.validator == "propertyNames":
-        return f"config key '{where}' has a name not matching {error.schema['propertyNames']}"
-    return (f"config key '{where}' is {error.instance!r}, expected {_expected(error)}")
-
+__all__ = ["SCHEMA_PATH"]  # the workflow reads the schema's path from here
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """A YAML loader that refuses a key given twice in one mapping (plain YAML keeps the
@@ -120,8 +75,16 @@ def check_unique_keys(paths) -> None:
                 loader.dispose()
 
 
+# keys of a shard job's needs, now under resources.predict like every step's
+MOVED_TO_RESOURCES = ("threads", "mem_mb")
+
+
 def check_config(config: Mapping, schema_path: str | os.PathLike) -> None:
     """Raise NtclassError for the first problem of `config` against the schema."""
+    for key in MOVED_TO_RESOURCES:
+        if key in (config.get("prediction") or {}):
+            raise NtclassError(f"config key 'prediction.{key}' has moved to "
+                               f"resources.predict.{key}, beside the other steps' resources")
     with open(schema_path) as f:
         schema = yaml.safe_load(f)
     validator = jsonschema.Draft202012Validator(schema)
@@ -133,7 +96,7 @@ def check_config(config: Mapping, schema_path: str | os.PathLike) -> None:
             if e.context:
                 error = max(e.context, key=lambda c: len(c.absolute_path))
                 break
-        raise NtclassError(_sentence(error))
+        raise NtclassError(sentence(error))
     if "time_limit" in config.get("split", {}):
         raise NtclassError("config key 'split.time_limit' is replaced by split.node_limit: a "
                            "wall-clock limit gave different splits on different machines")
@@ -151,30 +114,15 @@ def model_training(config: Mapping, model: str, schema_path: str | os.PathLike) 
                            f"known keys are {', '.join(sorted(allowed))}")
     merged = {**copy.deepcopy(dict(config["training"])), **copy.deepcopy(dict(overrides))}
     sub = {**schema["properties"]["training"], "$defs": schema["$defs"]}
-    for error in _filling_defaults(jsonschema.Draft202012Validator)(sub).iter_errors(merged):
+    for error in filling_defaults(jsonschema.Draft202012Validator)(sub).iter_errors(merged):
         path = ["models", model, "training", *error.absolute_path]
         error.path.clear()
         error.path.extend(path)
-        raise NtclassError(_sentence(error))
+        raise NtclassError(sentence(error))
     if merged["neither"]["enabled"] and "neither" not in config["classes"]:
         raise NtclassError(f"training.neither is enabled for model '{model}', but 'neither' "
                            "is not among classes; add it (in any position)")
     return merged
-
-
-def _filling_defaults(validator_class):
-    """A validator that also fills in the schema's defaults (jsonschema's FAQ recipe), so
-    that a model's override of a whole section gets that section's defaults too."""
-    validate_properties = validator_class.VALIDATORS["properties"]
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for name, sub in properties.items():
-                if "default" in sub:
-                    instance.setdefault(name, copy.deepcopy(sub["default"]))
-        yield from validate_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
 def imported_models(config: Mapping) -> list[str]:
@@ -210,35 +158,6 @@ def check_models_and_sources(config: Mapping) -> None:
             raise NtclassError(f"target '{name}' is a part of the split, but there is no "
                                "source to split; give targets of their own (type table, "
                                "cremi or mongodb)")
-
-
-# shipped inside the package, so that an installed wheel finds it too
-SCHEMA_PATH = os.path.join(os.path.dirname(__file__), "config.schema.yaml")
-
-
-@functools.cache
-def _schema() -> dict:
-    """The shipped schema, read once per process (never modified)."""
-    with open(SCHEMA_PATH) as f:
-        return yaml.safe_load(f)
-
-
-def with_defaults(section: Mapping, schema_keys: Sequence[str], where: str) -> dict:
-    """A copy of one config section, checked against its part of the schema (reached by
-    `schema_keys` from the top) with the schema's defaults filled in; `where` names it."""
-    schema = _schema()
-    sub = schema
-    for key in schema_keys:
-        sub = sub[key]
-    filled = copy.deepcopy(dict(section))
-    validator = _filling_defaults(jsonschema.Draft202012Validator)({**sub,
-                                                                    "$defs": schema["$defs"]})
-    for error in validator.iter_errors(filled):
-        path = [*where.split("."), *error.absolute_path]
-        error.path.clear()
-        error.path.extend(path)
-        raise NtclassError(_sentence(error))
-    return filled
 
 
 def evaluation_settings(section: Mapping) -> Evaluation:

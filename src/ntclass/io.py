@@ -27,12 +27,19 @@ class NamedOutputs:
         return cls(**{f.name: str(getattr(named, f.name)) for f in fields(cls)})
 
 
+TEMPORARY = ".{name}.tmp-"  # the temporary sibling's prefix; no resume glob matches it
+
+
 @contextmanager
-def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
+def atomic_path(path: str | os.PathLike, is_dir: bool = False,
+                durable: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
+    `durable` (files only): the file's bytes reach the disk before the rename, and the rename
+    before the block returns, so that a machine crash also leaves the old file or the new
+    one whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{path.name}.tmp-"
+    prefix = TEMPORARY.format(name=path.name)
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     else:
@@ -41,15 +48,37 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
         tmp = Path(name)
     try:
         yield tmp
+        if durable:
+            fsync(tmp)
         if is_dir and path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
+        if durable:
+            fsync(path.parent)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def fsync(path: str | os.PathLike) -> None:
+    """Flush a file's (or a folder's entries') writes to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files `atomic_path` left in `folder` when its process was
+    killed; returns them."""
+    left = [p for p in Path(folder).glob(TEMPORARY.format(name="*") + "*") if p.is_file()]
+    for path in left:
+        path.unlink()
+    return left
 
 
 # the workflow's own CSVs (manifest, prediction shards and tables): text columns stay

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from ntclass.errors import NtclassError
+from ntclass.schema import with_defaults
 
 
 def _frozen(value: Any) -> Any:
@@ -39,8 +40,6 @@ class Section:
     @classmethod
     def from_partial(cls, section: Mapping[str, Any], where: str) -> Self:
         """From a section that may leave keys out: the schema's defaults fill them."""
-        from ntclass.config import with_defaults
-
         return cls.from_config(with_defaults(section, cls.schema, where), where)
 
     @classmethod
@@ -78,13 +77,14 @@ class Partition(Section):
 @dataclass(frozen=True)
 class Prediction(Section):
     """A shard job's settings: the first two change the probabilities, the rest only how
-    the work is cut."""
+    the work is cut (the JPEG decoders give the same pixels)."""
 
     device: str  # auto, cpu, cuda or cuda:N
     mixed_precision: bool  # bf16 autocast on a GPU
     rows_per_block: int  # synapses per daisy block
     batch_size: int
     workers: int  # daisy worker processes
+    jpeg_decoder: str = "auto"  # auto, tensorstore or nvimgcodec (predict.jpeg)
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,10 @@ class View(Section):
     segmentation: str | None  # a neuroglancer source of the lab's segmentation
     palette: str  # synister or codex
     limit: int  # annotations per spatial cell
+    synapses_per_job: int  # rows per annotation_map job
+    sharded_above: int  # synapses above which the indices are sharded
+    keys_per_minishard: int  # about how many keys a minishard holds
+    shard_mb: float  # about how many MB a shard file holds
 
 
 @dataclass(frozen=True)
@@ -298,8 +302,6 @@ class TrainConfig:
     def from_config(cls, values: Mapping[str, Any], where: str = "training") -> TrainConfig:
         """From the model's keys (MODEL_KEYS) and its training keys, which may leave keys
         out: the schema fills them."""
-        from ntclass.config import with_defaults
-
         training = with_defaults({k: v for k, v in values.items() if k not in cls.MODEL_KEYS},
                                  _TRAINING[:-1], where)
         built = {"augment": Augment, "loss": Loss, "neither": Neither, "init_from": InitFrom}

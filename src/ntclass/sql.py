@@ -8,6 +8,11 @@ from pathlib import Path
 import duckdb
 
 
+def quoted(name: str) -> str:
+    """A column name as a DuckDB identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def duckdb_connection(temp_dir: Path, memory_limit: str = "1GB") -> duckdb.DuckDBPyConnection:
     """DuckDB bounded in memory, spilling to `temp_dir`, on the job's cores."""
     con = duckdb.connect()

@@ -162,6 +162,13 @@ def _context(threads: int, cache_bytes: int, tries: int) -> ts.Context:
     return ts.Context(spec)
 
 
+def forget_cached() -> None:
+    """Drop this process's contexts (and the chunks and metadata their caches hold) and
+    key-value stores: the next read sees the stores as they are now."""
+    _context.cache_clear()
+    _open_kvstore.cache_clear()
+
+
 def _kvstore(spec: str) -> ts.KvStore:
     return _open_kvstore(spec, context())
 

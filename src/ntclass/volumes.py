@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -339,7 +340,12 @@ def _voxel_size(stored, configured, name: str) -> tuple[int, int, int]:
 
 @lru_cache(maxsize=64)
 def _open_h5_cached(path: str, pid: int) -> h5py.File:
-    return h5py.File(path, "r")
+    handle = h5py.File(path, "r")
+    _H5_OPENED.add(handle)
+    return handle
+
+
+_H5_OPENED: weakref.WeakSet = weakref.WeakSet()
 
 
 def _open_h5(path: str) -> h5py.File:
@@ -363,6 +369,22 @@ def open_raw_cached(container: str, dataset: str,
     """
     vs = tuple(voxel_size) if voxel_size is not None else None
     return _open_raw_cached(str(container), dataset, vs, load_below, os.getpid())
+
+
+def forget_opened_raw() -> None:
+    """Close the volumes and HDF5 files this process keeps open, and drop TensorStore's
+    cached chunks and metadata: what is read next is the raw as it is now (a process that
+    predicts again after the raw changed)."""
+    _open_raw_cached.cache_clear()
+    for handle in _open_h5_handles():
+        handle.close()
+    _open_h5_cached.cache_clear()
+    stores.forget_cached()
+
+
+def _open_h5_handles() -> list[h5py.File]:
+    # lru_cache does not list its values: reopening a cached key returns the same handle
+    return [h for h in list(_H5_OPENED) if h.id.valid]
 
 
 def write_zarr_volume(container: str | os.PathLike, dataset: str, data: np.ndarray,

@@ -91,24 +91,16 @@ def demo_outputs(config: Mapping) -> set[str]:
     return {str(out / "synapses.csv"), str(out / "volume.zarr"), str(out / "cremi")}
 
 
-def demo_data_under(config: dict, prefix: str) -> dict:
-    """The config with the paths of the demo's data moved under `prefix` (ntclass as a
-    Snakemake module with a prefix writes the demo data there); the lab's own paths stay."""
-    if not prefix:
-        return config
-    made = {os.path.normpath(p) for p in demo_outputs(config)}
+# the section key of each file role of Source.files()
+FILE_KEYS = {"table": "table", "raw": "raw_container", "cremi": "directory"}
 
-    def moved(value):
-        if isinstance(value, dict):
-            return {k: moved(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [moved(v) for v in value]
-        if isinstance(value, str) and os.path.normpath(value) in made:
-            return prefix + value
-        return value
 
-    return {**config, **{key: moved(config[key]) for key in ("source", "targets")
-                         if key in config}}
+def files_from_inputs(section: Mapping, inputs) -> dict:
+    """A source's config section with its files where the job's inputs are: Snakemake may
+    have moved them (the demo's data under a module's prefix, a storage's local copy)."""
+    names = set(inputs.keys())
+    return {**section, **{key: str(getattr(inputs, role)) for role, key in FILE_KEYS.items()
+                          if role in names and key in section}}
 
 
 def configured_sources(config: Mapping) -> tuple:
@@ -134,7 +126,7 @@ def check_source_paths(config: Mapping) -> None:
         for key, path in described.files().items():
             if os.path.normpath(path) in made_by_demo or os.path.exists(path):
                 continue
-            name = {"table": "table", "raw": "raw_container", "cremi": "directory"}[key]
+            name = FILE_KEYS[key]
             kind = "folder" if key == "cremi" else "file"
             raise NtclassError(f"{kind} '{path}' given as {section}.{name} does not exist"
                                f"{unexpanded(path)}")

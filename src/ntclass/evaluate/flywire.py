@@ -10,9 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from ntclass.errors import NtclassError
-from ntclass.evaluate.outofcore import quoted
 from ntclass.io import atomic_path, write_csv
-from ntclass.sql import duckdb_connection
+from ntclass.sql import duckdb_connection, quoted
 
 # class name -> FlyWire's code: lower case in the synapse table's columns and `<code>_avg`,
 # upper case as a neuron's nt_type. Tyramine is not among FlyWire's six; ntclass adds 'tyr'.

@@ -16,8 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ntclass.errors import NtclassError
-from ntclass.evaluate.outofcore import quoted
-from ntclass.sql import duckdb_connection
+from ntclass.sql import duckdb_connection, quoted
 
 COLUMNS = ["group_by", "group", "consensus_nt", "confidence", "agreement", "neurons",
            "known_nt", "correct"]

@@ -33,6 +33,7 @@ from ntclass.evaluate.groups import group_calls, group_metrics, neuron_groups
 from ntclass.ids import ID_DTYPE
 from ntclass.io import NamedOutputs
 from ntclass.settings import Evaluation
+from ntclass.sql import quoted
 
 log = logging.getLogger(__name__)
 NEURON_RULES = ("majority", "mean", "sum")
@@ -276,7 +277,7 @@ SUM_TOLERANCE = 1e-3
 
 def _check_probabilities(con, path: str, classes: Sequence[str]) -> None:
     """Every row's class columns are probabilities: in [0, 1], summing to 1."""
-    columns = [outofcore.quoted(c) for c in classes]
+    columns = [quoted(c) for c in classes]
     total = " + ".join(f"{c}::DOUBLE" for c in columns)
     outside = " OR ".join(f"{c}::DOUBLE < 0 OR {c}::DOUBLE > 1 OR {c} IS NULL"
                           for c in columns)

@@ -17,12 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ntclass.io import NULLABLE_INTEGERS, read_synapse_csv
-from ntclass.sql import duckdb_connection
-
-
-def quoted(name: str) -> str:
-    """A column name as a DuckDB identifier."""
-    return '"' + name.replace('"', '""') + '"'
+from ntclass.sql import duckdb_connection, quoted
 
 
 def connect(predictions: str | os.PathLike | pd.DataFrame, work: Path,

@@ -82,7 +82,9 @@ def check_cubes_hold_data(con, listed: str, target_dir: str) -> None:
                 f"raw '{container}' (dataset '{dataset}'): {empty / n:.0%} of the {n} "
                 "synapses' cubes hold no data (at least 99 % of their voxels are the fill "
                 "value, as where chunks are missing or were never written); check that the "
-                "volume is complete and that the synapse locations lie in its imaged part")
+                "volume is complete and that the synapse locations lie in its imaged part "
+                "(a volume completed since its shards were predicted: rerun with "
+                "--forcerun predict_shard)")
 
 
 def write_predictions_csv(parquet: str, out_csv: str) -> None:

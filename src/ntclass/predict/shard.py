@@ -2,16 +2,19 @@
 
 A target's synapses come partitioned by shard and sorted spatially (`targets`). A shard
 job
+  stamps: each synapse with the identity of the raw its cube is read from now
+         (`rawstamps`: the volume's metadata and the chunk files its cube touches);
   plans: its synapses whose prediction is not yet in the target's cache (keyed by the
-         model file, the settings and each synapse's raw volume and location), sorted,
-         into `todo.parquet`; blocks are runs of `rows_per_block` consecutive rows, so no
-         block is empty and a block reads only its own rows;
+         model file, the settings and each synapse's raw volume, location and raw stamp),
+         sorted, into `todo.parquet`; blocks are runs of `rows_per_block` consecutive
+         rows, so no block is empty and a block reads only its own rows;
   reads: the cubes of a block, asynchronously and in parallel (`cubes`);
   infers: batch by batch while later cubes are still being read;
   writes: each block's result atomically next to daisy's done markers (a killed shard
          resumes where it stopped), then all of them into the cache, then the shard's
          table: every synapse of the shard exactly once, joined from the cache.
-A new release of a target thus predicts only the synapses whose location is new.
+A new release of a target thus predicts only the synapses whose location is new, and a
+rerun after the raw changed only those whose cubes touch what changed.
 """
 
 from __future__ import annotations
@@ -37,16 +40,22 @@ from ntclass.errors import NtclassError
 from ntclass.intensity import Intensity, intensity_of, to_network
 from ntclass.io import NULLABLE_INTEGERS, atomic_path, remove_files
 from ntclass.models.modelfile import load_model, pick_device
-from ntclass.predict.cubes import EMPTY_SHARE, cpu_count, cube_reader
+from ntclass.predict.cubes import EMPTY_SHARE, cpu_count, cube_reader, hold_no_data
+from ntclass.predict.jpeg import choose_jpeg_decoder
+from ntclass.predict.rawstamps import STAMP, stamp_shard
 from ntclass.predict.targets import shard_file
 from ntclass.settings import Prediction
 from ntclass.sql import duckdb_connection, query_one
-from ntclass.volumes import CROP_REVISION, RawVolume
+from ntclass.volumes import CROP_REVISION, RawVolume, forget_opened_raw
 
 log = logging.getLogger(__name__)
 META_COLUMNS = ["synapse_id", "z", "y", "x", "pre_id", "post_id", "nt"]
 # what a prediction depends on besides the model: the synapse's volume and location
 KEY = ["raw_container", "raw_dataset", "z", "y", "x"]
+# ... and what the raw of its cube is now (rawstamps)
+STAMPED_KEY = [*KEY, STAMP]
+# the version of the raw stamps in the cache key: caches from before them are not read
+RAW_STAMPS = 1
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,7 @@ class PredictConfig:
                 "device": pick_device(self.settings.device),
                 "mixed_precision": self.settings.mixed_precision,
                 "intensity_range": _list(self.intensity_range), "empty_share": EMPTY_SHARE,
-                "crop_revision": CROP_REVISION}
+                "crop_revision": CROP_REVISION, "raw_stamps": RAW_STAMPS}
 
 
 def _list(values) -> list | None:
@@ -121,6 +130,13 @@ class BlockPredictor:
         self._model = None
         self._buffers: dict = {}
 
+    @classmethod
+    def cube_placement(cls, model_path: str, cfg: PredictConfig) -> tuple[tuple, str]:
+        """The shape of the model's input cube and its crop convention (volumes.CROPS),
+        without keeping the model."""
+        _, record = load_model(model_path, cfg.classes, "cpu")
+        return tuple(record["input_shape"]), record.get("crop", "ntclass")
+
     def model(self):
         if self._model is None:
             self._device = pick_device(self.cfg.settings.device)
@@ -136,7 +152,7 @@ class BlockPredictor:
         later = read_rows(self.todo, end, end + self.cfg.settings.rows_per_block
                           * self.cfg.settings.workers)
         probs, padded, empty = self.predict(rows, later)
-        out = rows[[*KEY, "cell"]].copy()
+        out = rows[[*STAMPED_KEY, "cell"]].copy()
         for i, nt in enumerate(self.cfg.classes):
             out[nt] = probs[:, i]
         out["padded"] = padded
@@ -150,6 +166,7 @@ class BlockPredictor:
         outside the volume (padded) and of those that hold no data (empty) of some rows.
         `later`: the rows that come next (their chunks are kept for them)."""
         model = self.model()
+        jpeg = choose_jpeg_decoder(self.cfg.settings.jpeg_decoder, self._device)
         probs = np.zeros((len(rows), len(self.cfg.classes)), dtype=np.float32)
         padded = np.zeros(len(rows), dtype=bool)
         empty = np.zeros(len(rows), dtype=bool)
@@ -157,7 +174,7 @@ class BlockPredictor:
                 ["raw_container", "raw_dataset"], sort=False).indices.items():
             reader = cube_reader(container, dataset, _tuple(self.cfg.voxel_size),
                                  tuple(self._record["input_shape"]), self._threads,
-                                 os.getpid())
+                                 os.getpid(), jpeg, self._device)
             intensity = model_input_mapping(reader.volume, self._record,
                                             self.cfg.intensity_range, self.model_path)
             locations = rows[["z", "y", "x"]].to_numpy(dtype=np.float64)[idx]
@@ -183,22 +200,25 @@ class BlockPredictor:
         `empty` the cubes that hold no data."""
         for n, start in enumerate(range(0, len(pending), self.cfg.settings.batch_size)):
             part = pending[start:start + self.cfg.settings.batch_size]
-            batch = self._buffer(n % 2, part[0].shape, part[0].dtype)[:len(part)]
-            slots = batch.numpy()
+            batch = self._buffer(n % 2, part[0].shape, part[0].dtype,
+                                 part[0].device)[:len(part)]
+            # cut on the device where chunks were decoded there
+            slots = batch.numpy() if batch.device.type == "cpu" else batch
             for i, cube in enumerate(part):  # each cube straight into its slot
                 cube.result(slots[i])
-                empty[start + i] = cube.holds_no_data(slots[i], fill)
+            empty[start:start + len(part)] = hold_no_data(part, slots, fill)
             yield batch
 
-    def _buffer(self, which: int, shape: tuple[int, ...], dtype) -> torch.Tensor:
+    def _buffer(self, which: int, shape: tuple[int, ...], dtype, on: str = "cpu"
+                ) -> torch.Tensor:
         """Two batch buffers, reused (pinned for a GPU): fresh memory for every batch
         would cost a page fault per 4 KB written. A batch is consumed (copied to the
         device, or mapped to floats) before its buffer comes round again."""
-        key = (which, tuple(shape), np.dtype(dtype).name)
+        key = (which, tuple(shape), np.dtype(dtype).name, on)
         if key not in self._buffers:
             self._buffers[key] = torch.empty(
                 (self.cfg.settings.batch_size, *shape), dtype=_TORCH_DTYPES[np.dtype(dtype)],
-                pin_memory=torch.device(self._device).type == "cuda")
+                device=on, pin_memory=on == "cpu" and torch.device(self._device).type == "cuda")
         return self._buffers[key]
 
     def _run(self, model, batch: torch.Tensor, intensity: Intensity) -> np.ndarray:
@@ -243,15 +263,16 @@ def _cell_range(con, shard_path: Path) -> tuple:
 
 def plan_todo(shard_path: Path, cache: Path, todo: Path, rows_per_block: int,
               work: Path) -> int:
-    """Write the shard's distinct (volume, location) keys that the cache lacks, in the
-    shard's spatial order; return their number."""
+    """Write the distinct (volume, location, raw stamp) keys of a stamped shard that the
+    cache lacks, in the shard's spatial order; return their number."""
     con = duckdb_connection(work)
     cached = _cache_files(cache)
+    key = ", ".join(STAMPED_KEY)
     lacking = "" if cached is None else (
-        f"ANTI JOIN (SELECT {', '.join(KEY)} FROM read_parquet('{cached}') "
-        f"WHERE cell BETWEEN $lo AND $hi) c USING ({', '.join(KEY)})")
+        f"ANTI JOIN (SELECT {key} FROM read_parquet('{cached}') "
+        f"WHERE cell BETWEEN $lo AND $hi) c USING ({key})")
     lo, hi = _cell_range(con, shard_path)
-    query = (f"SELECT DISTINCT ON ({', '.join(KEY)}) {', '.join(KEY)}, cell "
+    query = (f"SELECT DISTINCT ON ({key}) {key}, cell "
              f"FROM '{shard_path}' t {lacking} "
              f"ORDER BY raw_container, raw_dataset, cell, z, y, x")
     params = {"lo": lo, "hi": hi} if cached else {}
@@ -264,6 +285,24 @@ def plan_todo(shard_path: Path, cache: Path, todo: Path, rows_per_block: int,
                 n += batch.num_rows
     con.close()
     return n
+
+
+def count_raw_changed(todo: Path, cache: Path, work: Path) -> int:
+    """How many planned locations the cache holds for other raw stamps: predicted again
+    because the raw of their cubes changed."""
+    cached = _cache_files(cache)
+    if cached is None or not pq.ParquetFile(todo).metadata.num_rows:
+        return 0
+    con = duckdb_connection(work)
+    lo, hi = query_one(con, f"SELECT min(cell), max(cell) FROM '{todo}'")
+    n = con.execute(f"""
+        SELECT count(*) FROM '{todo}' t SEMI JOIN (
+            SELECT {', '.join(STAMPED_KEY)} FROM read_parquet('{cached}')
+            WHERE cell BETWEEN $lo AND $hi) c
+        ON {' AND '.join(f't.{k} = c.{k}' for k in KEY)} AND t.{STAMP} <> c.{STAMP}""",
+                    {"lo": lo, "hi": hi}).fetchone()[0]
+    con.close()
+    return int(n)
 
 
 # ------------------------------------------------------------------------------ write
@@ -324,18 +363,20 @@ def set_aside_damaged(cache: Path, work: Path) -> None:
 
 def write_shard_table(shard_path: Path, cache: Path, classes: Sequence[str], out: Path,
                       work: Path, batch_rows: int = 65536) -> int:
-    """The shard's prediction table, in the shard's order, from the cache: every synapse
-    exactly once. Streams, so memory does not grow with the shard."""
+    """The prediction table of a stamped shard, in the shard's order, from the cache:
+    every synapse exactly once, predicted from its raw as stamped. Streams, so memory
+    does not grow with the shard."""
     con = duckdb_connection(work)
     cached = _cache_files(cache)
     meta = ", ".join(f"t.{c}" for c in META_COLUMNS)
     probs = ", ".join(f'c."{c}"' for c in classes)
     source = ("(SELECT NULL::VARCHAR AS raw_container)" if cached is None else
-              f"(SELECT DISTINCT ON ({', '.join(KEY)}) * FROM read_parquet('{cached}') "
-              "WHERE cell BETWEEN $lo AND $hi)")
+              f"(SELECT DISTINCT ON ({', '.join(STAMPED_KEY)}) * FROM "
+              f"read_parquet('{cached}') WHERE cell BETWEEN $lo AND $hi)")
     lo, hi = _cell_range(con, shard_path)
     query = (f"SELECT {meta}, {probs}, c.padded, c.empty FROM read_parquet('{shard_path}', "
-             f"file_row_number = true) t LEFT JOIN {source} c USING ({', '.join(KEY)}) "
+             f"file_row_number = true) t LEFT JOIN {source} c "
+             f"USING ({', '.join(STAMPED_KEY)}) "
              "ORDER BY t.file_row_number") if cached else None
     n = 0
     with atomic_path(out) as tmp:
@@ -402,32 +443,52 @@ def predict_shard(model_path: str, shard_path: Path, cfg: PredictConfig, work_ba
     """Predict one shard: plan what the cache lacks, predict it blockwise with daisy,
     publish it to the cache, write the shard's table. Returns counts for the log.
     `predictor`: the class that predicts blocks (BlockPredictor; benchmarks swap it)."""
+    predictor = predictor or BlockPredictor
+    # this process may have read an earlier state of the raw
+    cube_reader.cache_clear()
+    forget_opened_raw()
     model_digest = _file_digest(Path(model_path))
     cache = cache_base / _digest(model_digest,
                                  json.dumps(cfg.result_key(), sort_keys=True).encode())
-    # done markers are valid for these rows, this model and these settings only
-    work = work_base / _digest(model_digest, _file_digest(shard_path),
+    stamping = work_base / "stamped-shard.parquet"
+    stamps, unseen = stamp_shard(shard_path, stamping, cfg.voxel_size,
+                                 *predictor.cube_placement(model_path, cfg))
+    for name in unseen:
+        log.warning("raw '%s': its store gives no ETag, generation or modification time "
+                    "for its chunks, so a change of their content cannot be seen; after "
+                    "it changes, delete %s", name, cache_base)
+    # done markers are valid for these rows, their raw as stamped, this model and these
+    # settings only
+    work = work_base / _digest(model_digest, _file_digest(shard_path), stamps.encode(),
                                json.dumps(asdict(cfg), sort_keys=True).encode())
-    blocks = work / "blocks"
+    blocks, todo = work / "blocks", work / "todo.parquet"
     set_aside_damaged(cache, work)
+    if todo.exists() and _published(cache, work, todo).exists():
+        shutil.rmtree(work)  # that plan was predicted and is in the cache: plan anew
     blocks.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
-    todo = work / "todo.parquet"
+    stamped = work / "shard.parquet"
+    os.replace(stamping, stamped)
     if not todo.exists():
-        plan_todo(shard_path, cache, todo, cfg.settings.rows_per_block, work)
+        plan_todo(stamped, cache, todo, cfg.settings.rows_per_block, work)
     n_todo = pq.ParquetFile(todo).metadata.num_rows
     n_rows = pq.ParquetFile(shard_path).metadata.num_rows
-    log.info("shard of %d synapses: %d locations to predict, the rest from the cache",
-             n_rows, n_todo)
+    n_changed = count_raw_changed(todo, cache, work)
+    log.info("shard of %d synapses: %d locations to predict (%d of them again, as the raw "
+             "of their cubes changed), the rest from the cache", n_rows, n_todo, n_changed)
     if n_todo:
-        predictor = (predictor or BlockPredictor)(model_path, todo, cfg, blocks)
-        _run_blocks(predictor, n_todo, cfg, work)
-        publish_blocks(blocks, n_todo, cache / f"{work.name}.parquet", cfg.classes,
+        _run_blocks(predictor(model_path, todo, cfg, blocks), n_todo, cfg, work)
+        publish_blocks(blocks, n_todo, _published(cache, work, todo), cfg.classes,
                        model_path)
-    n = write_shard_table(shard_path, cache, cfg.classes, Path(out_path), work)
+    n = write_shard_table(stamped, cache, cfg.classes, Path(out_path), work)
     if n != n_rows:
         raise NtclassError(f"shard '{shard_path}' has {n_rows} synapses but {n} predictions")
-    return {"synapses": n_rows, "predicted": n_todo}
+    return {"synapses": n_rows, "predicted": n_todo, "raw_changed": n_changed}
+
+
+def _published(cache: Path, work: Path, todo: Path) -> Path:
+    """The cache file of a plan's predictions, named by its work folder and the plan."""
+    return cache / f"{work.name}-{_digest(_file_digest(todo))}.parquet"
 
 
 def _run_blocks(predictor: BlockPredictor, n_todo: int, cfg: PredictConfig, work: Path
@@ -461,5 +522,5 @@ def predict_target_shard(*, model: str, target_dir: str, shard: int, classes: Se
     cfg = PredictConfig(classes=tuple(classes), voxel_size=_tuple(voxel_size),
                         intensity_range=_tuple(intensity_range), settings=settings)
     counts = predict_shard(model, shard_path, cfg, Path(work_base), Path(cache_base), out)
-    log.info("shard %d: %d synapses, %d predicted now", shard, counts["synapses"],
-             counts["predicted"])
+    log.info("shard %d: %d synapses, %d predicted now (%d of them because their raw "
+             "changed)", shard, counts["synapses"], counts["predicted"], counts["raw_changed"])

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from ntclass.config import with_defaults
 from ntclass.errors import NtclassError
+from ntclass.schema import with_defaults
 from ntclass.sources import mongo
 from ntclass.sources.synapses import (
     LocationCheck,

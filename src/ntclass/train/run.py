@@ -7,7 +7,7 @@ One source branch per class draws cubes centred on that class's training synapse
 from __future__ import annotations
 
 import csv
-import json
+import hashlib
 import logging
 import math
 import os
@@ -25,7 +25,14 @@ from tqdm import tqdm
 
 from ntclass.errors import NtclassError
 from ntclass.intensity import intensity_of
-from ntclass.io import NamedOutputs, atomic_path, read_synapse_csv, write_csv
+from ntclass.io import (
+    NamedOutputs,
+    atomic_path,
+    read_synapse_csv,
+    remove_temporaries,
+    write_csv,
+    write_json,
+)
 from ntclass.models import build_model, modelfile
 from ntclass.models.checkpoints import init_weights
 from ntclass.models.modelfile import load_model, pick_device  # noqa: F401 (re-exported)
@@ -51,45 +58,45 @@ def learning_rate_at(cfg: TrainConfig, iteration: int) -> float:
     return float(cfg.learning_rate)
 
 
-# gunpowder writes a checkpoint to the name `_checkpoint_name` gives; ntclass gives it a
-# name that no resume reads (gunpowder's looks for "<basename>_checkpoint_*") and renames
-# it when the write is done
-INCOMPLETE = "incomplete-"
-
-
-def _incomplete(name: str) -> Path:
-    path = Path(name)
-    return path.with_name(INCOMPLETE + path.name)
+def step_seed(cfg: TrainConfig, iteration: int) -> int:
+    """The seed of torch's generator for one iteration's step (dropout): a function of the
+    iteration alone, so a resumed run draws what the killed one would have."""
+    return cfg.seed * 1_000_003 + iteration + 13  # not the device augmentations' stream
 
 
 class ScheduledTrain(gp.torch.Train):
-    """gp.torch.Train with the learning rate set from the iteration before each step, and
-    checkpoints written atomically: a job killed while writing one leaves only a temporary
-    file that no resume reads."""
+    """gp.torch.Train with the learning rate and the random draws of each step set from
+    its iteration, starting from the training loop's checkpoint (`resume`, see
+    `newest_checkpoint`). The loop writes the checkpoints: gunpowder's own are never due
+    (save_every beyond the run) and never found (a basename nothing is written to)."""
 
-    def __init__(self, *args, cfg: TrainConfig, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, cfg: TrainConfig, resume: Checkpoint | None, **kwargs):
+        super().__init__(*args, save_every=cfg.iterations + 1, **kwargs)
         self.cfg = cfg
+        self.resume = resume
 
     def start(self):
         super().start()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input shape: autotuning pays
+        if self.resume is not None:
+            self.model.model.load_state_dict(self.resume.state["model_state_dict"])
+            self.optimizer.load_state_dict(self.resume.state["optimizer_state_dict"])
+            self.iteration = self.resume.iteration
+            self.resume = None  # its tensors are copied: free them
 
     def train_step(self, batch, request):
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate_at(self.cfg, self.iteration)
         self.model.iteration = self.iteration  # seeds the device augmentations
+        torch.manual_seed(step_seed(self.cfg, self.iteration))
         super().train_step(batch, request)
-        if batch.iteration % self.save_every == 0:
-            name = super()._checkpoint_name(self.checkpoint_basename, batch.iteration)
-            written = _incomplete(name)
-            with open(written, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(written, name)
 
-    def _checkpoint_name(self, basename, iteration):
-        return str(_incomplete(super()._checkpoint_name(basename, iteration)))
+    def checkpoint(self) -> dict:
+        """The state to resume from, as gunpowder's Train node saves it and Synister reads
+        it: the bare model's weights (without the Autocast wrapper) and the optimizer's."""
+        return {"model_state_dict": self.model.model.state_dict(),
+                "optimizer_state_dict": self.optimizer.state_dict()}
 
 
 class Autocast(torch.nn.Module):
@@ -179,11 +186,11 @@ def build_batches(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict,
 
 
 def build_pipeline(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict,
-                   model: torch.nn.Module, loss: torch.nn.Module, checkpoint_basename: str,
-                   background: pd.DataFrame | None = None):
-    """The full training pipeline, ending in gp.torch.Train."""
-    pipeline = build_batches(synapses, cfg, keys, background)
-    pipeline += ScheduledTrain(
+                   model: torch.nn.Module, loss: torch.nn.Module, folder: Path,
+                   background: pd.DataFrame | None = None,
+                   resume: Checkpoint | None = None) -> tuple[gp.Pipeline, ScheduledTrain]:
+    """The full training pipeline, ending in gp.torch.Train (returned too)."""
+    node = ScheduledTrain(
         Autocast(model, cfg.mixed_precision, device_augment(cfg), cfg.seed),
         loss,
         torch.optim.Adam(model.parameters(), lr=cfg.learning_rate),
@@ -191,12 +198,12 @@ def build_pipeline(synapses: pd.DataFrame, cfg: TrainConfig, keys: dict,
         outputs={0: keys["logits"]},
         loss_inputs={0: keys["logits"], 1: keys["label"]},
         array_specs={keys["logits"]: gp.ArraySpec(nonspatial=True)},
-        checkpoint_basename=checkpoint_basename,
-        save_every=cfg.save_every,
+        checkpoint_basename=str(folder / "gunpowder"),
         device=pick_device(cfg.device),
         cfg=cfg,
+        resume=resume,
     )
-    return pipeline
+    return build_batches(synapses, cfg, keys, background) + node, node
 
 
 def _request_seed(cfg: TrainConfig, iteration: int) -> int | None:
@@ -205,81 +212,89 @@ def _request_seed(cfg: TrainConfig, iteration: int) -> int | None:
     return None if cfg.workers > 0 else cfg.seed * 1_000_003 + iteration
 
 
-def _checkpoints(checkpoint_dir: Path) -> dict[int, Path]:
-    """The finished checkpoints of a run, by iteration."""
-    return {int(m.group(1)): p for p in checkpoint_dir.glob("model_checkpoint_*")
-            if (m := re.fullmatch(r"model_checkpoint_(\d+)", p.name))}
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint of the training loop: its iteration, its file and what it holds."""
+
+    iteration: int
+    path: Path
+    state: dict
 
 
-def _loads(path: Path) -> str | None:
-    """Why a checkpoint does not load (None: it does)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, empty or not a checkpoint at all
-        return f"{type(e).__name__}: {e}".splitlines()[0]
-    if not isinstance(state, dict) or not {"model_state_dict", "optimizer_state_dict"
-                                            } <= set(state):
-        return "it holds no model and optimizer state"
+def checkpoint_path(folder: Path, iteration: int) -> Path:
+    """`model_checkpoint_<N>`, the name gunpowder's Train node and Synister give it."""
+    return folder / f"model_checkpoint_{iteration}"
+
+
+def save_checkpoint(folder: Path, iteration: int, state: dict) -> Path:
+    """Writes the checkpoint of `iteration` durably under its final name, or not at all."""
+    path = checkpoint_path(folder, iteration)
+    with atomic_path(path, durable=True) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def newest_checkpoint(folder: Path) -> Checkpoint | None:
+    """The newest checkpoint of a run that loads; None: none. The loop writes them
+    atomically, so one that does not load was damaged since: it is set aside as
+    `damaged-<name>`, saying so, so that no later resume (nor gunpowder nor Synister, which
+    take the newest name) picks it."""
+    found = {int(m.group(1)): p for p in folder.glob("model_checkpoint_*")
+             if (m := re.fullmatch(r"model_checkpoint_(\d+)", p.name))}
+    for iteration in sorted(found, reverse=True):
+        path = found[iteration]
+        state, why = _load_checkpoint(path)
+        if state is not None:
+            return Checkpoint(iteration, path, state)
+        log.warning("checkpoint %s does not load (%s); set aside as damaged-%s", path, why,
+                    path.name)
+        path.rename(path.with_name(f"damaged-{path.name}"))
     return None
 
 
-def logged_through(checkpoint_dir: Path, validate_every: int) -> int:
-    """The last iteration an earlier run logged completely: its loss row, and every
-    validation due by then (validate_every 0: none). gunpowder writes a checkpoint inside
-    the step, before the step's rows are written, so a kill can leave one ahead of them."""
-    done = 0
-    for row in _rows_up_to(checkpoint_dir / "loss.csv", 2**62):
-        if int(row[0]) != done + 1:
-            break
-        done += 1
-    if validate_every:
-        validated = {int(r[0]) for r in _rows_up_to(checkpoint_dir / "validation.csv",
-                                                     2**62)}
-        for due in range(validate_every, done + 1, validate_every):
-            if due not in validated:
-                return due - 1
-    return done
+def _load_checkpoint(path: Path) -> tuple[dict | None, str | None]:
+    """A checkpoint's state, or why it does not load."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, empty or not a checkpoint at all
+        return None, f"{type(e).__name__}: {e}".splitlines()[0]
+    if not isinstance(state, dict) or not {"model_state_dict", "optimizer_state_dict"
+                                            } <= set(state):
+        return None, "it holds no model and optimizer state"
+    return state, None
 
 
-def resume_point(checkpoint_dir: Path, logged: int | None = None) -> int:
-    """The iteration of the newest checkpoint that loads and that the earlier run's logs
-    reach (`logged`, see `logged_through`; None: any); 0: none. Newer ones that do not load
-    (written by a job killed mid-write before writes were atomic, or damaged since) are set
-    aside as `damaged-<name>`; newer ones the logs do not reach are removed and redone. So
-    gunpowder, which loads the newest, resumes from the chosen one."""
-    for left in checkpoint_dir.glob(INCOMPLETE + "*"):
-        log.info("removing %s, a checkpoint whose writing was interrupted", left)
-        left.unlink()
-    found = _checkpoints(checkpoint_dir)
-    damaged = []
-    for iteration in sorted(found, reverse=True):
-        reason = _loads(found[iteration])
-        if reason is None and logged is not None and iteration > logged:
-            log.info("removing %s: the job was killed before it logged iteration %d",
-                     found[iteration], iteration)
-            found[iteration].unlink()
-            continue
-        if reason is None:
-            for bad, why in damaged:
-                log.warning("checkpoint %s does not load (%s); set aside as damaged-%s, "
-                            "resuming from %s", bad, why, bad.name, found[iteration])
-            return iteration
-        damaged.append((found[iteration], reason))
-        found[iteration].rename(found[iteration].with_name(f"damaged-{found[iteration].name}"))
-    for bad, why in damaged:
-        log.warning("checkpoint %s does not load (%s); set aside as damaged-%s, training "
-                    "from scratch", bad, why, bad.name)
-    return 0
+LOSS_HEADER = ["iteration", "loss", "seconds"]
+VALIDATION_HEADER = ["iteration", "loss", "accuracy"]
+
+
+def cut_logs_to(folder: Path, iteration: int) -> None:
+    """Cuts the run's loss and validation logs back to the checkpoint resumed from
+    (`iteration`). The loop writes a checkpoint only once every row up to it is on disk, so
+    those rows are whole; a killed job's rows after it (the last perhaps torn) are redone."""
+    losses = _rows_up_to(folder / "loss.csv", iteration)
+    if [int(r[0]) for r in losses] != list(range(1, iteration + 1)):
+        raise NtclassError(f"{folder / 'loss.csv'} does not hold the loss of every iteration "
+                           f"up to its checkpoint {iteration}; the folder was changed by "
+                           f"hand: delete {folder} to train this model afresh")
+    _write_rows(folder / "loss.csv", LOSS_HEADER, losses)
+    validation = folder / "validation.csv"
+    if validation.exists():
+        _write_rows(validation, VALIDATION_HEADER, _rows_up_to(validation, iteration))
 
 
 def _rows_up_to(path: Path, up_to: int) -> list[list[str]]:
-    """CSV rows of an earlier run up to its last checkpoint (the rest is redone)."""
+    """The whole CSV rows of a run's log up to iteration `up_to`."""
     if not path.exists():
         return []
     with open(path, newline="") as f:
         rows = list(csv.reader(f))[1:]
-    # a job killed while writing leaves at most a torn last row: whole rows only
     return [r for r in rows if len(r) == 3 and r[0].isdigit() and int(r[0]) <= up_to]
+
+
+def _write_rows(path: Path, header: list[str], rows: list) -> None:
+    with atomic_path(path, durable=True) as tmp, open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
 
 
 def model_record(model: torch.nn.Module, cfg: TrainConfig, iteration: int) -> dict:
@@ -315,9 +330,7 @@ def _progress(cfg: TrainConfig, start: int) -> tqdm:
 
 class _Validator:
     """Validates every `validate_every` iterations; keeps the best model (highest accuracy,
-    then lowest loss) as `best.pt` in the checkpoint folder, across resumed runs."""
-
-    HEADER = ["iteration", "loss", "accuracy"]
+    then lowest loss, as logged) as `best.pt` in the checkpoint folder, across resumed runs."""
 
     def __init__(self, table: pd.DataFrame, cfg: TrainConfig, checkpoint_dir: Path,
                  start: int, loss: torch.nn.Module):
@@ -336,14 +349,12 @@ class _Validator:
         self.best = self._best_so_far()
 
     def _best_so_far(self) -> tuple[float, float] | None:
-        """The score of the kept best.pt: it may come from after the checkpoint resumed
-        from, so it is looked up among all rows the earlier run wrote."""
-        if not self.best_path.exists():
+        """The best score among the validations up to the checkpoint resumed from, while
+        best.pt exists: it holds that model, or one of a later validation, which will be
+        redone and best this score again (and be written again, the same)."""
+        if not self.best_path.exists() or not self.rows:
             return None
-        iteration = torch.load(self.best_path, weights_only=True)["iteration"]
-        scores = [(float(r[2]), -float(r[1])) for r in _rows_up_to(self.csv_path, 10**12)
-                  if int(r[0]) == iteration]
-        return scores[-1] if scores else None
+        return max(map(_score, self.rows))
 
     def due(self, iteration: int) -> bool:
         return self.data is not None and (iteration % self.cfg.validate_every == 0
@@ -352,21 +363,27 @@ class _Validator:
     def __call__(self, model: torch.nn.Module, iteration: int, writer) -> None:
         device = next(model.parameters()).device
         loss, accuracy = self.data.evaluate(model, self.loss.to(device), device)
-        self.rows.append([iteration, f"{loss:.6f}", f"{accuracy:.6f}"])
-        with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows([self.HEADER, *self.rows])
+        row = [iteration, f"{loss:.6f}", f"{accuracy:.6f}"]
+        self.rows.append(row)
+        _write_rows(self.csv_path, VALIDATION_HEADER, self.rows)
         writer.add_scalar("validation/loss", loss, iteration)
         writer.add_scalar("validation/accuracy", accuracy, iteration)
         log.info("validation at iteration %d: loss %.4f accuracy %.3f", iteration, loss,
                  accuracy)
-        if self.best is None or (accuracy, -loss) > self.best:
-            self.best = (accuracy, -loss)
-            with atomic_path(self.best_path) as tmp:
+        # scored as logged: a resumed run compares with the logged scores of the killed one
+        if self.best is None or _score(row) > self.best:
+            self.best = _score(row)
+            with atomic_path(self.best_path, durable=True) as tmp:
                 torch.save(model_record(model, self.cfg, iteration), tmp)
 
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=self.HEADER).astype(
+        return pd.DataFrame(self.rows, columns=VALIDATION_HEADER).astype(
             {"iteration": int, "loss": float, "accuracy": float})
+
+
+def _score(row: list) -> tuple[float, float]:
+    """A validation row's rank: accuracy, then lower loss."""
+    return float(row[2]), -float(row[1])
 
 
 def resolve_geometry(table: pd.DataFrame, cfg: TrainConfig) -> TrainConfig:
@@ -405,14 +422,51 @@ def train(manifest: str | os.PathLike, cfg: TrainConfig, outputs: TrainOutputs,
     validation part), the last to `outputs.last`, and the loss and validation CSVs.
     Checkpoints, the TensorBoard log and the CSVs of the run live in a folder of
     `checkpoint_root` named by the hash of `cfg` and the manifest: a rerun of the same
-    run resumes there, a changed one starts afresh.
+    run resumes there from the newest checkpoint, a changed one starts afresh.
     """
-    from tensorboardX import SummaryWriter
+    run = prepare_run(manifest, cfg, checkpoint_root)
+    iteration = run_loop(run)
+    publish(run, iteration, outputs)
 
+
+@dataclass
+class TrainingRun:
+    """A training ready to run: its settings, model, pipeline and folder, and the iteration
+    it starts after (0: from scratch)."""
+
+    cfg: TrainConfig
+    folder: Path
+    start: int
+    model: torch.nn.Module
+    pipeline: gp.Pipeline
+    node: ScheduledTrain
+    keys: dict
+    validator: _Validator
+
+
+def prepare_run(manifest: str | os.PathLike, cfg: TrainConfig,
+                checkpoint_root: str | os.PathLike) -> TrainingRun:
+    """The model, the data path and the run's folder, resumed from its newest checkpoint."""
     table = read_synapse_csv(manifest)
     cfg = resolve_geometry(table, cfg)
     log.info("voxel size %s nm; intensities mapped to [0, 1] from %s", cfg.voxel_size,
              cfg.intensity)
+    model, cfg = initial_model(cfg)
+    loss = build_loss(cfg.loss, cfg.classes)
+    folder = run_folder(checkpoint_root, cfg, manifest)
+    resume = open_run_folder(folder, cfg)
+    start = resume.iteration if resume else 0
+    keys = {"raw": gp.ArrayKey("RAW"), "label": gp.ArrayKey("LABEL"),
+            "logits": gp.ArrayKey("LOGITS")}
+    pipeline, node = build_pipeline(table[table["split"] == "train"], cfg, keys, model, loss,
+                                    folder, _background(table, cfg), resume)
+    validator = _Validator(table, cfg, folder, start, loss)
+    return TrainingRun(cfg, folder, start, model, pipeline, node, keys, validator)
+
+
+def initial_model(cfg: TrainConfig) -> tuple[torch.nn.Module, TrainConfig]:
+    """The model before its first step (seeded, or from `cfg.init_from`), and `cfg` with
+    the initial weights' digest."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.architecture, cfg.input_shape, len(cfg.classes),
                         **cfg.model_params)
@@ -423,69 +477,101 @@ def train(manifest: str | os.PathLike, cfg: TrainConfig, outputs: TrainOutputs,
         log.info("initial weights from %s (sha256 %s..., output layer: %s)",
                  cfg.init_from.checkpoint, digest[:12], cfg.init_from.output_layer)
     model.train()
-    loss = build_loss(cfg.loss, cfg.classes)
+    return model, cfg
 
-    checkpoint_dir = Path(checkpoint_root) / cfg.digest(manifest)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    (checkpoint_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    validating = cfg.validate_every if (table["split"] == "validation").any() else 0
-    start = resume_point(checkpoint_dir, logged_through(checkpoint_dir, validating))
-    if start:
-        log.info("resuming from iteration %d (%s)", start, checkpoint_dir)
+
+# the layout of a run's folder: 2 since the loop writes the checkpoints after their rows,
+# with the bare model's weights, and seeds each step; a folder of an older layout is not
+# resumed
+RUN_LAYOUT = "2"
+
+
+def run_folder(checkpoint_root: str | os.PathLike, cfg: TrainConfig,
+               manifest: str | os.PathLike) -> Path:
+    """The run's folder, named by what makes the run."""
+    name = hashlib.sha256(f"{cfg.digest(manifest)} {RUN_LAYOUT}".encode()).hexdigest()[:16]
+    return Path(checkpoint_root) / name
+
+
+def open_run_folder(folder: Path, cfg: TrainConfig) -> Checkpoint | None:
+    """Readies the run's folder: the newest checkpoint to resume from (None: none), the
+    logs cut back to it, and what a killed job left half-written removed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for left in remove_temporaries(folder):
+        log.info("removed %s, left by a job killed while writing it", left)
+    write_json(asdict(cfg), folder / "train_config.json")
+    resume = newest_checkpoint(folder)
+    cut_logs_to(folder, resume.iteration if resume else 0)
+    if resume:
+        log.info("resuming from iteration %d (%s)", resume.iteration, resume.path)
     else:
-        log.info("training from scratch in %s", checkpoint_dir)
-    losses_path = checkpoint_dir / "loss.csv"
-    rows = _rows_up_to(losses_path, start)
-    validator = _Validator(table, cfg, checkpoint_dir, start, loss)
+        log.info("training from scratch in %s", folder)
+    return resume
 
-    keys = {"raw": gp.ArrayKey("RAW"), "label": gp.ArrayKey("LABEL"),
-            "logits": gp.ArrayKey("LOGITS")}
-    background = None
-    if cfg.neither.enabled:
-        background = background_locations(
-            table, cfg.neither.locations, cfg.neither.min_distance, cfg.input_shape,
-            cfg.voxel_size, cfg.seed)
-        log.info("class '%s': %d random locations at least %g nm from every synapse",
-                 NEITHER, len(background), cfg.neither.min_distance)
-    pipeline = build_pipeline(table[table["split"] == "train"], cfg, keys, model, loss,
-                              str(checkpoint_dir / "model"), background)
-    writer = SummaryWriter(str(checkpoint_dir / "tensorboard"), purge_step=start + 1)
-    # the rows kept are rewritten atomically, then the new ones appended as they come
-    with atomic_path(losses_path) as tmp, open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows([["iteration", "loss", "seconds"], *rows])
-    with open(losses_path, "a", newline="") as f, _progress(cfg, start) as bar:
-        loss_csv = csv.writer(f)
+
+def _background(table: pd.DataFrame, cfg: TrainConfig) -> pd.DataFrame | None:
+    """The locations of the class 'neither', when it is trained."""
+    if not cfg.neither.enabled:
+        return None
+    background = background_locations(table, cfg.neither.locations, cfg.neither.min_distance,
+                                      cfg.input_shape, cfg.voxel_size, cfg.seed)
+    log.info("class '%s': %d random locations at least %g nm from every synapse", NEITHER,
+             len(background), cfg.neither.min_distance)
+    return background
+
+
+def run_loop(run: TrainingRun) -> int:
+    """Trains from `run.start` to the last iteration, which it returns. Each step appends
+    its loss row, validates when due, and every `save_every` iterations puts the rows on
+    disk and then writes its checkpoint: a checkpoint follows every row up to it."""
+    from tensorboardX import SummaryWriter
+
+    cfg = run.cfg
+    writer = SummaryWriter(str(run.folder / "tensorboard"), purge_step=run.start + 1)
+    iteration = run.start
+    with (open(run.folder / "loss.csv", "a", newline="") as f,
+          _progress(cfg, run.start) as bar, gp.build(run.pipeline)):
+        losses = csv.writer(f)
         t0 = time.perf_counter()
-        with gp.build(pipeline):
-            iteration = start
-            while iteration < cfg.iterations:
-                request = gp.BatchRequest(random_seed=_request_seed(cfg, iteration))
-                request[keys["raw"]] = gp.ArraySpec(
-                    roi=centred_roi(data_shape(cfg), cfg.voxel_size))
-                request[keys["label"]] = gp.ArraySpec(nonspatial=True)
-                request[keys["logits"]] = gp.ArraySpec(nonspatial=True)
-                batch = pipeline.request_batch(request)
-                iteration = batch.iteration
-                value = float(batch.loss)
-                loss_csv.writerow([iteration, f"{value:.6f}",
-                                   f"{time.perf_counter() - t0:.3f}"])
-                bar.update(iteration - bar.n)
-                if iteration % cfg.log_every == 0 or iteration == cfg.iterations:
-                    f.flush()
-                    bar.set_postfix(loss=f"{value:.4f}", refresh=False)
-                    writer.add_scalar("train/loss", value, iteration)
-                    writer.add_scalar("train/learning_rate",
-                                      learning_rate_at(cfg, iteration - 1), iteration)
-                if validator.due(iteration):
-                    validator(model, iteration, writer)
+        while iteration < cfg.iterations:
+            batch = run.pipeline.request_batch(_request(cfg, run.keys, iteration))
+            iteration, value = batch.iteration, float(batch.loss)
+            losses.writerow([iteration, f"{value:.6f}", f"{time.perf_counter() - t0:.3f}"])
+            bar.update(iteration - bar.n)
+            if iteration % cfg.log_every == 0 or iteration == cfg.iterations:
+                f.flush()
+                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+                writer.add_scalar("train/loss", value, iteration)
+                writer.add_scalar("train/learning_rate",
+                                  learning_rate_at(cfg, iteration - 1), iteration)
+            if run.validator.due(iteration):
+                run.validator(run.model, iteration, writer)
+            if iteration % cfg.save_every == 0:
+                f.flush()
+                os.fsync(f.fileno())
+                save_checkpoint(run.folder, iteration, run.node.checkpoint())
     writer.close()
-    last = model_record(model, cfg, iteration)
+    return iteration
+
+
+def _request(cfg: TrainConfig, keys: dict, iteration: int) -> gp.BatchRequest:
+    """The request of the step after `iteration`."""
+    request = gp.BatchRequest(random_seed=_request_seed(cfg, iteration))
+    request[keys["raw"]] = gp.ArraySpec(roi=centred_roi(data_shape(cfg), cfg.voxel_size))
+    request[keys["label"]] = gp.ArraySpec(nonspatial=True)
+    request[keys["logits"]] = gp.ArraySpec(nonspatial=True)
+    return request
+
+
+def publish(run: TrainingRun, iteration: int, outputs: TrainOutputs) -> None:
+    """Writes the run's outputs: the best and the last model, and its two logs."""
+    last = model_record(run.model, run.cfg, iteration)
     with atomic_path(outputs.last) as tmp:
         torch.save(last, tmp)
     with atomic_path(outputs.model) as tmp:
-        if validator.best is not None:
-            tmp.write_bytes(validator.best_path.read_bytes())
+        if run.validator.best is not None:
+            tmp.write_bytes(run.validator.best_path.read_bytes())
         else:
             torch.save(last, tmp)
-    write_csv(validator.table(), outputs.validation)
-    write_csv(pd.read_csv(losses_path), outputs.losses)
+    write_csv(run.validator.table(), outputs.validation)
+    write_csv(pd.read_csv(run.folder / "loss.csv"), outputs.losses)

@@ -122,28 +122,17 @@ def plan_annotations(predictions: str, classes: Sequence[str], work: Path,
                      limit: int = LIMIT, sharded: bool | None = None,
                      rows_per_part: int = ROWS_PER_PART, sample: int = SAMPLE,
                      minishard_keys: int = shd.MINISHARD_KEYS,
-                     shard_bytes: int = shd.SHARD_BYTES) -> dict:
-    """The jobs of one annotation layer: levels, quotas, shardings and row ranges."""
-    n = pq.ParquetFile(predictions).metadata.num_rows
+                     shard_bytes: int = shd.SHARD_BYTES,
+                     sharded_above: int = SHARDED_ABOVE) -> dict:
+    """The jobs of one annotation layer: levels, quotas, shardings and row ranges. The
+    count (the target's, from the Parquet footer) fixes the row ranges and the shards of
+    by_id; `sharded`: None shards every index above `sharded_above` annotations."""
+    n = _count(predictions)
     if n == 0:
         raise NtclassError(f"'{predictions}' holds no prediction to show")
-    work.mkdir(parents=True, exist_ok=True)
-    con = duckdb_connection(work)
-    source = f"read_parquet('{predictions}')"
-    row = query_one(con, f"""SELECT floor(min(x::FLOAT)), floor(min(y::FLOAT)),
-        floor(min(z::FLOAT)), floor(max(x::FLOAT)) + 1, floor(max(y::FLOAT)) + 1,
-        floor(max(z::FLOAT)) + 1, approx_count_distinct(nullif(pre_id, 0)),
-        approx_count_distinct(nullif(post_id, 0)) FROM {source}""")
-    lower, upper = [float(v) for v in row[:3]], [float(v) for v in row[3:6]]
-    distinct = [max(1, int(v or 0)) for v in row[6:8]]
     share = min(1.0, sample / n)
-    points = con.execute(f"""SELECT x::FLOAT::DOUBLE AS x, y::FLOAT::DOUBLE AS y,
-        z::FLOAT::DOUBLE AS z FROM {source}
-        WHERE (hash(synapse_id::UBIGINT) >> 11)::DOUBLE / 9007199254740992.0 < {share!r}
-        """).fetchnumpy()
-    con.close()
-    points = np.stack([points[a] for a in "xyz"], axis=1)
-    sharded = n > SHARDED_ABOVE if sharded is None else sharded
+    lower, upper, distinct, points = _scan(predictions, work, share)
+    sharded = n > sharded_above if sharded is None else sharded
     levels, quotas = _levels(points, share, lower, upper, limit)
     size = record_size(classes)
 
@@ -166,6 +155,34 @@ def plan_annotations(predictions: str, classes: Sequence[str], work: Path,
     return {"predictions": str(predictions), "count": n, "classes": list(classes),
             "limit": limit, "lower_bound": lower, "upper_bound": upper, "quotas": quotas,
             "parts": parts, "indices": indices}
+
+
+def _count(predictions: str) -> int:
+    """The annotations: the rows in the Parquet footer, known before any scan."""
+    return pq.ParquetFile(predictions).metadata.num_rows
+
+
+def _scan(predictions: str, work: Path, share: float) -> tuple[list[float], list[float],
+                                                                list[int], np.ndarray]:
+    """One streaming scan of four columns: the bounds (whole nm, the upper one exclusive),
+    the distinct pre- and post-synaptic segments (HyperLogLog) and the points of a hash
+    sample of `share` of the annotations (n x 3, x y z)."""
+    work.mkdir(parents=True, exist_ok=True)
+    con = duckdb_connection(work)
+    source = f"read_parquet('{predictions}')"
+    row = query_one(con, f"""SELECT floor(min(x::FLOAT)), floor(min(y::FLOAT)),
+        floor(min(z::FLOAT)), floor(max(x::FLOAT)) + 1, floor(max(y::FLOAT)) + 1,
+        floor(max(z::FLOAT)) + 1, approx_count_distinct(nullif(pre_id, 0)),
+        approx_count_distinct(nullif(post_id, 0)) FROM {source}""")
+    lower, upper = [float(v) for v in row[:3]], [float(v) for v in row[3:6]]
+    distinct = [max(1, int(v or 0)) for v in row[6:8]]
+    points = con.execute(f"""SELECT x::FLOAT::DOUBLE AS x, y::FLOAT::DOUBLE AS y,
+        z::FLOAT::DOUBLE AS z FROM {source}
+        WHERE (hash(synapse_id::UBIGINT) >> 11)::DOUBLE / 9007199254740992.0 < {share!r}
+        """).fetchnumpy()
+    con.close()
+    shutil.rmtree(work, ignore_errors=True)
+    return lower, upper, distinct, np.stack([points[a] for a in "xyz"], axis=1)
 
 
 def write_plan(plan: dict, path: str) -> None:
@@ -420,10 +437,12 @@ def assemble_annotations(plan: dict, reduced: Sequence[tuple[int, str]], out: Pa
 # --- one process ------------------------------------------------------------------------
 
 
-def write_layer(predictions: str, out: Path, classes: Sequence[str], work: Path,
+def write_annotations(predictions: str, out: Path, classes: Sequence[str], work: Path,
                 limit: int = LIMIT, sharded: bool | None = None, **plan_options) -> dict:
-    """Plan, map, reduce and assemble in this process (a layer written as one job each
-    way); returns the info."""
+    """Write `predictions` (a Parquet table of ntclass predictions) as an annotation
+    collection in `out`: plan, map, reduce and assemble in this process (the layer as one
+    job), the very code of the jobs; returns the info. `sharded`: None decides by the
+    count."""
     plan = plan_annotations(predictions, classes, work, limit, sharded, **plan_options)
     parts = [work / "parts" / f"{p}.parquet" for p in range(len(plan["parts"]))]
     for p, path in enumerate(parts):

@@ -11,14 +11,13 @@ The format is google/neuroglancer's `src/datasource/precomputed/annotations.md`:
 Every record is float32 x, y, z; float32 properties (confidence, then each class's
 probability); the uint8 `nt` enum; zero padding to 4 bytes. The layer is written by
 independent jobs (`ntclass.view.annotation_jobs`: a plan, a map job per row range, a reduce
-job per index and shard); `write_annotations` runs them all in one process.
+job per index and shard); `annotation_jobs.write_annotations` runs them all in one process.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -58,13 +57,3 @@ def layer_info(lower: Sequence[float], upper: Sequence[float], classes: Sequence
             "lower_bound": list(lower), "upper_bound": list(upper),
             "annotation_type": "POINT", "properties": properties(classes),
             "relationships": relationships, "by_id": by_id, "spatial": spatial}
-
-
-def write_annotations(predictions: str, out: Path, classes: Sequence[str], work: Path,
-                      limit: int = LIMIT, sharded: bool | None = None, **plan_options) -> dict:
-    """Write `predictions` (a Parquet table of ntclass predictions) as an annotation
-    collection in `out`, every job in this process; returns its info. `sharded`: None
-    decides by the count."""
-    from ntclass.view.annotation_jobs import write_layer
-
-    return write_layer(predictions, out, classes, work, limit, sharded, **plan_options)

@@ -13,8 +13,7 @@ import pandas as pd
 from ntclass.io import NamedOutputs, atomic_path
 from ntclass.settings import View
 from ntclass.sql import duckdb_connection, query_one
-from ntclass.view.annotation_jobs import assemble_annotations
-from ntclass.view.annotations import write_annotations
+from ntclass.view.annotation_jobs import assemble_annotations, write_annotations
 from ntclass.view.segments import write_segment_properties
 from ntclass.view.state import raw_axis_names, raw_source, state, state_page, state_url
 from ntclass.volumes import open_raw

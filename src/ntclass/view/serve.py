@@ -3,21 +3,27 @@ client bundled in the `neuroglancer` Python package, so that no internet is need
 
 Two servers: the project folder, read-only, with CORS (so that any neuroglancer, e.g. the
 public one, may read it) and byte ranges (sharded annotations and volumes are read by
-range); and the `neuroglancer` package's own server, which serves its client and hands it
-the state (its client takes the state from that server, not from the URL). A state's
-local sources were written for `view.served_at`; they are moved to the address served."""
+range), on tornado's static handler (tornado comes with the neuroglancer package); and the
+`neuroglancer` package's own server, which serves its client and hands it the state (its
+client takes the state from that server, not from the URL). A state's local sources were
+written for `view.served_at`; they are moved to the address served."""
 
 from __future__ import annotations
 
-import http.server
+import asyncio
 import json
 import os
 import re
-import urllib.parse
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
 from ntclass.errors import NtclassError
+from ntclass.view.state import source_urls
 
 OUTSIDE = "/@abs"  # the prefix of local raw outside the project folder (state.raw_source)
 
@@ -60,7 +66,8 @@ def served_state(project: Path, model: str, target: str, address: str) -> Served
     text = path.read_text()
     value = json.loads(text)
     suffix = f"/results/view/{model}/{target}/annotations"
-    sources = [layer["source"] for layer in value["layers"] if layer["type"] == "annotation"]
+    sources = [url for layer in value["layers"] if layer["type"] == "annotation"
+               for url in source_urls(layer)]
     match = re.fullmatch(r"precomputed://(.*)" + re.escape(suffix), sources[0]) if sources \
         else None
     if not match:
@@ -74,122 +81,113 @@ def served_state(project: Path, model: str, target: str, address: str) -> Served
     return ServedState(model, target, value, tuple(Path(p) for p in outside))
 
 
-class Handler(http.server.SimpleHTTPRequestHandler):
-    """Static files with CORS and single byte ranges; no directory listings."""
+class ProjectFiles(tornado.web.StaticFileHandler):
+    """The project's files with CORS, on tornado's static handler (which does byte ranges,
+    HEAD, 416 and ETags). What tornado answers with 403 (a path outside the root, a
+    directory) is a 404 here: the server does not tell what exists beyond what it serves."""
 
-    project: Path
-    outside_roots: tuple[Path, ...] = ()
-    quiet = True
+    def set_default_headers(self) -> None:
+        self.set_header("Access-Control-Allow-Origin", "*")
+        self.set_header("Access-Control-Allow-Headers", "Range")
+        self.set_header("Access-Control-Expose-Headers", "Content-Range, Content-Length")
 
-    def translate_path(self, path: str) -> str:
-        path = urllib.parse.unquote(urllib.parse.urlsplit(path).path)
-        if path.startswith(OUTSIDE + "/"):
-            target = Path(os.path.normpath(path[len(OUTSIDE):]))
-            if any(target == r or r in target.parents for r in self.outside_roots):
-                return str(target)
-            return str(self.project / ".forbidden")
-        return self._within(self.project, path.lstrip("/"))
+    def options(self, *args) -> None:
+        self.set_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+        self.set_status(204)
+
+    @classmethod
+    def get_absolute_path(cls, root: str, path: str) -> str:
+        absolute = os.path.normpath(os.path.join(root, path))
+        if not is_within(Path(absolute), Path(root)):
+            raise tornado.web.HTTPError(404)
+        return absolute
+
+    def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
+        if not os.path.isfile(absolute_path):
+            raise tornado.web.HTTPError(404)
+        return super().validate_absolute_path(root, absolute_path)
+
+
+class OutsideFiles(ProjectFiles):
+    """Local raw outside the project, under OUTSIDE + its absolute path: only within the
+    roots that the served state names."""
+
+    def initialize(self, path: str, roots: list[Path]) -> None:
+        super().initialize(path, allowed_symlink_directory="/")
+        self.roots = roots
+
+    def validate_absolute_path(self, root: str, absolute_path: str) -> str | None:
+        if not any(is_within(Path(absolute_path), r) for r in self.roots):
+            raise tornado.web.HTTPError(404)
+        return super().validate_absolute_path(root, absolute_path)
+
+
+def is_within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+class FileServer:
+    """The project folder served on `host`:`port` (0: a free one) by tornado, in a thread
+    with an event loop of its own (the neuroglancer package runs its server beside it).
+    The local raw outside the project that a state names is served once `allow`ed."""
+
+    def __init__(self, project: Path, host: str, port: int, quiet: bool = True):
+        self.outside_roots: list[Path] = []
+        # symlinks inside the project are followed wherever they lead, as a shell would:
+        # the project is the lab's own folder, served on their machine
+        app = tornado.web.Application([
+            (re.escape(OUTSIDE) + r"(/.*)", OutsideFiles,
+             {"path": "/", "roots": self.outside_roots}),
+            (r"/(.*)", ProjectFiles,
+             {"path": str(project.resolve()), "allowed_symlink_directory": "/"}),
+        ], log_function=(lambda handler: None) if quiet else self.log)
+        sockets = tornado.netutil.bind_sockets(port, address=host)
+        self.port = sockets[0].getsockname()[1]
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.http = tornado.httpserver.HTTPServer(app)
+            self.http.add_sockets(sockets)
+            self.loop.call_soon(started.set)
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        started.wait()
 
     @staticmethod
-    def _within(root: Path, relative: str) -> str:
-        target = Path(os.path.normpath(root / relative))
-        return str(target) if target == root or root in target.parents else str(
-            root / ".forbidden")
+    def log(handler: tornado.web.RequestHandler) -> None:
+        request = handler.request
+        print(f"{handler.get_status()} {request.method} {request.uri} "
+              f"{1000 * request.request_time():.1f} ms", flush=True)
 
-    def list_directory(self, path):  # noqa: ARG002 (the signature of the base class)
-        self.send_error(404, "no directory listings")
-        return None
+    def allow(self, roots) -> None:
+        self.outside_roots[:] = [Path(r).resolve() for r in roots]
 
-    def end_headers(self) -> None:
-        self.send_header("Access-Control-Allow-Origin", "*")
-        self.send_header("Access-Control-Allow-Headers", "Range")
-        self.send_header("Access-Control-Expose-Headers", "Content-Range, Content-Length")
-        self.send_header("Accept-Ranges", "bytes")
-        super().end_headers()
+    def stop(self) -> None:
+        def shut() -> None:
+            self.http.stop()
+            self.loop.stop()
 
-    def do_OPTIONS(self) -> None:  # noqa: N802 (http.server's naming)
-        self.send_response(204)
-        self.send_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
-        self.end_headers()
-
-    def send_head(self):
-        ranged = self._range()
-        if ranged is None:
-            return super().send_head()
-        path = self.translate_path(self.path)
-        if not os.path.isfile(path):
-            self.send_error(404, "not found")
-            return None
-        size = os.path.getsize(path)
-        start, end = ranged
-        if start is None:  # the last `end` bytes
-            start, end = max(size - end, 0), size - 1
-        end = min(size - 1 if end is None else end, size - 1)
-        if start >= size or start > end:
-            self.send_response(416)
-            self.send_header("Content-Range", f"bytes */{size}")
-            self.end_headers()
-            return None
-        f = open(path, "rb")  # noqa: SIM115 (closed by copyfile's caller, as in the base)
-        f.seek(start)
-        self.send_response(206)
-        self.send_header("Content-Type", self.guess_type(path))
-        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.send_header("Content-Length", str(end - start + 1))
-        self.end_headers()
-        self._remaining = end - start + 1
-        return f
-
-    def copyfile(self, source, outputfile) -> None:
-        remaining = getattr(self, "_remaining", None)
-        if remaining is None:
-            return super().copyfile(source, outputfile)
-        while remaining > 0:
-            chunk = source.read(min(remaining, 1 << 20))
-            if not chunk:
-                break
-            outputfile.write(chunk)
-            remaining -= len(chunk)
-        self._remaining = None
-        return None
-
-    def _range(self) -> tuple[int | None, int | None] | None:
-        header = self.headers.get("Range")
-        match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip()) if header else None
-        if not match or match.groups() == ("", ""):
-            return None
-        first, last = match.groups()
-        if not first:
-            return None, int(last)
-        return int(first), int(last) if last else None
-
-    def log_message(self, format, *args) -> None:  # noqa: A002 (the base's signature)
-        if not self.quiet:
-            super().log_message(format, *args)
-
-
-def file_server(project: Path, host: str, port: int, quiet: bool = True
-                ) -> http.server.ThreadingHTTPServer:
-    """A server of the `project` folder (port 0: a free port). The local raw outside it
-    that a state names is allowed once the state is known (`ServedState.outside_roots`)."""
-    handler = type("ProjectHandler", (Handler,), {"project": project.resolve(),
-                                                  "quiet": quiet})
-    return http.server.ThreadingHTTPServer((host, port), handler)
+        self.loop.call_soon_threadsafe(shut)
+        self.thread.join(timeout=10)
+        self.loop.close()
 
 
 @dataclass
 class View:
     """A running `ntclass view`: the file server (not yet serving) and the client's URL."""
 
-    files: http.server.ThreadingHTTPServer
+    files: FileServer
     url: str
     viewer: object  # neuroglancer.Viewer: its server forgets viewers nothing refers to
 
     def stop(self) -> None:
         import neuroglancer
 
-        self.files.shutdown()
-        self.files.server_close()
+        self.files.stop()
         neuroglancer.stop()
 
 
@@ -202,13 +200,9 @@ def start_view(project: Path, model: str, target: str, host: str, port: int,
     except ImportError as e:
         raise NtclassError("`ntclass view` needs the `neuroglancer` package (for its "
                            "bundled client): pip install neuroglancer==2.41.2") from e
-    import threading
-
-    files = file_server(project, host, port, quiet=quiet)
-    address = f"http://{host}:{files.server_address[1]}"
-    chosen = served_state(project, model, target, address)
-    files.RequestHandlerClass.outside_roots = tuple(r.resolve() for r in chosen.outside_roots)
-    threading.Thread(target=files.serve_forever, daemon=True).start()
+    files = FileServer(project, host, port, quiet=quiet)
+    chosen = served_state(project, model, target, f"http://{host}:{files.port}")
+    files.allow(chosen.outside_roots)
     neuroglancer.set_server_bind_address(host, client_port)
     viewer = neuroglancer.Viewer()
     viewer.set_state(chosen.state)
@@ -223,7 +217,7 @@ def serve(project: str, model: str | None, target: str | None, host: str, port: 
     root = Path(project).resolve()
     model, target = choose_state(root, model, target)
     view = start_view(root, model, target, host, port, client_port, quiet=not verbose)
-    print(f"serving {root} at http://{host}:{view.files.server_address[1]} (Ctrl-C stops)")
+    print(f"serving {root} at http://{host}:{view.files.port} (Ctrl-C stops)")
     print(f"open {model}/{target} in neuroglancer: {view.url}", flush=True)
     try:
         while True:

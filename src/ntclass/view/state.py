@@ -93,31 +93,42 @@ def raw_layer_source(raw: str, axis_names: Sequence[str], voxel_size: Sequence[i
 def state(*, classes: Sequence[str], annotations_url: str, segments_url: str,
           raw: str | None, raw_axes: Sequence[str] = (), voxel_size: Sequence[int],
           centre_nm: Sequence[float], palette: str, segmentation: str | None, name: str) -> dict:
-    """The neuroglancer state (voxel_size and centre_nm in z, y, x; raw_axes: the names
-    neuroglancer gives the raw's axes, see `raw_axis_names`)."""
+    """The neuroglancer state as JSON, built as a `neuroglancer.ViewerState` (voxel_size and
+    centre_nm in z, y, x; raw_axes: the names neuroglancer gives the raw's axes, see
+    `raw_axis_names`)."""
+    import neuroglancer
+
     vz, vy, vx = voxel_size
-    layers = []
-    if raw:
-        layers.append({"type": "image", "name": "EM", "source": raw_layer_source(
-            raw, raw_axes, voxel_size)})
-    synapses = {"type": "annotation", "name": f"synapses {name}",
-                "source": f"precomputed://{annotations_url}",
-                "shader": shader(classes, palette)}
-    neurons = {"type": "segmentation", "name": "neurons",
-               "source": ([segmentation] if segmentation else [])
-               + [f"precomputed://{segments_url}"]}
-    if segmentation:
-        synapses["linkedSegmentationLayer"] = {"pre_segment": "neurons",
-                                               "post_segment": "neurons"}
-        synapses["filterBySegmentation"] = ["pre_segment"]
-    layers += [synapses, neurons]
+    value = neuroglancer.ViewerState()
+    value.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="m",
+                                                    scales=[vx * 1e-9, vy * 1e-9, vz * 1e-9])
     z, y, x = centre_nm
-    return {"dimensions": {"x": [vx * 1e-9, "m"], "y": [vy * 1e-9, "m"],
-                           "z": [vz * 1e-9, "m"]},
-            "position": [x / vx, y / vy, z / vz], "crossSectionScale": 1,
-            "projectionScale": 4096, "layers": layers,
-            "selectedLayer": {"layer": synapses["name"], "visible": True},
-            "layout": "xy-3d"}
+    value.position = [x / vx, y / vy, z / vz]
+    value.cross_section_scale = 1
+    value.projection_scale = 4096
+    if raw:
+        value.layers.append(name="EM", layer=neuroglancer.ImageLayer(
+            source=raw_layer_source(raw, raw_axes, voxel_size)))
+    synapses = neuroglancer.AnnotationLayer(source=f"precomputed://{annotations_url}",
+                                            shader=shader(classes, palette))
+    if segmentation:
+        synapses.linked_segmentation_layer = {"pre_segment": "neurons",
+                                              "post_segment": "neurons"}
+        synapses.filter_by_segmentation = ["pre_segment"]
+    value.layers.append(name=f"synapses {name}", layer=synapses)
+    value.layers.append(name="neurons", layer=neuroglancer.SegmentationLayer(
+        source=([segmentation] if segmentation else []) + [f"precomputed://{segments_url}"]))
+    value.selected_layer.layer = f"synapses {name}"
+    value.selected_layer.visible = True
+    value.layout = "xy-3d"
+    return value.to_json()
+
+
+def source_urls(layer: dict) -> list[str]:
+    """The URLs of a state layer's sources (neuroglancer writes a list of {url, ...})."""
+    sources = layer["source"]
+    sources = sources if isinstance(sources, list) else [sources]
+    return [s if isinstance(s, str) else s["url"] for s in sources]
 
 
 def state_url(viewer: str, value: dict) -> str:
