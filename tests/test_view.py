@@ -421,3 +421,51 @@ def test_a_whole_brain_layer_is_planned_as_many_independent_jobs(tmp_path, monke
     shard_mb = n * (size + 24) / by_index[0] / 1e6
     assert 10 <= shard_mb <= 60, shard_mb
     assert sum(by_index.values()) + parts >= 64
+
+
+def shard_digests(folder: Path) -> dict[str, bytes]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).digest()
+            for p in folder.rglob("*.shard")}
+
+
+def test_a_rerun_after_one_percent_changed_counts_the_shard_files_it_changes(tmp_path):
+    """1 % of the synapses re-predicted in one place (as after new raw there): the plan
+    keeps its levels and shardings (positions and ids unchanged), so a shard file without a
+    changed synapse comes out byte for byte the same. Issue 28 asks for at most 10 % of
+    the files; this layer (2 * 10^4 synapses) misses it: by_id and the relationships are
+    keyed by id and by segment, which a place does not bound (62/64 and 9/9 changed), and
+    every spatial level is hit by a share of the changed synapses drawn by id, so a level of
+    few shards changes whole (29/60). Measured here, and bounded only loosely."""
+    table = prediction_table(20_000, seed=3)
+    table.to_parquet(tmp_path / "before.parquet")
+    options = {"limit": 100, "sharded": True, "minishard_keys": 64, "shard_bytes": 20_000}
+    write_annotations(str(tmp_path / "before.parquet"), tmp_path / "before", CLASSES,
+                      tmp_path / "w1", **options)
+    centre = table[["x", "y", "z"]].median().to_numpy()
+    nearest = np.argsort(np.linalg.norm(table[["x", "y", "z"]].to_numpy() - centre, axis=1))
+    changed = nearest[:len(table) // 100]
+    after = table.copy()
+    rng = np.random.default_rng(4)
+    probs = rng.dirichlet(np.ones(len(CLASSES)), len(changed)).astype(np.float32)
+    after.loc[after.index[changed], CLASSES] = probs
+    after.loc[after.index[changed], "confidence"] = probs.max(axis=1)
+    after.loc[after.index[changed], "predicted_nt"] = np.asarray(CLASSES)[probs.argmax(axis=1)]
+    after.to_parquet(tmp_path / "after.parquet")
+    write_annotations(str(tmp_path / "after.parquet"), tmp_path / "after", CLASSES,
+                      tmp_path / "w2", **options)
+    before, now = shard_digests(tmp_path / "before"), shard_digests(tmp_path / "after")
+    assert before.keys() == now.keys()
+    rewritten: dict[str, list[int]] = {}
+    for name, digest in before.items():
+        index = name.split("/")[0]
+        index = "spatial" if index.startswith("spatial") else index
+        rewritten.setdefault(index, [0, 0])[1] += 1
+        rewritten[index][0] += digest != now[name]
+    print({k: f"{a}/{b}" for k, (a, b) in rewritten.items()})
+    changed_files = sum(a for a, _ in rewritten.values())
+    print(f"{changed_files} of {len(before)} shard files changed")
+    spatial, files = rewritten["spatial"]
+    assert 0 < spatial < 0.75 * files, rewritten  # 29/60 measured
+    assert changed_files < len(before)

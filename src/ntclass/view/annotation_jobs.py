@@ -340,6 +340,10 @@ def reduce_annotations(plan: dict, index: int, shard: int, parts: Sequence[str],
         _write_overflow(plan, index, order[~keep], ids[~keep], record[~keep], overflow_out)
         keys, ids, record = keys[keep], ids[keep], record[keep]
         starts = np.flatnonzero(np.diff(keys, prepend=keys[:1] - 1)) if len(keys) else starts[:0]
+    else:  # by_id and the relationships overflow nothing: an empty file, as every job has
+        overflow_out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(overflow_out) as tmp:
+            pq.write_table(_schema(size).empty_table(), tmp)
     ends = np.append(starts[1:], len(keys))
     if index == BY_ID:
         tails = _relationship_tails(_column(table, "pre", np.uint64)[sort],
@@ -422,8 +426,10 @@ def assemble_annotations(plan: dict, reduced: Sequence[tuple[int, str]], out: Pa
     with atomic_path(out, is_dir=True) as tmp:
         for index, folder in reduced:
             target = tmp / plan["indices"][index]["key"]
-            target.mkdir(exist_ok=True)
             for path in Path(folder).iterdir():
+                if path.name.startswith("."):  # Snakemake's .snakemake_timestamp
+                    continue
+                target.mkdir(exist_ok=True)
                 filled.add(index)
                 try:
                     os.link(path, target / path.name)
