@@ -1,15 +1,17 @@
-"""Peak memory and time of the neuroglancer annotation writer at 10^5-10^7 synapses.
+"""Time and peak memory of the annotation layer's jobs at 10^5-10^7 synapses.
 
 A prediction table at whole-brain shape (FAFB's extent, synapses clustered in neuropils,
 64-bit ids, seven classes, one pre-synaptic segment per 300 synapses and one post-synaptic
-per 100) is written as sharded precomputed annotations by
-`ntclass.view.annotations.write_annotations`, each size in a fresh process. Printed per
-size: seconds, synapses/s, peak memory (RSS), files and bytes written; then each spatial
-level's cells, share of the synapses and fullest cell, read back from the written index
-(which must hold every synapse once, no cell over its limit, and at most half of the
-synapses at the finest level); then the ratio of the largest size's peak memory to the
-smallest's. Target: memory bounded independent of the number of synapses (ratio within
-1.2).
+per 100) is written as sharded precomputed annotations by the jobs of
+`ntclass.view.annotation_jobs` (the plan, a map job per row range, a reduce job per index
+and shard, the assembly), each job in a fresh process, one after another, as a cluster
+would run them side by side. Printed per size: each kind of job's count, its slowest and
+summed seconds, synapses/s per job (the rows it handled over its seconds) and its largest
+peak memory (RSS); files and bytes written; then each spatial level's cells, share of the
+synapses and fullest cell, read back from the written index (which must hold every
+synapse once, no cell over its limit, and at most half of the synapses at the finest
+level); then the jobs a FAFB-sized layer (2.4e8 synapses) is planned as. Targets: at least
+50,000 synapses/s per job; each job's peak memory bounded whatever the target's size.
 
   .venv/bin/python benchmarks/view_annotations.py                 # 10^5, 10^6, 10^7
   .venv/bin/python benchmarks/view_annotations.py --sizes 100000 1000000
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -65,17 +68,92 @@ def write_table(path: Path, n: int, seed: int = 0) -> None:
     writer.close()
 
 
-def child(table: str, out: str) -> None:
-    """Write the annotations; print a JSON line of seconds and peak memory."""
-    from ntclass.view.annotations import write_annotations
+def child(kind: str, args: list[str]) -> None:
+    """Run one job; print a JSON line of its seconds, peak memory and rows handled."""
+    from ntclass.view import annotation_jobs as jobs
 
     begin = time.perf_counter()
-    info = write_annotations(table, Path(out), CLASSES, Path(out).parent / "work")
+    if kind == "plan":
+        table, plan_path = args
+        plan = jobs.plan_annotations(table, CLASSES, Path(plan_path).parent / "plan-work")
+        jobs.write_plan(plan, plan_path)
+        rows = plan["count"]
+    elif kind == "map":
+        plan_path, part, out = args
+        rows = jobs.map_annotations(jobs.read_plan(plan_path), int(part), Path(out))
+    elif kind == "reduce":
+        plan_path, index, shard, work = args
+        plan, work = jobs.read_plan(plan_path), Path(work)
+        parts = sorted(str(p) for p in (work / "parts").iterdir())
+        overflow = sorted(str(p) for p in (work / "overflow" / str(int(index) - 1)).glob("*"))
+        jobs.reduce_annotations(plan, int(index), int(shard), parts,
+                                overflow if int(index) > jobs.FIRST_SPATIAL else [],
+                                work / "shards" / index / shard,
+                                work / "overflow" / index / f"{shard}.parquet")
+        rows = 0  # counted from the parts by the parent
+    else:
+        plan_path, work, out = args
+        plan, work = jobs.read_plan(plan_path), Path(work)
+        reduced = [(i, str(work / "shards" / str(i) / str(s)))
+                   for i, s in jobs.index_shards(plan)]
+        rows = len(jobs.assemble_annotations(plan, reduced, Path(out))["spatial"])
     seconds = time.perf_counter() - begin
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb,
-                      "levels": len(info["spatial"]),
-                      "sharded": "sharding" in info["by_id"]}))
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "rows": rows}))
+
+
+def run_job(kind: str, *args) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--child", kind, *map(str, args)],
+                            capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"{kind} job {args} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def write_layer(table: Path, work: Path, out: Path) -> dict[str, list[dict]]:
+    """Every job of the layer, each in its own process; the figures of each, by kind."""
+    from ntclass.view import annotation_jobs as jobs
+
+    work.mkdir(parents=True)
+    plan_path = work / "plan.json"
+    figures = {"plan": [run_job("plan", table, plan_path)]}
+    plan = jobs.read_plan(plan_path)
+    figures["map"] = [run_job("map", plan_path, p, work / "parts" / f"{p}.parquet")
+                      for p in range(len(plan["parts"]))]
+    counts = _rows_per_shard(work / "parts")
+    figures["reduce"] = []
+    for index, shard in jobs.index_shards(plan):
+        job = run_job("reduce", plan_path, index, shard, work)
+        job["rows"] = counts.get((index, shard), 0)
+        figures["reduce"].append(job)
+    figures["assemble"] = [run_job("assemble", plan_path, work, out)]
+    return figures
+
+
+def _rows_per_shard(parts: Path) -> dict[tuple[int, int], int]:
+    counts: dict[tuple[int, int], int] = {}
+    for part in parts.iterdir():
+        t = pq.read_table(part, columns=["index", "shard"]).group_by(["index", "shard"])
+        for row in t.aggregate([("index", "count")]).to_pylist():
+            key = (row["index"], row["shard"])
+            counts[key] = counts.get(key, 0) + row["index_count"]
+    return counts
+
+
+def fafb_jobs(plan: dict, n: int = 240_000_000) -> dict[str, int]:
+    """Map jobs and by_id and relationship shards (each a reduce job) of a FAFB-sized layer,
+    the measured segments per synapse scaled to n; the spatial levels' shards come on top."""
+    from ntclass.view import annotation_jobs as jobs
+    from ntclass.view.sharded import sharding_spec
+
+    size, scale = jobs.record_size(CLASSES), n / plan["count"]
+    out = {"map": -(-n // jobs.ROWS_PER_PART),
+           "by_id": 1 << sharding_spec(n, n * (size + 24), "raw")["shard_bits"]}
+    for spec in plan["indices"][1:jobs.FIRST_SPATIAL]:
+        keys = int(scale * (1000 << (spec["sharding"]["minishard_bits"]
+                                     + spec["sharding"]["shard_bits"])))
+        out[spec["key"]] = 1 << sharding_spec(keys, n * (size + 8))["shard_bits"]
+    return out
 
 
 def spatial_levels(out: Path, n: int) -> list[dict]:
@@ -120,37 +198,43 @@ def files_and_bytes(folder: Path) -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10**5, 10**6, 10**7])
-    parser.add_argument("--child", nargs=2, metavar=("TABLE", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child)
+        child(args.child[0], args.child[1:])
         return
-    rows = []
+    from ntclass.view.annotation_jobs import read_plan
+
+    peaks = []
     with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as tmp:
         for n in args.sizes:
             table, out = Path(tmp) / f"t{n}.parquet", Path(tmp) / f"a{n}" / "annotations"
             write_table(table, n)
-            result = subprocess.run([sys.executable, __file__, "--child", str(table),
-                                     str(out)], capture_output=True, text=True, check=True)
-            figures = json.loads(result.stdout.strip().splitlines()[-1])
-            figures["files"], figures["bytes"] = files_and_bytes(out)
-            rows.append((n, figures))
-            print(f"{n:>10,} synapses  {figures['seconds']:7.1f} s  "
-                  f"{n / figures['seconds']:9,.0f} synapses/s  peak {figures['peak_mb']:6.0f} MB"
-                  f"  {figures['files']:>6} files  {figures['bytes'] / 2**20:8.1f} MiB  "
-                  f"{figures['levels']} spatial levels  sharded {figures['sharded']}",
-                  flush=True)
+            figures = write_layer(table, Path(tmp) / f"w{n}", out)
+            files, size = files_and_bytes(out)
+            print(f"{n:>10,} synapses: {files} files, {size / 2**20:.1f} MiB", flush=True)
+            for kind, jobs in figures.items():
+                rates = [j["rows"] / j["seconds"] for j in jobs if j["rows"] > 10_000]
+                rate = f"{min(rates):9,.0f}-{max(rates):9,.0f} synapses/s a job" if rates else ""
+                slowest = max(j["seconds"] for j in jobs)
+                print(f"    {kind:<8} {len(jobs):>4} jobs, slowest {slowest:6.1f} s, "
+                      f"summed {sum(j['seconds'] for j in jobs):7.1f} s, largest peak "
+                      f"{max(j['peak_mb'] for j in jobs):6.0f} MB  {rate}", flush=True)
+            peaks.append((n, max(j["peak_mb"] for jobs in figures.values() for j in jobs)))
             for level, row in enumerate(spatial_levels(out, n)):
                 chunk = " x ".join(f"{c:,.1f}" for c in row["chunk_um"])
                 print(f"    level {level:>2}: {row['cells']:>7,} cells of {chunk} um, "
                       f"{row['annotations'] / n:6.1%} of the synapses, fullest cell "
                       f"{row['fullest']:,}", flush=True)
+            plan = read_plan(Path(tmp) / f"w{n}" / "plan.json")
+            print(f"    a FAFB-sized layer (2.4e8): {fafb_jobs(plan)} jobs, and a reduce "
+                  "job per spatial shard", flush=True)
+            shutil.rmtree(Path(tmp) / f"w{n}")
             table.unlink()
-    if len(rows) > 1:
-        (n0, small), (n1, large) = rows[0], rows[-1]
-        print(f"peak memory at {n1:,} / at {n0:,}: {large['peak_mb'] / small['peak_mb']:.2f} "
-              f"(target <= 1.2); time per synapse: "
-              f"{(large['seconds'] / n1) / (small['seconds'] / n0):.2f}")
+    if len(peaks) > 1:
+        (n0, small), (n1, large) = peaks[0], peaks[-1]
+        print(f"largest job's peak memory at {n1:,} / at {n0:,}: {large / small:.2f} "
+              f"({large:.0f} MB; target within 1.2 or under 1,200 MB)")
 
 
 if __name__ == "__main__":

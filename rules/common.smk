@@ -15,6 +15,7 @@ from ntclass.settings import (
     work_settings,
 )
 from ntclass.sources.kinds import SplitPart
+from ntclass.view.annotation_jobs import FIRST_SPATIAL, index_shards, read_plan
 from ntclass.workflow import canonical, configured_sources, demo_outputs
 
 # ntclass as a Snakemake module (`module ntclass: ... prefix: "nt"` or `replace_prefix:`):
@@ -317,3 +318,52 @@ def view_targets():
     return expand(
         "results/view/{model}/{target}/state.json", model=MODELS, target=TARGETS
     )
+
+
+# The annotation layer's jobs (rules/view.smk): a plan, map and reduce jobs.
+JOBS = "results/view/{model}/{target}/annotation_jobs"
+
+
+def annotation_plan(wildcards):
+    """The plan of a model and target's annotation layer (known once its checkpoint ran)."""
+    plan = checkpoints.annotation_plan.get(
+        model=wildcards.model, target=wildcards.target
+    ).output.plan
+    if not os.path.exists(plan):
+        # in a remote storage: fetched by the checkpoint output's open(), as in target_meta
+        with plan.open():
+            pass
+    return read_plan(plan)
+
+
+def annotation_parts(wildcards):
+    return expand(
+        f"{JOBS}/parts/{{part}}.parquet",
+        model=wildcards.model,
+        target=wildcards.target,
+        part=range(len(annotation_plan(wildcards)["parts"])),
+    )
+
+
+def annotation_overflow_in(wildcards):
+    """What the cells of the level above overflow into this spatial level's shards."""
+    index = int(wildcards.index)
+    if index <= FIRST_SPATIAL:
+        return []
+    jobs = index_shards(annotation_plan(wildcards))
+    return [
+        f"{JOBS}/overflow/{index - 1}/{shard}.parquet".format(
+            model=wildcards.model, target=wildcards.target
+        )
+        for i, shard in jobs
+        if i == index - 1
+    ]
+
+
+def annotation_shards(wildcards):
+    return [
+        f"{JOBS}/shards/{index}/{shard}".format(
+            model=wildcards.model, target=wildcards.target
+        )
+        for index, shard in index_shards(annotation_plan(wildcards))
+    ]

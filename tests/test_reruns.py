@@ -23,7 +23,7 @@ def downstream_of_predictions(runs: int = RUNS, shards: int = SHARDS) -> dict[st
 
 
 EVALUATION_ONLY = {"evaluate": RUNS, "compare": 1}
-VIEW_ONLY = {"neuroglancer": RUNS}
+VIEW_ONLY = {"annotation_plan": RUNS, "neuroglancer": RUNS}
 NOTHING: dict[str, int] = {}
 # (key path, new value, planned by the dry run, planned once the target checkpoint ran)
 CASES = [

@@ -4,6 +4,7 @@ through TensorStore's `neuroglancer_uint64_sharded` key-value store."""
 
 from __future__ import annotations
 
+import collections
 import json
 import struct
 from pathlib import Path
@@ -12,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorstore as ts
+from view_helpers import read_with_neuroglancer
 
-from ntclass.view.annotations import write_annotations
+from ntclass.view.annotation_jobs import write_annotations
 
 CLASSES = ["acetylcholine", "gaba", "glutamate", "serotonin"]
 
@@ -109,8 +111,6 @@ def cell_of(key, grid_shape) -> list[int]:
 
 @pytest.mark.parametrize("sharded", [False, True])
 def test_annotations_read_back_equal_the_prediction_table(tmp_path, monkeypatch, sharded):
-    # small transactions: a shard is written in several, as at whole-brain scale
-    monkeypatch.setattr("ntclass.view.annotations.BATCH_KEYS", 97)
     table = prediction_table(3000)
     table.to_parquet(tmp_path / "predictions.parquet")
     out = tmp_path / "annotations"
@@ -387,3 +387,127 @@ def test_view_paths_of_a_remote_default_storage_and_outside_the_project(tmp_path
     assert served_path(str(tmp_path.parent / "raw.zarr")) is None
     with pytest.raises(NtclassError, match="lies outside the working directory"):
         view_path("/scratch/storage/s3/lab-bucket/results/view/m/t/annotations")
+
+
+def test_parallel_layer_decodes_with_neuroglancer_as_the_one_job_layer(tmp_path):
+    from ntclass.view import annotation_jobs
+
+    table = prediction_table(1600, seed=1)
+    table.to_parquet(tmp_path / "predictions.parquet")
+    ids = table.synapse_id.to_numpy()
+    segments = {"pre_segment": sorted(table.pre_id.unique()),
+                "post_segment": sorted(int(s) for s in table.post_id.dropna().unique())}
+    layers = {}
+    for name, options in {"one": {}, "many": {"rows_per_part": 200, "shard_bytes": 10_000,
+                                              "minishard_keys": 16}}.items():
+        plan = annotation_jobs.plan_annotations(str(tmp_path / "predictions.parquet"), CLASSES,
+                                                tmp_path / "plan", 100, True, **options)
+        jobs = annotation_jobs.index_shards(plan)
+        if name == "many":
+            assert len(plan["parts"]) == 8 and len(jobs) > 2 * len(plan["indices"])
+        else:
+            assert len(plan["parts"]) == 1 and len(jobs) == len(plan["indices"])
+        write_annotations(str(tmp_path / "predictions.parquet"), tmp_path / name, CLASSES,
+                          tmp_path / f"work-{name}", limit=100, sharded=True, **options)
+        layers[name] = read_with_neuroglancer(tmp_path / name, ids, segments)
+    assert len(list((tmp_path / "many" / "by_id").iterdir())) > 1
+    assert layers["many"] == layers["one"]
+
+    # every annotation once, with its properties and relationships, as the table says
+    layer, truth = layers["one"], table.set_index("synapse_id")
+    for key, (point, props, (pre, post)) in layer["by_id"].items():
+        row = truth.loc[key]
+        assert np.allclose(point, [row.x, row.y, row.z], rtol=1e-6)
+        assert np.allclose(props[:-1], [row.confidence, *row[CLASSES]])
+        assert CLASSES[props[-1]] == row.predicted_nt
+        assert pre == (row.pre_id,) and post == (() if pd.isna(row.post_id) else (row.post_id,))
+    for rel, column in (("pre_segment", "pre_id"), ("post_segment", "post_id")):
+        for segment, found in layer["related"][rel].items():
+            assert found == sorted(truth.index[truth[column] == segment])
+    # every level decoded, no cell over its limit, every synapse in exactly one level
+    assert len(layer["spatial"]) > 2
+    seen = []
+    for limit, _, cells in layer["spatial"]:
+        assert cells and all(0 < len(found) <= limit for found in cells.values())
+        seen += [i for found in cells.values() for i in found]
+    assert sorted(seen) == sorted(ids.tolist())
+
+
+def test_a_whole_brain_layer_is_planned_as_many_independent_jobs(tmp_path, monkeypatch):
+    """FAFB's 2.4e8 synapses, planned from the count alone (no data: the plan's scan is
+    replaced by FAFB's bounds and a uniform sample): every map job and every reduce job
+    of by_id and the relationships is independent of the others, and holds a bounded
+    share of the layer."""
+    from ntclass.view import annotation_jobs as jobs
+
+    n, pre, post = 240_000_000, 130_000, 2_000_000
+    rng = np.random.default_rng(0)
+    extent = np.array([1_000_000.0, 500_000.0, 280_000.0])  # x, y, z in nm
+    sample = rng.uniform(0, 1, (jobs.SAMPLE, 3)) * extent
+    monkeypatch.setattr(jobs, "_scan", lambda predictions, work, share: (
+        [0.0] * 3, extent.tolist(), [pre, post], sample))
+    monkeypatch.setattr(jobs, "_count", lambda predictions: n)
+    plan = jobs.plan_annotations("fafb.parquet", CLASSES, tmp_path, sharded=True)
+    parts = len(plan["parts"])
+    assert parts == -(-n // jobs.ROWS_PER_PART) >= 32
+    assert max(b - a for a, b in plan["parts"]) <= jobs.ROWS_PER_PART
+    by_index = collections.Counter(index for index, _ in jobs.index_shards(plan))
+    # by_id and each relationship: shards of tens of MB, minishards of about 1,000 keys
+    size = jobs.record_size(CLASSES)
+    for index, keys in ((0, n), (1, pre), (2, post)):
+        spec = plan["indices"][index]["sharding"]
+        assert by_index[index] == 1 << spec["shard_bits"]
+        per_minishard = keys / (1 << (spec["shard_bits"] + spec["minishard_bits"]))
+        assert 250 <= per_minishard <= 1000, (index, per_minishard)
+    assert by_index[0] >= 32  # by_id alone: 32 independent reduce jobs or more
+    shard_mb = n * (size + 24) / by_index[0] / 1e6
+    assert 10 <= shard_mb <= 60, shard_mb
+    assert sum(by_index.values()) + parts >= 64
+
+
+def shard_digests(folder: Path) -> dict[str, bytes]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).digest()
+            for p in folder.rglob("*.shard")}
+
+
+def test_a_rerun_after_one_percent_changed_counts_the_shard_files_it_changes(tmp_path):
+    """1 % of the synapses re-predicted in one place (as after new raw there): the plan
+    keeps its levels and shardings (positions and ids unchanged), so a shard file without a
+    changed synapse comes out byte for byte the same. Issue 28 asks for at most 10 % of
+    the files; this layer (2 * 10^4 synapses) misses it: by_id and the relationships are
+    keyed by id and by segment, which a place does not bound (62/64 and 9/9 changed), and
+    every spatial level is hit by a share of the changed synapses drawn by id, so a level of
+    few shards changes whole (29/60). Measured here, and bounded only loosely."""
+    table = prediction_table(20_000, seed=3)
+    table.to_parquet(tmp_path / "before.parquet")
+    options = {"limit": 100, "sharded": True, "minishard_keys": 64, "shard_bytes": 20_000}
+    write_annotations(str(tmp_path / "before.parquet"), tmp_path / "before", CLASSES,
+                      tmp_path / "w1", **options)
+    centre = table[["x", "y", "z"]].median().to_numpy()
+    nearest = np.argsort(np.linalg.norm(table[["x", "y", "z"]].to_numpy() - centre, axis=1))
+    changed = nearest[:len(table) // 100]
+    after = table.copy()
+    rng = np.random.default_rng(4)
+    probs = rng.dirichlet(np.ones(len(CLASSES)), len(changed)).astype(np.float32)
+    after.loc[after.index[changed], CLASSES] = probs
+    after.loc[after.index[changed], "confidence"] = probs.max(axis=1)
+    after.loc[after.index[changed], "predicted_nt"] = np.asarray(CLASSES)[probs.argmax(axis=1)]
+    after.to_parquet(tmp_path / "after.parquet")
+    write_annotations(str(tmp_path / "after.parquet"), tmp_path / "after", CLASSES,
+                      tmp_path / "w2", **options)
+    before, now = shard_digests(tmp_path / "before"), shard_digests(tmp_path / "after")
+    assert before.keys() == now.keys()
+    rewritten: dict[str, list[int]] = {}
+    for name, digest in before.items():
+        index = name.split("/")[0]
+        index = "spatial" if index.startswith("spatial") else index
+        rewritten.setdefault(index, [0, 0])[1] += 1
+        rewritten[index][0] += digest != now[name]
+    print({k: f"{a}/{b}" for k, (a, b) in rewritten.items()})
+    changed_files = sum(a for a, _ in rewritten.values())
+    print(f"{changed_files} of {len(before)} shard files changed")
+    spatial, files = rewritten["spatial"]
+    assert 0 < spatial < 0.75 * files, rewritten  # 29/60 measured
+    assert changed_files < len(before)

@@ -404,28 +404,34 @@ def test_temperature_fitted_on_the_validation_part_and_applied(finished_run, tmp
         assert validation["neuron"]["coverage"] == pytest.approx(abstention["coverage"])
 
 
+# the tiny target's layer as a whole brain's is cut: several map jobs, several shards an index
+VIEW_JOBS = {"enabled": True, "synapses_per_job": 16, "sharded_above": 0,
+             "keys_per_minishard": 4, "shard_mb": 0.001}
+
+
 @pytest.fixture(scope="module")
 def viewed_run(finished_run, tmp_path_factory):
     """The finished run with its views and FlyWire tables asked for: only their jobs run."""
     run = tmp_path_factory.mktemp("viewed") / "run"
     shutil.copytree(finished_run, run, symlinks=True)  # times kept: the run stays finished
     config = yaml.safe_load((run / "config.yaml").read_text())
-    config["view"] = {"enabled": True}
+    config["view"] = VIEW_JOBS
     config["evaluation"] = {"flywire_tables": True}
     write_config(run, config)
-    assert planned_jobs(run) == {"neuroglancer": 1, "flywire_tables": 1, "all": 1}
+    # the map and reduce jobs are planned once the checkpoint annotation_plan has run
+    assert planned_jobs(run) == {"annotation_plan": 1, "neuroglancer": 1, "flywire_tables": 1,
+                                 "all": 1}
     snakemake(run)
     return run
 
 
 def test_views_hold_every_prediction_over_the_local_raw(viewed_run):
     view = viewed_run / "results/view/tiny/test"
-    predictions = pd.read_parquet(viewed_run / "results/predictions/tiny/test/predictions.parquet")
     info = json.loads((view / "annotations/info").read_text())
     assert info["@type"] == "neuroglancer_annotations_v1"
     nt = next(p for p in info["properties"] if p["id"] == "nt")
     assert nt["enum_labels"] == CLASSES
-    assert len(list((view / "annotations/by_id").iterdir())) == len(predictions)
+    assert len(list((view / "annotations/by_id").iterdir())) > 1  # shard files
     state = json.loads((view / "state.json").read_text())
     [raw] = state["layers"][0]["source"]
     assert raw["url"] == "zarr2://http://127.0.0.1:9000/data/demo/volume.zarr/volumes/raw/s0"
@@ -437,6 +443,37 @@ def test_views_hold_every_prediction_over_the_local_raw(viewed_run):
     assert info["ntclass_provenance"] == metrics["provenance"]
     assert info["ntclass_provenance"]["checkpoint_sha256"]
     assert json.loads(urllib.parse.unquote(url.partition("#!")[2])) == state
+
+
+def test_the_layer_from_its_map_and_reduce_jobs_is_the_one_job_layer(viewed_run, tmp_path):
+    """Snakemake ran the annotation layer as a plan, map jobs and reduce jobs, each with its
+    benchmark; neuroglancer's own reader decodes it as the layer written in one process."""
+    from view_helpers import read_with_neuroglancer
+
+    from ntclass.view.annotation_jobs import index_shards, read_plan, write_annotations
+
+    jobs = viewed_run / "results/view/tiny/test/annotation_jobs"
+    plan = read_plan(jobs / "plan.json")
+    predictions = viewed_run / "results/predictions/tiny/test/predictions.parquet"
+    table = pd.read_parquet(predictions)
+    assert len(plan["parts"]) == -(-len(table) // 16) >= 2
+    reduces = index_shards(plan)
+    assert len(reduces) > len(plan["indices"])  # some index in several shards
+    bench = viewed_run / "results/benchmarks"
+    assert len(list((bench / "annotation_map/tiny/test").glob("*.tsv"))) == len(plan["parts"])
+    assert len(list((bench / "annotation_reduce/tiny/test").rglob("*.tsv"))) == len(reduces)
+    one = tmp_path / "one"
+    write_annotations(str(predictions), one, CLASSES, tmp_path / "work",
+                      limit=plan["limit"], sharded=True, rows_per_part=len(table),
+                      minishard_keys=VIEW_JOBS["keys_per_minishard"],
+                      shard_bytes=int(VIEW_JOBS["shard_mb"] * 1e6))
+    segments = {"pre_segment": sorted(int(s) for s in table.pre_id.dropna().unique()),
+                "post_segment": sorted(int(s) for s in table.post_id.dropna().unique())}
+    ids = table.synapse_id.tolist()
+    layer = read_with_neuroglancer(viewed_run / "results/view/tiny/test/annotations", ids,
+                                   segments)
+    assert layer == read_with_neuroglancer(one, ids, segments)
+    assert sorted(layer["by_id"]) == sorted(ids)
 
 
 def test_flywire_tables_hold_every_synapse_and_neuron(viewed_run):

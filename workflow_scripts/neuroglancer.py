@@ -1,4 +1,7 @@
+from pathlib import Path
+
 from ntclass.settings import View
+from ntclass.view.annotation_jobs import read_plan
 from ntclass.view.layers import ViewOutputs, write_view
 from ntclass.workflow import run_job
 
@@ -12,5 +15,8 @@ run_job(
         sm.input.predictions, sm.input.neurons, ViewOutputs.of(sm.output),
         classes=p.classes, settings=View.from_config(p.view, "view"), raw=raw,
         voxel_size=p.voxel_size, name=p.name, model=p.model, target=p.target,
-        metrics=sm.input.metrics),
+        metrics=sm.input.metrics,
+        # each reduced shard's folder is .../shards/<index>/<shard>
+        layer=(read_plan(sm.input.plan),
+               [(int(Path(s).parent.name), s) for s in sm.input.shards])),
 )

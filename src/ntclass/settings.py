@@ -282,6 +282,18 @@ class View(Section):
         "Codex's")
     limit: int = setting(1000, "annotations per spatial cell: what a zoomed-out viewer "
                          "draws at once", minimum=1)
+    synapses_per_job: int = setting(
+        524288, "synapses per annotation_map job: its memory, whatever the target's size",
+        minimum=1)
+    sharded_above: int = setting(
+        10000, "synapses above which the annotation indices are sharded (below: one file "
+        "per key)", minimum=0)
+    keys_per_minishard: int = setting(
+        1000, "about how many keys a minishard of an annotation index holds (neuroglancer's "
+        "writers: 1,000)", minimum=1)
+    shard_mb: float = setting(
+        50, "about how many MB a shard file of an annotation index holds, so how many "
+        "annotation_reduce jobs an index takes", exclusiveMinimum=0)
 
 
 FRACTION = {"type": "number", "minimum": 0, "maximum": 1}

@@ -12,7 +12,7 @@ import pandas as pd
 from ntclass.io import NamedOutputs, atomic_path
 from ntclass.settings import View
 from ntclass.sql import duckdb_connection, query_one
-from ntclass.view.annotations import write_annotations
+from ntclass.view.annotation_jobs import assemble_annotations, write_annotations
 from ntclass.view.segments import write_segment_properties
 from ntclass.view.state import (
     raw_axis_names,
@@ -39,15 +39,21 @@ class ViewOutputs(NamedOutputs):
 def write_view(predictions: str, neurons: str, outputs: ViewOutputs, *,
                classes: Sequence[str], settings: View, raw: Sequence[str] | None,
                voxel_size: Sequence[int] | None, name: str, model: str, target: str,
-               metrics: str | None = None) -> dict:
+               metrics: str | None = None,
+               layer: tuple[dict, Sequence[tuple[int, str]]] | None = None) -> dict:
     """Annotations, segment properties and the state (JSON and URL); returns the state.
-    The provenance in `metrics` (metrics.json) goes into the annotations' info."""
+    The provenance in `metrics` (metrics.json) goes into the annotations' info. `layer`:
+    the plan and the reduced shards (index, folder) of an annotation layer written by
+    jobs, assembled here; None writes the whole layer here."""
     work = Path(outputs.annotations).parent / ".annotations-work"
     # what made the layer, for whoever gets only the layer
     provenance = json.loads(Path(metrics).read_text()).get("provenance") if metrics else None
-    write_annotations(predictions, Path(outputs.annotations), classes, work,
-                      limit=settings.limit,
-                      extra_info={"ntclass_provenance": provenance} if provenance else None)
+    extra_info = {"ntclass_provenance": provenance} if provenance else None
+    if layer is None:
+        write_annotations(predictions, Path(outputs.annotations), classes, work,
+                          limit=settings.limit, extra_info=extra_info)
+    else:
+        assemble_annotations(*layer, Path(outputs.annotations), extra_info=extra_info)
     write_segment_properties(pd.read_csv(neurons, dtype={"predicted_nt": "string"}),
                              Path(outputs.segments))
     source, axes = None, ()
