@@ -184,15 +184,19 @@ def init_checkpoint(wildcards):
     return as_given({"init_from": init["checkpoint"]}) if init else {}
 
 
+def fetched(output):
+    """A checkpoint's output, here: in a remote storage its open() (Snakemake's documented
+    way) has Snakemake fetch it and call the asking function again."""
+    if not os.path.exists(output):
+        with output.open():
+            pass
+    return output
+
+
 def target_meta(target):
     """Counts of a partitioned target (known once its checkpoint job has run)."""
     synapses = checkpoints.target_synapses.get(target=target).output.synapses
-    if not os.path.exists(synapses):
-        # in a remote storage: a checkpoint output's open() (Snakemake's documented way)
-        # has Snakemake fetch the folder and call this function again
-        with synapses.open():
-            pass
-    return read_target_meta(synapses)
+    return read_target_meta(fetched(synapses))
 
 
 def shard_paths(wildcards):
@@ -329,11 +333,7 @@ def annotation_plan(wildcards):
     plan = checkpoints.annotation_plan.get(
         model=wildcards.model, target=wildcards.target
     ).output.plan
-    if not os.path.exists(plan):
-        # in a remote storage: fetched by the checkpoint output's open(), as in target_meta
-        with plan.open():
-            pass
-    return read_plan(plan)
+    return read_plan(fetched(plan))
 
 
 def annotation_parts(wildcards):

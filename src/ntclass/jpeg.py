@@ -23,6 +23,7 @@ import numpy as np
 import tensorstore as ts
 
 from ntclass.errors import NtclassError
+from ntclass.precomputed import compressed_morton_code
 from ntclass.stores import unreachable
 from ntclass.volumes import RawVolume
 
@@ -69,20 +70,6 @@ def _say_not_installed() -> None:
     """Once a process: every block asks."""
     log.warning("JPEG chunks are decoded by TensorStore on the CPU: nvImageCodec is not "
                 "installed (%s)", INSTALL_HINT)
-
-
-def compressed_morton_code(index: tuple[int, int, int], grid: tuple[int, int, int]) -> int:
-    """Neuroglancer's compressed Morton code of chunk `index` (x, y, z) in a grid of
-    `grid` chunks: the bits of x, y and z interleaved, each axis only as many bits as its
-    grid needs."""
-    bits = [max(0, int(g - 1).bit_length()) for g in grid]
-    code, out = 0, 0
-    for bit in range(max(bits)):
-        for axis in range(3):
-            if bit < bits[axis]:
-                code |= ((index[axis] >> bit) & 1) << out
-                out += 1
-    return code
 
 
 def is_jpeg(volume: RawVolume) -> bool:

@@ -38,6 +38,7 @@ import tensorstore as ts
 from ntclass import stores
 from ntclass.errors import NtclassError
 from ntclass.io import atomic_path
+from ntclass.precomputed import compressed_morton_code
 from ntclass.volumes import RawVolume, cube_begins, open_raw_cached, open_tensorstore
 
 log = logging.getLogger(__name__)
@@ -118,19 +119,6 @@ def _precomputed_layout(scale: dict) -> StorageLayout:
         shard = shard_number(chunk_id, sharding)
         return f"{scale['key']}/{format(shard, 'x').zfill(width)}.shard"
     return StorageLayout(tuple(chunk_xyz[::-1]), shard_key)
-
-
-def compressed_morton_code(position_xyz: Sequence[int], grid_xyz: Sequence[int]) -> int:
-    """A precomputed chunk's id: its grid position's bits interleaved x, y, z, each axis
-    using only the bits its grid size needs (neuroglancer's sharded format)."""
-    bits = [max(0, int(g) - 1).bit_length() for g in grid_xyz]
-    code, out_bit = 0, 0
-    for bit in range(max(bits, default=0)):
-        for axis in range(3):
-            if bit < bits[axis]:
-                code |= ((int(position_xyz[axis]) >> bit) & 1) << out_bit
-                out_bit += 1
-    return code
 
 
 def shard_number(chunk_id: int, sharding: dict) -> int:
