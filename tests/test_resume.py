@@ -18,13 +18,13 @@ from workflow_helpers import (
     write_config,
 )
 
-ITERATIONS = 120
+ITERATIONS = 60
 
 
 def two_model_config() -> dict:
     config = copy.deepcopy(TINY_CONFIG)
-    config["training"].update({"iterations": ITERATIONS, "save_every": 20, "log_every": 20,
-                               "validate_every": 40})
+    config["training"].update({"iterations": ITERATIONS, "save_every": 10, "log_every": 10,
+                               "validate_every": 20})
     # the same model twice: b is the uninterrupted twin of a
     config["models"] = {"a": config["models"]["tiny"], "b": copy.deepcopy(config["models"]["tiny"])}
     return config
@@ -49,7 +49,7 @@ def test_killed_training_resumes_and_a_changed_rate_retrains_only_that_model(tmp
     snakemake(tmp_path, "results/split/manifest.csv")
 
     proc = start_snakemake(tmp_path, "results/models/a/model.pt")
-    wait_for_checkpoint(tmp_path, "a", 60, proc)
+    wait_for_checkpoint(tmp_path, "a", 30, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and its job, mid-training
     proc.wait()
     assert not (tmp_path / "results/models/a/model.pt").exists()
@@ -60,9 +60,9 @@ def test_killed_training_resumes_and_a_changed_rate_retrains_only_that_model(tmp
     newest = max((p for p in folder.glob("model_checkpoint_*")),
                  key=lambda p: int(p.name.rsplit("_", 1)[1]))
     newest_iteration = int(newest.name.rsplit("_", 1)[1])
-    left = folder / f".model_checkpoint_{newest_iteration + 20}.tmp-killed"
+    left = folder / f".model_checkpoint_{newest_iteration + 10}.tmp-killed"
     left.write_bytes(newest.read_bytes()[:1000])
-    torn = folder / f"model_checkpoint_{newest_iteration + 40}"
+    torn = folder / f"model_checkpoint_{newest_iteration + 20}"
     torn.write_bytes(newest.read_bytes()[:1000])
 
     snakemake(tmp_path, "--unlock")  # a killed Snakemake leaves its lock behind
@@ -72,13 +72,13 @@ def test_killed_training_resumes_and_a_changed_rate_retrains_only_that_model(tmp
     # from the newest checkpoint that loads: the loop writes one after the rows it follows
     assert (f"resuming from iteration {newest_iteration} ({newest.relative_to(tmp_path)})"
             in log), log[-2000:]
-    assert newest_iteration >= 60
+    assert newest_iteration >= 30
     assert f"checkpoint {torn.relative_to(tmp_path)} does not load" in log
     assert f"removed {left.relative_to(tmp_path)}" in log and not left.exists()
     losses = pd.read_csv(tmp_path / "results/models/a/training_log.csv")
     assert list(losses["iteration"]) == list(range(1, ITERATIONS + 1))
     validation = pd.read_csv(tmp_path / "results/models/a/validation.csv")
-    assert list(validation["iteration"]) == [40, 80, 120]
+    assert list(validation["iteration"]) == [20, 40, 60]
 
     # resuming is exact: a equals its uninterrupted twin b, loss curve and weights
     twin_losses = pd.read_csv(tmp_path / "results/models/b/training_log.csv")

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from workflow_helpers import ROOT, TINY_CONFIG, snakemake, write_config
+from workflow_helpers import ROOT, TINY_CONFIG, snakemake, two_model_config, write_config
 
 from ntclass.sources.mongo import import_table
 
@@ -104,12 +104,13 @@ SBATCH_CALL = re.compile(r"sbatch call: (.*)")
 GPU_RULES = {"train", "predict_shard"}
 
 
-def test_slurm_profile_installed_by_the_readme_runs_the_workflow_as_typed(slurm_cluster,
-                                                                           tmp_path):
+def test_slurm_profile_installed_by_the_readme_runs_the_workflow_as_typed(
+        slurm_cluster, two_model_run, tmp_path):
     """`snakemake --profile slurm` with the starter profile installed by the README's line
     and set to the lab's own partition, as a lab would: every job runs under SLURM in that
     partition, the GPU steps ask for a GPU and no other step does, and the outputs equal a
-    local run's."""
+    local run's (model a of the shared two-model run: its split, training and test target
+    do not depend on model b or the other target)."""
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "XDG_CONFIG_HOME"} | {
@@ -125,16 +126,16 @@ def test_slurm_profile_installed_by_the_readme_runs_the_workflow_as_typed(slurm_
             "slurm-no-account": True, "slurm-init-seconds-before-status-checks": 3}
     profile.write_text(yaml.safe_dump(lab))
 
-    # the workflow's needs, sized for this small node
-    config = {**TINY_CONFIG, "training": QUICK_TRAINING,
-              "resources": {"train": {"mem_mb": 2000, "runtime": 30},
-                            "predict": {"mem_mb": 2000},
-                            "split": {"mem_mb": 2000, "runtime": 10}}}
-    local, cluster = tmp_path / "local", tmp_path / "cluster"
-    for d in (local, cluster):
-        d.mkdir()
-        write_config(d, config)
-    snakemake(local)
+    # model a and the test target of the local run, with the needs sized for this small node
+    config = two_model_config()
+    config["models"] = {"a": config["models"]["a"]}
+    config["targets"] = {"test": config["targets"]["test"]}
+    config["resources"] = {"train": {"mem_mb": 2000, "runtime": 30, "threads": 1},
+                           "predict": {"mem_mb": 2000, "threads": 1},
+                           "split": {"mem_mb": 2000, "runtime": 10}}
+    local, cluster = two_model_run, tmp_path / "cluster"
+    cluster.mkdir()
+    write_config(cluster, config)
 
     before = len(completed_jobs())
     run = subprocess.run([str(Path(sys.executable).with_name("snakemake")), "--profile",
@@ -154,11 +155,16 @@ def test_slurm_profile_installed_by_the_readme_runs_the_workflow_as_typed(slurm_
     assert len(records) == len(calls), records
     assert all("JobState=COMPLETED" in r and "Partition=lab" in r for r in records), records
 
-    for name in ["results/split/manifest.csv", "results/predictions/tiny/test/predictions.csv",
-                 "results/evaluation/tiny/test/metrics.json"]:
+    for name in ["results/split/manifest.csv", "results/predictions/a/test/predictions.csv"]:
         assert (local / name).read_text() == (cluster / name).read_text(), name
-    a = torch.load(local / "results/models/tiny/model.pt", weights_only=True)["state_dict"]
-    b = torch.load(cluster / "results/models/tiny/model.pt", weights_only=True)["state_dict"]
+    metrics = [json.loads((d / "results/evaluation/a/test/metrics.json").read_text())
+               for d in (local, cluster)]
+    for m in metrics:  # the configs differ in model b, the other target and resources
+        for stage in ("prediction", "evaluation"):
+            del m["provenance"][stage]["config_sha256"]
+    assert metrics[0] == metrics[1]
+    a = torch.load(local / "results/models/a/model.pt", weights_only=True)["state_dict"]
+    b = torch.load(cluster / "results/models/a/model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

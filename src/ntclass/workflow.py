@@ -40,6 +40,8 @@ def run_job(log_path: str, step: Callable[[], None], threads: int | None = None)
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     for noisy in ("gunpowder", "daisy", "numcodecs", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # when the job began, for reading its log (and for the kill tests' timing)
+    logging.getLogger("ntclass").info("job started")
     if threads:
         import torch
 
