@@ -188,7 +188,7 @@ def _synchronise(device: torch.device) -> None:
 def only(augment: Augment, name: str | None) -> Augment:
     """`augment` with every augmentation off but `name` (None: all off)."""
     changes = {"mirror_transpose": augment.mirror_transpose and name == "mirror_transpose"}
-    for key in Augment.nested:
+    for key in Augment.nested_sections():
         part = getattr(augment, key)
         changes[key] = dataclasses.replace(part, enabled=part.enabled and key == name)
     return dataclasses.replace(augment, **changes)
@@ -226,7 +226,7 @@ def main() -> None:
         print("\ndata path, one process (batches/s; the augmentations named run on the "
               "device, and cost the data path only the context they need)")
         names = [None] + (["mirror_transpose"] if cfg.augment.mirror_transpose else []) + [
-            n for n in Augment.nested if getattr(cfg.augment, n).enabled]
+            n for n in Augment.nested_sections() if getattr(cfg.augment, n).enabled]
         for name in names:
             c = dataclasses.replace(cfg, augment=only(cfg.augment, name))
             label = "no augmentation" if name is None else f"{name} alone"

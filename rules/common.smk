@@ -11,7 +11,9 @@ from ntclass.settings import (
     Evaluation,
     Partition,
     Prediction,
+    Training,
     result_settings,
+    work_keys,
     work_settings,
 )
 from ntclass.sources.kinds import SplitPart
@@ -164,7 +166,7 @@ def target_intensity_range(wildcards):
 
 
 def training_params(wildcards):
-    """Everything a training job depends on: a change retrains only that model."""
+    """Everything a model depends on (its RESULT settings): a change retrains only it."""
     model = config["models"][wildcards.model]
     return canonical(
         {
@@ -173,9 +175,19 @@ def training_params(wildcards):
             "classes": config["classes"],
             "voxel_size": config.get("voxel_size"),
             "intensity_range": config["source"].get("intensity_range"),
-            **MODEL_TRAINING[wildcards.model],
+            **result_settings(Training, MODEL_TRAINING[wildcards.model]),
         }
     )
+
+
+def training_resources():
+    """A training's WORK settings, per model, as resources (Snakemake's rerun triggers
+    leave them out)."""
+
+    def of_model(key):
+        return lambda wildcards: MODEL_TRAINING[wildcards.model][key]
+
+    return {key: of_model(key) for key in work_keys(Training)}
 
 
 def init_checkpoint(wildcards):

@@ -18,7 +18,10 @@ rule train:
     conda:
         ENV
     threads: config["resources"]["train"]["threads"]
+    # how the work is cut (the WORK settings): resources, which Snakemake's rerun
+    # triggers leave out
     resources:
+        **training_resources(),
         gpu=config["resources"]["train"]["gpus"],
         mem_mb=config["resources"]["train"]["mem_mb"],
         runtime=config["resources"]["train"]["runtime"],

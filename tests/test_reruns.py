@@ -63,6 +63,9 @@ CASES = [
       "merge_predictions": RUNS, "evaluate": RUNS, "compare": 1},
      {"train": MODELS, "training_curves": MODELS, **downstream_of_predictions()}),
     (("view", "enabled"), True, VIEW_ONLY, None),
+    (("training", "save_every"), 7, NOTHING, None),  # the training's WORK settings
+    (("training", "log_every"), 3, NOTHING, None),
+    (("models", "b", "training"), {"cache_raw_mb": 0}, NOTHING, None),
     (("models", "b", "training"), {"learning_rate": 0.002},
      {"train": 1, "training_curves": 1, **downstream_of_predictions(runs=TARGETS)}, None),
 ]

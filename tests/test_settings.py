@@ -12,15 +12,18 @@ import yaml
 
 from ntclass import schemagen, settings
 from ntclass.predict.shard import PredictConfig
-from ntclass.schema import SCHEMA_PATH, filling_defaults
+from ntclass.schema import SCHEMA_PATH, filling_defaults, with_defaults
 from ntclass.settings import (
     WORK,
     Evaluation,
     Partition,
     Prediction,
     Split,
+    TrainConfig,
+    Training,
     result_settings,
     setting,
+    work_keys,
     work_settings,
 )
 from ntclass.split.assign import SplitOptions
@@ -104,3 +107,23 @@ def test_defaults_in_code_are_the_declared_ones():
     assert SplitOptions().node_limit == Split.default("node_limit") == 20000
     assert SplitOptions().mip_gap == Split.default("mip_gap")
     assert Prediction().jpeg_decoder == Prediction.default("jpeg_decoder") == "auto"
+
+
+def test_a_training_work_setting_neither_retrains_nor_starts_another_run(tmp_path):
+    """save_every, log_every and cache_raw_mb reach the job as resources and stay out of
+    the run folder's digest; a RESULT setting changes both params and digest."""
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("synapse_id\n1\n")
+    model = {"architecture": "vgg3d", "model_params": {}, "classes": ("a", "b"),
+             "voxel_size": None, "intensity_range": None}
+    base = TrainConfig.from_config({**model, "iterations": 10})
+    assert work_keys(Training) == ["save_every", "log_every", "cache_raw_mb"]
+    section = with_defaults({"iterations": 10}, Training.schema, "training")
+    params = result_settings(Training, section)
+    assert not set(params) & set(work_keys(Training))
+    work = {"save_every": 3, "log_every": 1, "cache_raw_mb": 0}
+    built = TrainConfig.from_job({**model, **params}, work, "training")
+    assert (built.save_every, built.cache_raw_mb) == (3, 0)
+    assert built.digest(manifest) == base.digest(manifest)
+    faster = TrainConfig.from_config({**model, "iterations": 10, "learning_rate": 0.01})
+    assert faster.digest(manifest) != base.digest(manifest)

@@ -24,7 +24,7 @@ from ntclass.train.run import TrainConfig, TrainOutputs, learning_rate_at, load_
 def only_section(**augment) -> dict:
     """An augment section with just the augmentations given (the schema's defaults switch
     some on)."""
-    return {"mirror_transpose": False, **{k: {"enabled": False} for k in Augment.nested},
+    return {"mirror_transpose": False, **{k: {"enabled": False} for k in Augment.nested_sections()},
             **augment}
 
 

@@ -74,7 +74,11 @@ def field_schema(field: Field, hint: Any) -> dict[str, Any]:
     if "section" in meta:
         generated = section_schema([meta["section"]])
         properties = generated.pop("properties")
-        return {"description": meta["meaning"], **generated, "default": {},
+        # an optional section is None when left out: no default fills it
+        return {"description": meta["meaning"], **generated,
+                **({} if meta["optional"] else {"default": {}}),
+                **({"required": list(meta["section"].required)}
+                   if meta["section"].required else {}),
                 "properties": properties}
     default = meta["declared"]
     schema = dict(meta["schema"]) if meta["schema"] else type_schema(hint, default is None)

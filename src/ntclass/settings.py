@@ -52,11 +52,11 @@ def setting(default: Any = ABSENT, meaning: str = "", *, effect: str = RESULT,
                              metadata=metadata)
 
 
-def section(kind: type[Section], meaning: str) -> Any:
+def section(kind: type[Section], meaning: str, *, optional: bool = False) -> Any:
     """A field that is a section of its own (its keys declared by `kind`): the schema
-    fills it with its defaults when it is left out."""
+    fills it with its defaults when it is left out, unless it is `optional` (None then)."""
     return dataclasses.field(default=None, metadata={"meaning": meaning, "effect": RESULT,
-                                                    "section": kind})
+                                                    "section": kind, "optional": optional})
 
 
 def declared(kind: type) -> list[dataclasses.Field]:
@@ -71,9 +71,14 @@ def result_settings(kind: type[Section], values: Mapping[str, Any]) -> dict[str,
                          if f.metadata["effect"] == RESULT})
 
 
+def work_keys(kind: type[Section]) -> list[str]:
+    """The keys of `kind` declared WORK."""
+    return [f.name for f in declared(kind) if f.metadata["effect"] == WORK]
+
+
 def work_settings(kind: type[Section], values: Mapping[str, Any]) -> dict[str, Any]:
     """The WORK settings of `kind` in a config section: what a job's resources carry."""
-    return {f.name: values[f.name] for f in declared(kind) if f.metadata["effect"] == WORK}
+    return {k: values[k] for k in work_keys(kind)}
 
 
 def _frozen(value: Any) -> Any:
@@ -88,8 +93,8 @@ class Section:
     `optional` ones, which the schema gives no default: None when absent)."""
 
     optional: ClassVar[tuple[str, ...]] = ()
-    # keys that are sections of their own, by their settings class
-    nested: ClassVar[Mapping[str, type[Section]]] = {}
+    # keys the schema requires (where the section is given) though they have no default
+    required: ClassVar[tuple[str, ...]] = ()
     # where the section's part of the schema is, from the top (for `from_partial`)
     schema: ClassVar[tuple[str, ...]] = ()
 
@@ -118,8 +123,8 @@ class Section:
     def from_job(cls, params: Mapping[str, Any], resources: Any, where: str) -> Self:
         """From a job's RESULT settings (`params`, as `result_settings` gave them) and its
         resources, which carry the WORK settings (`work_settings`)."""
-        work = [f.name for f in declared(cls) if f.metadata["effect"] == WORK]
-        return cls.from_config({**params, **{k: resources[k] for k in work}}, where)
+        return cls.from_config({**params, **{k: resources[k] for k in work_keys(cls)}},
+                               where)
 
     @classmethod
     def optional_keys(cls) -> tuple[str, ...]:
@@ -129,8 +134,9 @@ class Section:
 
     @classmethod
     def nested_sections(cls) -> Mapping[str, type[Section]]:
-        return {**cls.nested, **{f.name: f.metadata["section"] for f in declared(cls)
-                                 if "section" in f.metadata}}
+        """Keys that are sections of their own (declared with `section`), by their class."""
+        return {f.name: f.metadata["section"] for f in declared(cls)
+                if "section" in f.metadata}
 
     @classmethod
     def default(cls, key: str) -> Any:
@@ -365,6 +371,9 @@ class ImportedModel(Section):
 
 
 _TRAINING = ("properties", "training", "properties")
+RANGE = {"$ref": "#/$defs/range"}
+SHAPE3 = {"$ref": "#/$defs/shape3"}
+PROBABILITY = {"minimum": 0, "maximum": 1}
 
 
 @dataclass(frozen=True)
@@ -372,9 +381,11 @@ class IntensityAugment(Section):
     """Per-section intensity scale and shift."""
 
     schema: ClassVar = (*_TRAINING, "augment", "properties", "intensity")
-    enabled: bool
-    scale: tuple[float, float]
-    shift: tuple[float, float]
+    enabled: bool = setting(True, "scale and shift each section's intensities")
+    scale: tuple[float, float] = setting((0.9, 1.1), "the range of a section's factor",
+                                         schema=RANGE)
+    shift: tuple[float, float] = setting((-0.1, 0.1), "the range of a section's shift",
+                                         schema=RANGE)
 
 
 @dataclass(frozen=True)
@@ -382,13 +393,19 @@ class DeformAugment(Section):
     """Elastic deformation with in-plane rotation (lengths in nm)."""
 
     schema: ClassVar = (*_TRAINING, "augment", "properties", "deform")
-    enabled: bool
-    control_point_spacing: tuple[int, int, int]
-    jitter_sigma: tuple[float, float, float]
-    scale: tuple[float, float]
-    rotate: bool
-    subsample: int  # unused; kept so that older configs load
-    p: float
+    enabled: bool = setting(False, "deform whole batches on the training device")
+    control_point_spacing: tuple[int, int, int] = setting(
+        (160, 160, 160), "nm, z y x, between the deformation's control points", schema=SHAPE3)
+    jitter_sigma: tuple[float, float, float] = setting(
+        (0, 8, 8), "nm, z y x; z must be 0 (in-plane)",
+        schema={"type": "array", "items": {"type": "number", "minimum": 0}, "minItems": 3,
+                "maxItems": 3})
+    scale: tuple[float, float] = setting((1.0, 1.0), "the range of the zoom factor",
+                                         schema=RANGE)
+    rotate: bool = setting(True, "rotate in-plane by a uniform angle")
+    subsample: int = setting(1, "unused: gunpowder's DeformAugment subsampling, kept so that "
+                             "older configs load", minimum=1)
+    p: float = setting(1.0, "the share of batches deformed", **PROBABILITY)
 
 
 @dataclass(frozen=True)
@@ -396,18 +413,22 @@ class MisalignAugment(Section):
     """Sections that slip (one alone) or shift (it and all after it) in y/x."""
 
     schema: ClassVar = (*_TRAINING, "augment", "properties", "misalign")
-    enabled: bool
-    prob_slip: float
-    prob_shift: float
-    sigma: float  # nm
+    enabled: bool = setting(False, "slip and shift sections")
+    prob_slip: float = setting(0.05, "a section's chance to slip alone", **PROBABILITY)
+    prob_shift: float = setting(0.05, "a section's chance to shift with all after it",
+                                **PROBABILITY)
+    sigma: float = setting(40, "nm, the standard deviation of a slip or shift",
+                           exclusiveMinimum=0)
 
 
 @dataclass(frozen=True)
 class NoiseAugment(Section):
+    """Gaussian noise on the normalised [0, 1] intensities."""
+
     schema: ClassVar = (*_TRAINING, "augment", "properties", "noise")
-    enabled: bool
-    variance: float
-    p: float
+    enabled: bool = setting(False, "add gaussian noise")
+    variance: float = setting(0.001, "the noise's variance", minimum=0)
+    p: float = setting(0.5, "the share of cubes given noise", **PROBABILITY)
 
 
 @dataclass(frozen=True)
@@ -415,10 +436,12 @@ class DefectAugment(Section):
     """Missing (blank) and low-contrast sections."""
 
     schema: ClassVar = (*_TRAINING, "augment", "properties", "defects")
-    enabled: bool
-    prob_missing: float
-    prob_low_contrast: float
-    contrast_scale: float
+    enabled: bool = setting(False, "blank and fade sections")
+    prob_missing: float = setting(0.02, "a section's chance to be blank", **PROBABILITY)
+    prob_low_contrast: float = setting(0.02, "a section's chance to lose contrast",
+                                       **PROBABILITY)
+    contrast_scale: float = setting(0.1, "a faded section's contrast factor",
+                                    **PROBABILITY)
 
 
 @dataclass(frozen=True)
@@ -426,23 +449,32 @@ class Augment(Section):
     """Synister's augmentations; each is on when its `enabled` is."""
 
     schema: ClassVar = (*_TRAINING, "augment")
-    nested: ClassVar = {"intensity": IntensityAugment, "deform": DeformAugment,
-                        "misalign": MisalignAugment, "noise": NoiseAugment,
-                        "defects": DefectAugment}
-    mirror_transpose: bool
-    intensity: IntensityAugment
-    deform: DeformAugment
-    misalign: MisalignAugment
-    noise: NoiseAugment
-    defects: DefectAugment
+    mirror_transpose: bool = setting(True, "mirror and transpose in y/x")
+    intensity: IntensityAugment = section(IntensityAugment,
+                                          "per-section intensity scale and shift")
+    deform: DeformAugment = section(
+        DeformAugment, "elastic deformation with in-plane rotation, applied to whole batches "
+        "on the training device (jitter at control points, nm; the synapse stays at the "
+        "centre)")
+    misalign: MisalignAugment = section(
+        MisalignAugment, "sections that slip (one alone) or shift (it and all after it) in "
+        "y/x")
+    noise: NoiseAugment = section(NoiseAugment,
+                                  "gaussian noise on the normalised [0, 1] intensities")
+    defects: DefectAugment = section(DefectAugment, "missing (blank) and low-contrast "
+                                     "sections")
 
 
 @dataclass(frozen=True)
 class Loss(Section):
+    """The training loss."""
+
     schema: ClassVar = (*_TRAINING, "loss")
-    type: str  # cross_entropy or focal
-    gamma: float  # the focal loss's exponent
-    class_weights: tuple[float, ...] | None  # one per class, in the order of classes
+    type: Literal["cross_entropy", "focal"] = setting("cross_entropy", "the loss function")
+    gamma: float = setting(2.0, "focal loss exponent", minimum=0)
+    class_weights: tuple[float, ...] | None = setting(
+        None, "one weight per class, in the order of classes",
+        schema={"type": ["array", "null"], "items": {"type": "number", "exclusiveMinimum": 0}})
 
 
 @dataclass(frozen=True)
@@ -450,9 +482,11 @@ class Neither(Section):
     """Synister's extra class, trained on random locations away from every synapse."""
 
     schema: ClassVar = (*_TRAINING, "neither")
-    enabled: bool
-    min_distance: float  # nm
-    locations: int
+    enabled: bool = setting(False, "train the class 'neither' (list it among classes)")
+    min_distance: float = setting(500, "nm from every synapse of the source",
+                                  exclusiveMinimum=0)
+    locations: int = setting(2000, "random locations (seeded) inside the training raw",
+                             minimum=1)
 
 
 @dataclass(frozen=True)
@@ -460,43 +494,77 @@ class InitFrom(Section):
     """Fine-tuning: the checkpoint whose weights a training starts from."""
 
     schema: ClassVar = (*_TRAINING, "init_from")
-    optional: ClassVar = ("classes", "sha256")
-    checkpoint: str
-    classes: tuple[str, ...] | None  # its output order, where it does not record it
-    output_layer: str  # keep (outputs mapped by name) or new
-    sha256: str | None  # the checkpoint's digest, added when training starts
+    required: ClassVar = ("checkpoint",)
+    checkpoint: str = setting(meaning="an ntclass model.pt or a gunpowder checkpoint",
+                              schema={"$ref": "#/$defs/path"})
+    classes: tuple[str, ...] | None = setting(
+        meaning="the class order of its outputs (output_layer keep; an ntclass model.pt "
+        "records its own)",
+        schema={"type": "array", "items": {"type": "string"}, "minItems": 2,
+                "uniqueItems": True})
+    output_layer: Literal["keep", "new"] = setting(
+        "keep", "keep: its outputs mapped to classes by name; new: a fresh output layer "
+        "(when the classes differ)")
+    sha256: str | None = None  # the checkpoint's digest, added when training starts
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """One model's training: its architecture and the training section with the model's
-    overrides, as `from_config` builds them (every default from the schema)."""
+class Training(Section):
+    """One model's training (the `training` section with its `models.<name>.training`
+    overrides). save_every, log_every and cache_raw_mb only cut the work: a change
+    retrains nothing."""
+
+    schema: ClassVar = _TRAINING[:-1]
+    input_shape: tuple[int, int, int] = setting(
+        (16, 160, 160), "voxels, z y x, of the cubes the model sees", schema=SHAPE3)
+    batch_size: int = setting(8, "cubes per training step", minimum=1)
+    iterations: int = setting(500000, "training steps", minimum=1)
+    learning_rate: float = setting(0.0001, "Adam's learning rate", exclusiveMinimum=0)
+    lr_schedule: Literal["constant", "cosine"] = setting(
+        "constant", "cosine decays to 0 at the last iteration")
+    seed: int = setting(0, "the seed of the initial weights, the batches and their "
+                        "augmentations")
+    save_every: int = setting(2000, "iterations between checkpoints, from which a killed "
+                              "job resumes", effect=WORK, minimum=1)
+    log_every: int = setting(100, "iterations between TensorBoard points and progress "
+                             "updates (every step's loss is in the training log)",
+                             effect=WORK, minimum=1)
+    workers: int = setting(0, "processes preparing batches ahead of the model; above 0 "
+                           "their order is not seeded (runs are not reproducible)", minimum=0)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    cache_raw_mb: int = setting(1024, "raw volumes up to this size are held in memory",
+                                effect=WORK, minimum=0)
+    mixed_precision: bool = setting(True, "bf16 autocast on a GPU (ignored on the CPU)")
+    validate_every: int = setting(2000, "iterations between validations on the validation "
+                                  "part; 0: none, model.pt is the last model", minimum=0)
+    validation_synapses: int = setting(2000, "at most this many validation synapses (a "
+                                       "seeded sample)", minimum=1)
+    neither: Neither = section(
+        Neither, "Synister's optional extra class: list 'neither' among classes and it is "
+        "trained on cubes centred on random locations (seeded) inside the training raw, at "
+        "least min_distance from every synapse of the source")
+    init_from: InitFrom | None = section(
+        InitFrom, "fine-tuning: start from the weights of a checkpoint of the same "
+        "architecture (an ntclass model.pt or a gunpowder checkpoint); its sha256 is part "
+        "of the run's identity", optional=True)
+    loss: Loss = section(Loss, "the training loss")
+    augment: Augment = section(
+        Augment, "Synister's augmentations; each entry is on when its `enabled` is true "
+        "(lengths in nm)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Training):
+    """One model's training: its architecture and its training settings, as `from_config`
+    builds them (every default from the schema)."""
 
     architecture: str
     model_params: Mapping[str, Any]
     classes: tuple[str, ...]
     voxel_size: tuple[int, int, int] | None  # None: the one stored with the raw
     intensity_range: tuple[float, float] | None  # None: the dtype's range (8/16-bit ints)
-    input_shape: tuple[int, int, int]
-    batch_size: int
-    iterations: int
-    learning_rate: float
-    lr_schedule: str
-    seed: int
-    save_every: int
-    log_every: int
-    workers: int
-    device: str
-    cache_raw_mb: int
-    mixed_precision: bool
-    validate_every: int
-    validation_synapses: int
-    augment: Augment
-    loss: Loss
-    neither: Neither
-    init_from: InitFrom | None
     # filled from the data by resolve_geometry: raw dtype -> [low, high] mapped to [0, 1]
-    intensity: Mapping[str, tuple[float, float]]
+    intensity: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
     MODEL_KEYS: ClassVar = ("architecture", "model_params", "classes", "voxel_size",
                             "intensity_range")
@@ -504,23 +572,18 @@ class TrainConfig:
     @classmethod
     def from_config(cls, values: Mapping[str, Any], where: str = "training") -> TrainConfig:
         """From the model's keys (MODEL_KEYS) and its training keys, which may leave keys
-        out: the schema fills them."""
-        training = with_defaults({k: v for k, v in values.items() if k not in cls.MODEL_KEYS},
-                                 _TRAINING[:-1], where)
-        built = {"augment": Augment, "loss": Loss, "neither": Neither, "init_from": InitFrom}
-        known = {f.name for f in fields(cls)} - {"intensity", *cls.MODEL_KEYS, *built}
-        unknown = sorted(set(training) - known - set(built))
-        if unknown:
-            raise NtclassError(f"config key '{where}.{unknown[0]}' is unknown")
-        return cls(
-            **{k: _frozen(values.get(k)) for k in cls.MODEL_KEYS},
-            **{k: _frozen(training[k]) for k in known},
-            **{k: kind.from_config(training[k], f"{where}.{k}") if training.get(k) else None
-               for k, kind in built.items()},
-            intensity={})
+        out (or give None, as a job's params give an absent init_from): the schema fills
+        them."""
+        training = Training.from_partial(
+            {k: v for k, v in values.items() if k not in cls.MODEL_KEYS and v is not None},
+            where)
+        return cls(**{f.name: getattr(training, f.name) for f in fields(Training)},
+                   **{k: _frozen(values.get(k)) for k in cls.MODEL_KEYS})
 
     def digest(self, manifest: str | os.PathLike) -> str:
         """Hash of everything that makes a run: a changed one never resumes a stale one."""
-        h = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
+        work = work_keys(Training)
+        made = {k: v for k, v in asdict(self).items() if k not in work}
+        h = hashlib.sha256(json.dumps(made, sort_keys=True).encode())
         h.update(Path(manifest).read_bytes())
         return h.hexdigest()[:16]
