@@ -11,7 +11,7 @@ import yaml
 
 from ntclass.errors import NtclassError
 from ntclass.schema import SCHEMA_PATH, filling_defaults, sentence, with_defaults
-from ntclass.settings import Evaluation
+from ntclass.settings import Evaluation, EvaluationRules, declared
 
 __all__ = ["SCHEMA_PATH"]  # the workflow reads the schema's path from here
 
@@ -164,6 +164,6 @@ def evaluation_settings(section: Mapping) -> Evaluation:
     """The evaluation section of a config with the schema's defaults filled in (temperature
     scaling apart: a fitted temperature is given as a file)."""
     settings = with_defaults(section, ("properties", "evaluation"), "evaluation")
-    settings.pop("temperature_scaling")
-    settings.pop("flywire_tables")  # an export of rule flywire_tables, not of the evaluation
+    for rules_only in declared(EvaluationRules):
+        settings.pop(rules_only.name)
     return Evaluation.from_config(settings, "evaluation")

@@ -270,6 +270,37 @@ class Evaluation(Section):
 
 
 @dataclass(frozen=True)
+class TemperatureScaling(Section):
+    enabled: bool = setting(False, "fit the temperatures and apply them")
+    fit_on: str = setting("validation", FIT_ON)
+
+
+@dataclass(frozen=True)
+class EvaluationRules(Section):
+    """Keys of the evaluation section that only the rules read (which jobs run), not the
+    evaluation job: a fitted temperature reaches it as a file."""
+
+    flywire_tables: bool = setting(
+        False, "also write the neuron and synapse tables in FlyWire's column conventions "
+        "(flywire_neurons.csv, flywire_synapses.parquet)")
+    temperature_scaling: TemperatureScaling = section(
+        TemperatureScaling, "fit one temperature per model on the predictions of target "
+        "fit_on (a split part, usually validation) and apply it to every target's "
+        "probabilities before evaluation")
+
+
+@dataclass(frozen=True)
+class PredictionRules(Section):
+    """Keys of the prediction section that only the rules read (which outputs a run
+    writes)."""
+
+    csv: bool | str = setting("auto", "write predictions.csv: true, false, or auto (targets "
+                              "up to csv_max_synapses)", schema={"enum": [True, False, "auto"]})
+    csv_max_synapses: int = setting(1000000, "the largest target whose predictions.csv is "
+                                    "written where csv is auto", minimum=0)
+
+
+@dataclass(frozen=True)
 class View(Section):
     """How results are shown in neuroglancer."""
 
