@@ -17,7 +17,18 @@ whole brain's volume cannot be written here, so the synapses are denser than FAF
 density is printed); only prediction's chunk reuse depends on that, none of the later
 stages.
 
+With `--synthetic-predictions` the prediction shards are not predicted: each is written
+straight from its target shard with random probabilities, in predict_shard's format
+(`ntclass.predict.shard._with_calls`'s columns and dtypes, one Parquet file per shard), and
+Snakemake then runs the later stages with `--rerun-triggers mtime` (the written shards are
+newer than their inputs, so they count as up to date). Prediction's row then reads
+"synthetic"; every later stage is measured as it runs.
+
+`--project DIR` reuses (or creates) a project there: the raw and the trained model are
+written only when absent.
+
   .venv/bin/python benchmarks/stages.py --sizes 100000 1000000
+  .venv/bin/python benchmarks/stages.py --synthetic-predictions --sizes 1000000 10000000
 """
 
 from __future__ import annotations
@@ -36,10 +47,13 @@ from predict_feed import FAFB_DENSITY, LAYOUTS, VOXEL, write_volume
 from predict_scale import CONFIG, labelled_synapses, run_snakemake
 
 from ntclass.costs import stage_costs
+from ntclass.predict.shard import META_COLUMNS, _with_calls
+from ntclass.predict.targets import shard_file
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("target_synapses", "predict_shard", "merge_predictions", "evaluate",
-          "flywire_tables", "neuroglancer")
+          "flywire_tables", "annotation_plan", "annotation_map", "annotation_reduce",
+          "neuroglancer")
 PEAK_BOUND_MB = 1200
 
 
@@ -55,18 +69,50 @@ def outputs(n: int) -> list[str]:
             f"results/view/{where}/state.json"]
 
 
-def measure(project: Path, n: int) -> dict[str, dict]:
-    """Run every stage of target t<n>; each stage's cost from its benchmark files."""
-    elapsed = run_snakemake(project, *outputs(n))
+def synthetic_shards(project: Path, n: int, classes: list[str], seed: int) -> int:
+    """Each prediction shard of t<n> written from its target shard with random
+    probabilities, as predict_shard writes it (its columns, dtypes and file names)."""
+    rng = np.random.default_rng(seed)
+    out = project / f"results/predictions/tiny/t{n}/shards"
+    out.mkdir(parents=True, exist_ok=True)
+    shard = 0
+    while (src := project / f"results/targets/t{n}" / shard_file(shard)).exists():
+        rows = pd.read_parquet(src, columns=META_COLUMNS)
+        probs = rng.dirichlet(np.ones(len(classes)), len(rows)).astype(np.float32)
+        rows = rows.assign(**{c: probs[:, i] for i, c in enumerate(classes)},
+                           padded=False, empty=False)
+        _with_calls(rows, classes).to_parquet(out / f"{shard}.parquet", index=False)
+        shard += 1
+    return shard
+
+
+def measure(project: Path, n: int, synthetic: list[str] | None) -> dict[str, dict]:
+    """Run every stage of target t<n>; each stage's cost from its benchmark files. With
+    `synthetic` (the classes), the prediction shards are written instead of predicted."""
+    if synthetic:
+        elapsed = run_snakemake(project, f"results/targets/t{n}")
+        start = time.perf_counter()
+        shards = synthetic_shards(project, n, synthetic, seed=n)
+        print(f"\nt{n}: {shards} prediction shards SYNTHETIC (random probabilities, "
+              f"written in {time.perf_counter() - start:.0f} s; not predicted)")
+        elapsed += run_snakemake(project, *outputs(n), "--rerun-triggers", "mtime")
+    else:
+        elapsed = run_snakemake(project, *outputs(n))
     costs = {s.rule: s for s in stage_costs(project / "results/benchmarks", f"t{n}")}
-    print(f"\n{n:,} synapses: {elapsed:.0f} s through Snakemake")
-    print(f"  {'stage':<19}{'jobs':>5}{'job-s':>9}{'synapses/s':>12}{'peak MB':>9}")
+    print(f"\n{n:,} synapses: {elapsed:.0f} s through Snakemake"
+          + (" (prediction synthetic)" if synthetic else ""))
+    print(f"  {'stage':<19}{'jobs':>5}{'job-s':>9}{'longest s':>10}{'synapses/s':>12}"
+          f"{'per job/s':>11}{'peak MB':>9}")
     row = {}
     for stage in STAGES:
-        cost = costs[stage]
+        cost = costs.get(stage)
+        if cost is None or (synthetic and stage == "predict_shard"):
+            print(f"  {stage:<19}{'synthetic' if cost is None or synthetic else 'n/a':>9}")
+            continue
         rate = n / cost.wall_s
         peak = cost.peak_rss_mb
-        print(f"  {stage:<19}{cost.jobs:>5}{cost.wall_s:>9.1f}{rate:>12,.0f}"
+        print(f"  {stage:<19}{cost.jobs:>5}{cost.wall_s:>9.1f}{cost.longest_s:>10.1f}"
+              f"{rate:>12,.0f}{n / cost.longest_s:>11,.0f}"
               f"{'n/a' if math.isnan(peak) else f'{peak:.0f}':>9}", flush=True)
         row[stage] = {"s_per_synapse": cost.wall_s / n, "peak_mb": peak}
     return row
@@ -77,6 +123,8 @@ def compare(sizes: list[int], rows: dict[int, dict]) -> None:
     print(f"\n{large:,} against {small:,} synapses (bounds: time per synapse within 1.3x; "
           f"peak within 1.2x or under {PEAK_BOUND_MB} MB):")
     for stage in STAGES:
+        if stage not in rows[small] or stage not in rows[large]:
+            continue
         a, b = rows[small][stage], rows[large][stage]
         time_x = b["s_per_synapse"] / a["s_per_synapse"]
         peak_x = b["peak_mb"] / a["peak_mb"]
@@ -94,28 +142,50 @@ def main() -> None:
     parser.add_argument("--layout", choices=LAYOUTS, default="blosc")
     parser.add_argument("--slab", type=int, nargs=3, default=[64, 2048, 2048],
                         help="the written raw's shape in voxels, z y x (40x4x4 nm)")
+    parser.add_argument("--project", type=Path,
+                        help="reuse (or create) the project here; raw, targets and model "
+                             "are written only when absent (default: a temporary one)")
+    parser.add_argument("--synthetic-predictions", action="store_true",
+                        help="write the prediction shards with random probabilities "
+                             "instead of predicting them; measure the later stages")
     args = parser.parse_args()
+    if args.project is not None:
+        args.project.mkdir(parents=True, exist_ok=True)
+        run(args, args.project.resolve())
+    else:
+        with tempfile.TemporaryDirectory(dir=ROOT / "benchmarks") as tmp:
+            run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, project: Path) -> None:
     shape = tuple(args.slab)
-    with tempfile.TemporaryDirectory(dir=ROOT / "benchmarks") as tmp:
-        project = Path(tmp)
+    raw = project / "raw.json"
+    if raw.exists():
+        container, dataset = yaml.safe_load(raw.read_text())
+        print(f"raw: reused {container}/{dataset}")
+    else:
         start = time.perf_counter()
         container, dataset, ratio = write_volume(args.layout, project, shape, (64, 64, 64))
+        raw.write_text(yaml.safe_dump([container, dataset]))
         print(f"raw: {args.layout} slab {shape} voxels, {ratio:.2f}x compressed, written in "
               f"{time.perf_counter() - start:.0f} s")
-        config = {**CONFIG, "targets": {},
-                  "evaluation": {"flywire_tables": True}, "view": {"enabled": True}}
-        for n in args.sizes:
-            labelled_target(n, shape, seed=n).to_parquet(project / f"t{n}.parquet",
-                                                         index=False)
-            config["targets"][f"t{n}"] = {"type": "table", "table": f"t{n}.parquet",
-                                          "raw_container": container, "raw_dataset": dataset}
-            print(f"t{n}: {n / np.prod(shape) / FAFB_DENSITY:,.0f}x FAFB's synapse density")
-        (project / "config.yaml").write_text(yaml.safe_dump(config))
+    config = {**CONFIG, "targets": {},
+              "evaluation": {"flywire_tables": True}, "view": {"enabled": True}}
+    for n in args.sizes:
+        table = project / f"t{n}.parquet"
+        if not table.exists():
+            labelled_target(n, shape, seed=n).to_parquet(table, index=False)
+        config["targets"][f"t{n}"] = {"type": "table", "table": f"t{n}.parquet",
+                                      "raw_container": container, "raw_dataset": dataset}
+        print(f"t{n}: {n / np.prod(shape) / FAFB_DENSITY:,.0f}x FAFB's synapse density")
+    (project / "config.yaml").write_text(yaml.safe_dump(config))
+    if not (project / "results/models/tiny/model.pt").exists():
         train_s = run_snakemake(project, "results/models/tiny/model.pt")
         print(f"tiny model trained on the demo in {train_s:.0f} s")
-        rows = {n: measure(project, n) for n in args.sizes}
-        if len(args.sizes) > 1:
-            compare(args.sizes, rows)
+    classes = list(config["classes"]) if args.synthetic_predictions else None
+    rows = {n: measure(project, n, classes) for n in args.sizes}
+    if len(args.sizes) > 1:
+        compare(args.sizes, rows)
 
 
 if __name__ == "__main__":

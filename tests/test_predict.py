@@ -314,3 +314,33 @@ def test_synister_crop_refuses_what_synister_could_not_cut():
     assert np.array_equal(cube_begins(off_grid, half, shape, "ntclass"),
                           off_grid.to_voxel(half) - np.array(shape) // 2)
 
+
+
+def test_a_target_sorted_past_its_memory_limit_is_the_one_sorted_in_memory(tmp_path,
+                                                                           monkeypatch):
+    """The target step's sort spills beyond its DuckDB pool (SORT_MEMORY): the shards come
+    out the same, row for row."""
+    import ntclass.predict.targets as targets
+
+    source = write_table(tmp_path, random_synapses(300_000, seed=1))
+    settings = Partition(shards=3, synapses_per_shard=None, block_size=(640, 2048, 2048),
+                         read_batch_rows=100_000)
+    limits = []
+    connect = targets.duckdb_connection
+
+    def recorded(*args, **kwargs):
+        limits.append(kwargs.get("memory_limit"))
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(targets, "duckdb_connection", recorded)
+    written = {}
+    for limit in ("4GB", "64MB"):
+        monkeypatch.setattr(targets, "SORT_MEMORY", limit)
+        out = tmp_path / limit
+        write_target(None, source, ["a"], None, settings, str(out))
+        written[limit] = [read_shard_rows(out, i) for i in range(3)]
+        assert limit in limits  # the sort's connection has the step's own pool
+    for in_memory, spilled in zip(written["4GB"], written["64MB"], strict=True):
+        pd.testing.assert_frame_equal(in_memory, spilled)
+        # spatially sorted within the shard, as before the pool was lowered
+        assert in_memory["synapse_id"].is_unique
