@@ -19,7 +19,7 @@ stages.
 
 With `--synthetic-predictions` the prediction shards are not predicted: each is written
 straight from its target shard with random probabilities, in predict_shard's format
-(`ntclass.predict.shard._with_calls`'s columns and dtypes, one Parquet file per shard), and
+(`ntclass.predict.shard.with_calls`'s columns and dtypes, one Parquet file per shard), and
 Snakemake then runs the later stages with `--rerun-triggers mtime` (the written shards are
 newer than their inputs, so they count as up to date). Prediction's row then reads
 "synthetic"; every later stage is measured as it runs.
@@ -47,7 +47,7 @@ from predict_feed import FAFB_DENSITY, LAYOUTS, VOXEL, write_volume
 from predict_scale import CONFIG, labelled_synapses, run_snakemake
 
 from ntclass.costs import stage_costs
-from ntclass.predict.shard import META_COLUMNS, _with_calls
+from ntclass.predict.shard import META_COLUMNS, with_calls
 from ntclass.predict.targets import shard_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def synthetic_shards(project: Path, n: int, classes: list[str], seed: int) -> in
         probs = rng.dirichlet(np.ones(len(classes)), len(rows)).astype(np.float32)
         rows = rows.assign(**{c: probs[:, i] for i, c in enumerate(classes)},
                            padded=False, empty=False)
-        _with_calls(rows, classes).to_parquet(out / f"{shard}.parquet", index=False)
+        with_calls(rows, classes).to_parquet(out / f"{shard}.parquet", index=False)
         shard += 1
     return shard
 
@@ -106,8 +106,11 @@ def measure(project: Path, n: int, synthetic: list[str] | None) -> dict[str, dic
     row = {}
     for stage in STAGES:
         cost = costs.get(stage)
-        if cost is None or (synthetic and stage == "predict_shard"):
-            print(f"  {stage:<19}{'synthetic' if cost is None or synthetic else 'n/a':>9}")
+        if synthetic and stage == "predict_shard":
+            print(f"  {stage:<19}{'synthetic':>9}")
+            continue
+        if cost is None:
+            print(f"  {stage:<19}{'n/a':>9}")
             continue
         rate = n / cost.wall_s
         peak = cost.peak_rss_mb

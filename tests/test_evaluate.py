@@ -358,11 +358,11 @@ def test_margin_and_entropy_of_hand_made_probabilities():
 
 
 def test_prediction_columns_keep_their_order_with_margin_and_entropy_last():
-    from ntclass.predict.shard import META_COLUMNS, _with_calls
+    from ntclass.predict.shard import META_COLUMNS, with_calls
 
     frame = pd.DataFrame({c: [1] for c in META_COLUMNS}).assign(
         ach=[0.6], gaba=[0.3], glu=[0.1], padded=[False], empty=[False])
-    table = _with_calls(frame, CLASSES)
+    table = with_calls(frame, CLASSES)
     assert list(table.columns) == [*META_COLUMNS, *CLASSES, "predicted_nt", "confidence",
                                    "padded", "empty", "margin", "entropy"]
     assert table["margin"].iloc[0] == pytest.approx(0.3)

@@ -342,5 +342,5 @@ def test_a_target_sorted_past_its_memory_limit_is_the_one_sorted_in_memory(tmp_p
         assert limit in limits  # the sort's connection has the step's own pool
     for in_memory, spilled in zip(written["4GB"], written["64MB"], strict=True):
         pd.testing.assert_frame_equal(in_memory, spilled)
-        # spatially sorted within the shard, as before the pool was lowered
+        # every synapse once in each shard
         assert in_memory["synapse_id"].is_unique

@@ -384,7 +384,7 @@ def write_shard_table(shard_path: Path, cache: Path, classes: Sequence[str], out
         if query is not None and lo is not None:
             reader = con.sql(query, params={"lo": lo, "hi": hi}).to_arrow_reader(batch_rows)
             for batch in reader:
-                table = _with_calls(batch.to_pandas(types_mapper=NULLABLE_INTEGERS.get),
+                table = with_calls(batch.to_pandas(types_mapper=NULLABLE_INTEGERS.get),
                                     classes)
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, pa.Schema.from_pandas(
@@ -394,7 +394,7 @@ def write_shard_table(shard_path: Path, cache: Path, classes: Sequence[str], out
                 n += len(table)
         if writer is None:  # an empty shard: the columns, no rows
             empty = read_rows(shard_path, 0, 0).reindex(columns=META_COLUMNS)
-            _with_calls(empty.assign(**{c: np.float32(0) for c in classes},
+            with_calls(empty.assign(**{c: np.float32(0) for c in classes},
                                     padded=False, empty=False), classes).to_parquet(
                 tmp, index=False)
         else:
@@ -403,7 +403,7 @@ def write_shard_table(shard_path: Path, cache: Path, classes: Sequence[str], out
     return n
 
 
-def _with_calls(df: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+def with_calls(df: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     """Add `predicted_nt`, `confidence`, `margin` and `entropy`; refuse rows without a
     prediction."""
     probs = df[list(classes)]
