@@ -91,6 +91,55 @@ def test_expected_calibration_error():
     assert [b["n"] for b in bins["bins"]] == [0, 2, 0, 0, 0, 0, 0, 0, 0, 2]
 
 
+def test_synapse_metrics_counted_in_batches_match_scikit_learn_on_the_whole_table(tmp_path):
+    """Evaluation counts the labelled synapses a batch at a time (its memory bound): any
+    batch size gives scikit-learn's metrics of the whole table and the same reliability
+    bins, with 'unclear' predictions counted as wrong."""
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
+
+    from ntclass.evaluate.outofcore import connect, labelled_batches
+    from ntclass.evaluate.tally import tally_labelled
+
+    rng = np.random.default_rng(5)
+    n = 5_000
+    probs = rng.dirichlet(np.ones(len(CLASSES)) * 0.7, n)
+    table = predictions([(i % 97, CLASSES[t], p) for i, (t, p) in enumerate(
+        zip(rng.choice([0, 0, 1, 2], n), probs))])
+    table.loc[rng.choice(n, 50, replace=False), "predicted_nt"] = "unclear"
+    table.loc[rng.choice(n, 300, replace=False), "nt"] = pd.NA
+    labelled = table[table["nt"].notna()]
+    truth, predicted = labelled["nt"].astype(str), labelled["predicted_nt"]
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predicted, labels=CLASSES, zero_division=0)
+    correct = (truth == predicted).to_numpy()
+    whole = reliability(labelled[CLASSES].to_numpy().max(axis=1), correct)
+    results = []
+    for rows in (n, 333, 7):
+        con = connect(table, tmp_path / str(rows))
+        tally, _ = tally_labelled(labelled_batches(con, CLASSES, rows), CLASSES)
+        con.close()
+        results.append(tally.metrics())
+    for m in results:
+        assert m["n"] == len(labelled)
+        assert m["accuracy"] == pytest.approx(accuracy_score(truth, predicted), abs=1e-15)
+        assert m["balanced_accuracy"] == pytest.approx(
+            balanced_accuracy_score(truth, predicted), abs=1e-15)
+        for i, c in enumerate(CLASSES):
+            assert m["per_class"][c] == pytest.approx(
+                {"precision": precision[i], "recall": recall[i], "f1": f1[i],
+                 "support": support[i]}, abs=1e-15)
+        assert m["confusion_matrix"]["counts"] == confusion_matrix(
+            truth, predicted, labels=CLASSES).tolist()
+        assert [b["n"] for b in m["calibration"]["bins"]] == [
+            b["n"] for b in whole["bins"]]
+        assert m["ece"] == pytest.approx(whole["ece"], abs=1e-12)
+
+
 def test_signed_edges_follow_the_presynaptic_neurons_call(tmp_path):
     from ntclass.evaluate.circuit import FLY_SIGNS, write_signed_edges
     from ntclass.evaluate.outofcore import connect

@@ -65,8 +65,9 @@ CASES = [
     (("view", "enabled"), True, VIEW_ONLY, None),
     (("training", "save_every"), 7, NOTHING, None),  # the training's WORK settings
     (("training", "log_every"), 3, NOTHING, None),
-    (("models", "b", "training"), {"cache_raw_mb": 0}, NOTHING, None),
-    (("models", "b", "training"), {"learning_rate": 0.002},
+    # model b's own section (seed 1, as two_model_config gives it) with one more key
+    (("models", "b", "training"), {"seed": 1, "cache_raw_mb": 0}, NOTHING, None),
+    (("models", "b", "training"), {"seed": 1, "learning_rate": 0.002},
      {"train": 1, "training_curves": 1, **downstream_of_predictions(runs=TARGETS)}, None),
 ]
 

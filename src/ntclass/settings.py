@@ -526,6 +526,7 @@ class InitFrom(Section):
 
     schema: ClassVar = (*_TRAINING, "init_from")
     required: ClassVar = ("checkpoint",)
+    optional: ClassVar = ("sha256",)
     checkpoint: str = setting(meaning="an ntclass model.pt or a gunpowder checkpoint",
                               schema={"$ref": "#/$defs/path"})
     classes: tuple[str, ...] | None = setting(

@@ -5,26 +5,39 @@ from __future__ import annotations
 import numpy as np
 
 
-def reliability(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> dict:
-    """Equal-width confidence bins: mean confidence, accuracy and count per bin, and the
-    expected calibration error (count-weighted mean |accuracy - confidence|)."""
+def bin_sums(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> np.ndarray:
+    """Per equal-width confidence bin: the count, the summed confidence and the number
+    right (3 x n_bins); sums of batches add up to the sums of their union."""
     confidence = np.asarray(confidence, dtype=float)
-    correct = np.asarray(correct, dtype=float)
     edges = np.linspace(0, 1, n_bins + 1)
     index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
-    bins = []
-    ece = 0.0
+    return np.stack([np.bincount(index, minlength=n_bins).astype(float),
+                     np.bincount(index, confidence, minlength=n_bins),
+                     np.bincount(index, np.asarray(correct, dtype=float), minlength=n_bins)])
+
+
+def reliability_of(sums: np.ndarray) -> dict:
+    """Mean confidence, accuracy and count per bin of `bin_sums`, and the expected
+    calibration error (count-weighted mean |accuracy - confidence|)."""
+    counts, confidence, correct = np.asarray(sums, dtype=float)
+    n_bins, total = len(counts), counts.sum()
+    edges = np.linspace(0, 1, n_bins + 1)
+    bins, ece = [], 0.0
     for b in range(n_bins):
-        mask = index == b
-        n = int(mask.sum())
+        n = int(counts[b])
         if n:
-            conf, acc = float(confidence[mask].mean()), float(correct[mask].mean())
-            ece += n / len(confidence) * abs(acc - conf)
+            conf, acc = float(confidence[b] / n), float(correct[b] / n)
+            ece += n / total * abs(acc - conf)
         else:
             conf = acc = None
         bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "n": n,
                      "confidence": conf, "accuracy": acc})
-    return {"ece": float(ece) if len(confidence) else None, "bins": bins}
+    return {"ece": float(ece) if total else None, "bins": bins}
+
+
+def reliability(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> dict:
+    """`reliability_of` the bins of these confidences and outcomes."""
+    return reliability_of(bin_sums(confidence, correct, n_bins))
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray) -> float | None:

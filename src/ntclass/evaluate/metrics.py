@@ -11,12 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    precision_recall_fscore_support,
-)
 
 from ntclass.errors import NtclassError
 from ntclass.evaluate import outofcore
@@ -30,12 +24,12 @@ from ntclass.evaluate.calibration import (
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
-    reliability,
 )
 from ntclass.evaluate.circuit import FLY_SIGNS, write_signed_edges
 from ntclass.evaluate.groups import COLUMNS as GROUP_COLUMNS
 from ntclass.evaluate.groups import group_calls, group_metrics, neuron_groups
 from ntclass.evaluate.inputs import write_input_composition
+from ntclass.evaluate.tally import BATCH_ROWS, classification_metrics, tally_labelled
 from ntclass.ids import ID_DTYPE
 from ntclass.io import NamedOutputs
 from ntclass.provenance import provenance_lines, table_provenance
@@ -44,37 +38,6 @@ from ntclass.sql import quoted
 
 log = logging.getLogger(__name__)
 NEURON_RULES = ("majority", "mean", "sum")
-
-
-def classification_metrics(truth: Sequence[str], predicted: Sequence[str],
-                           classes: Sequence[str]) -> dict:
-    """Accuracy, balanced accuracy, per-class precision/recall/F1/support, confusion."""
-    truth, predicted = list(truth), list(predicted)
-    if not truth:
-        return {"n": 0, "accuracy": None, "balanced_accuracy": None, "per_class": {},
-                "confusion_matrix": {"classes": list(classes), "counts": []}}
-    precision, recall, f1, support = precision_recall_fscore_support(
-        truth, predicted, labels=list(classes), zero_division=0)
-    present = [c for c in classes if c in set(truth)]
-    return {
-        "n": len(truth),
-        "accuracy": float(accuracy_score(truth, predicted)),
-        "balanced_accuracy": float(balanced_accuracy_score(
-            [t for t in truth], [p for p in predicted])) if present else None,
-        "per_class": {
-            c: {"precision": float(precision[i]), "recall": float(recall[i]),
-                "f1": float(f1[i]), "support": int(support[i])}
-            for i, c in enumerate(classes)},
-        "confusion_matrix": _confusion(truth, predicted, classes),
-    }
-
-
-def _confusion(truth: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> dict:
-    counts = confusion_matrix(truth, predicted, labels=list(classes))
-    rows = counts.sum(axis=1, keepdims=True)
-    normalised = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
-    return {"classes": list(classes), "counts": counts.tolist(),
-            "row_normalised": np.round(normalised, 6).tolist()}
 
 
 def neuron_calls(predictions: pd.DataFrame | str, classes: Sequence[str],
@@ -134,18 +97,19 @@ def calls_from_aggregates(agg: pd.DataFrame, classes: Sequence[str], rule: str,
 def evaluate(predictions: pd.DataFrame, classes: Sequence[str], rule: str = "majority",
              min_synapses: int = 1, min_confidence: float = 0.0) -> tuple[dict, pd.DataFrame]:
     """Metrics over the labelled synapses and neurons of a prediction table."""
-    neurons = neuron_calls(predictions, classes, rule, min_synapses, min_confidence)
-    return metrics_of(predictions[predictions["nt"].notna()], neurons, classes, rule), neurons
+    with outofcore.scratch() as work:
+        con = outofcore.connect(predictions, Path(work))
+        neurons = calls_in(con, "preds", classes, rule, min_synapses, min_confidence)
+        tally, _ = tally_labelled(outofcore.labelled_batches(con, classes, BATCH_ROWS),
+                                  classes)
+        con.close()
+    return metrics_of(tally.metrics(), neurons, classes, rule), neurons
 
 
-def metrics_of(labelled: pd.DataFrame, neurons: pd.DataFrame, classes: Sequence[str],
+def metrics_of(synapse: dict, neurons: pd.DataFrame, classes: Sequence[str],
                rule: str) -> dict:
-    """Synapse-level metrics of the labelled synapses, neuron-level of the neuron calls."""
-    synapse = classification_metrics(labelled["nt"], labelled["predicted_nt"], classes)
-    correct = (labelled["predicted_nt"] == labelled["nt"]).to_numpy(dtype=bool)
-    confidence = labelled[list(classes)].to_numpy(dtype=float).max(axis=1)
-    synapse["calibration"] = reliability(confidence, correct)
-    synapse["ece"] = synapse["calibration"]["ece"]
+    """The synapse-level metrics (`SynapseTally.metrics`) with the neuron level's of the
+    neuron calls."""
     known = neurons[neurons["nt"].notna() & (neurons["predicted_nt"] != "unclear")]
     neuron = classification_metrics(known["nt"], known["predicted_nt"], classes)
     neuron["rule"] = rule
@@ -246,16 +210,6 @@ def _input_lines(inputs: dict | None) -> list[str]:
                   "total variation between predicted and labelled NT shares, over "
                   f"{inputs['neurons_labelled']} neurons with labelled inputs)"]
     return lines
-
-
-def calibrated(predictions: pd.DataFrame, classes: Sequence[str],
-               temperature: float) -> pd.DataFrame:
-    """`predictions` with temperature-scaled probabilities and confidence."""
-    out = predictions.copy()
-    scaled = apply_temperature(out[list(classes)].to_numpy(dtype=float), temperature)
-    out[list(classes)] = scaled
-    out["confidence"] = scaled.max(axis=1) if len(scaled) else np.zeros(0)
-    return out
 
 
 def _labelled_arrays(predictions: pd.DataFrame, classes: Sequence[str]):
@@ -455,8 +409,8 @@ def evaluate_predictions(predictions_path: str, *, classes: Sequence[str],
     calls, the input composition of the post-synaptic neurons, the signed edge list and
     the figures. With a fitted temperature, every probability used (neuron calls,
     confidences, calibration) is temperature-scaled first; with a fitted abstention
-    threshold, neurons below it are unclear. Only the labelled synapses are held in
-    memory; the rest is aggregated out of core."""
+    threshold, neurons below it are unclear. The labelled synapses are counted a batch at
+    a time and the rest aggregated out of core: memory grows with the neurons only."""
     from ntclass.evaluate.plots import confusion_figure, reliability_figure
     from ntclass.io import write_csv, write_json, write_text
 
@@ -470,7 +424,8 @@ def evaluate_predictions(predictions_path: str, *, classes: Sequence[str],
         con = outofcore.connect(predictions_path, Path(work),
                                 leave_out_empty=settings.empty_cubes == "leave_out")
         n_empty = outofcore.empty_cubes(con)
-        labelled = outofcore.labelled_rows(con)
+        tally, unscaled = tally_labelled(
+            outofcore.labelled_batches(con, classes, BATCH_ROWS), classes, temperature)
         view = outofcore.scaled_view(con, classes, temperature)
         neurons = calls_in(con, view, classes, rule, settings.min_synapses, min_confidence)
         write_signed_edges(con, neurons, settings.signs or FLY_SIGNS, outputs.edges)
@@ -480,13 +435,10 @@ def evaluate_predictions(predictions_path: str, *, classes: Sequence[str],
                                                      settings.neuron_table, Path(work)),
                               settings.group_by)
                   if settings.group_by else pd.DataFrame(columns=GROUP_COLUMNS))
-    if temperature is not None:
-        raw_ece = expected_calibration_error(*_labelled_arrays(labelled, classes))
-        labelled = calibrated(labelled, classes, temperature)
-    metrics = metrics_of(labelled, neurons, classes, rule)
+    metrics = metrics_of(tally.metrics(), neurons, classes, rule)
     if temperature is not None:
         metrics["temperature"] = temperature
-        metrics["synapse"]["ece_uncalibrated"] = raw_ece
+        metrics["synapse"]["ece_uncalibrated"] = unscaled.metrics()["ece"]
     metrics["empty_cubes"] = {"n": n_empty, "left_out": settings.empty_cubes == "leave_out"}
     metrics["inputs"] = inputs
     if abstention is not None:

@@ -91,9 +91,19 @@ def neuron_aggregates(con: duckdb.DuckDBPyConnection, view: str, classes: Sequen
 
 
 def labelled_rows(con: duckdb.DuckDBPyConnection, view: str = "preds") -> pd.DataFrame:
-    """The synapses with a known NT (the only ones synapse-level metrics need)."""
+    """The synapses with a known NT, in memory (a temperature's fit needs them all)."""
     return con.sql(f"SELECT * FROM {view} WHERE nt IS NOT NULL").to_arrow_table(
     ).to_pandas(types_mapper=NULLABLE_INTEGERS.get)
+
+
+def labelled_batches(con: duckdb.DuckDBPyConnection, classes: Sequence[str], rows: int,
+                     view: str = "preds") -> pa.RecordBatchReader:
+    """The synapses with a known NT, `rows` at a time: nt, predicted_nt and the class
+    probabilities (what synapse-level metrics need)."""
+    probabilities = ", ".join(quoted(c) for c in classes)
+    return con.execute(f"SELECT nt::VARCHAR AS nt, predicted_nt::VARCHAR AS predicted_nt, "
+                       f"{probabilities} FROM {view} WHERE nt IS NOT NULL"
+                       ).to_arrow_reader(rows)
 
 
 def scratch() -> tempfile.TemporaryDirectory:
