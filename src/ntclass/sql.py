@@ -13,7 +13,12 @@ def quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def duckdb_connection(temp_dir: Path, memory_limit: str = "1GB") -> duckdb.DuckDBPyConnection:
+# DuckDB's pool in every job: past it DuckDB spills to disk, so that no job's memory grows
+# with the target (at 10^7 synapses a job peaks at this plus about 250 MB of its own)
+POOL = "512MB"
+
+
+def duckdb_connection(temp_dir: Path, memory_limit: str = POOL) -> duckdb.DuckDBPyConnection:
     """DuckDB bounded in memory, spilling to `temp_dir`, on the job's cores."""
     con = duckdb.connect()
     threads = max(1, len(os.sched_getaffinity(0)))

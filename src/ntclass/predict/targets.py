@@ -27,7 +27,7 @@ from ntclass.io import NULLABLE_INTEGERS, atomic_path, read_synapse_csv, write_j
 from ntclass.settings import Partition
 from ntclass.sources.kinds import Source, SplitPart
 from ntclass.sources.synapses import LOCATION, OPTIONAL_COLUMNS, duplicate_id_message
-from ntclass.sql import duckdb_connection, query_one
+from ntclass.sql import POOL, duckdb_connection, query_one
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,9 @@ SCHEMA = pa.schema(
        ("pre_id", pa.uint64()), ("post_id", pa.uint64())]
     + [(c, pa.string()) for c in OPTIONAL_COLUMNS] + [("cell", pa.uint64())])
 ROW_GROUP = 64 * 1024
-# DuckDB's pool for the sort: the batches' Arrow memory is released before it, and the
-# sort spills past this, so the job's peak stays under 1.2 GB at 10^7 synapses
-SORT_MEMORY = "512MB"
+# DuckDB's pool for the sort (the batches' Arrow memory is released before it); a test
+# shrinks it to see the sort spill
+SORT_MEMORY = POOL
 
 
 def shard_file(shard: int) -> str:
