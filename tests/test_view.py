@@ -444,8 +444,13 @@ def test_a_whole_brain_layer_is_planned_as_many_independent_jobs(tmp_path, monke
     rng = np.random.default_rng(0)
     extent = np.array([1_000_000.0, 500_000.0, 280_000.0])  # x, y, z in nm
     sample = rng.uniform(0, 1, (jobs.SAMPLE, 3)) * extent
-    monkeypatch.setattr(jobs, "_scan", lambda predictions, work, share: (
-        [0.0] * 3, extent.tolist(), [pre, post], sample))
+    keys = {"synapse_id": rng.integers(1, 1 << 40, jobs.SAMPLE, dtype=np.uint64),
+            "pre_id": rng.integers(1, pre + 1, jobs.SAMPLE, dtype=np.uint64),
+            "post_id": rng.integers(1, post + 1, jobs.SAMPLE, dtype=np.uint64)}
+    scan = jobs.Scan(lower=[0.0] * 3, upper=extent.tolist(), distinct=[pre, post],
+                     points=sample, keys=keys,
+                     key_bits={c: int(v.max()).bit_length() for c, v in keys.items()})
+    monkeypatch.setattr(jobs, "_scan", lambda predictions, work, share: scan)
     monkeypatch.setattr(jobs, "_count", lambda predictions: n)
     plan = jobs.plan_annotations("fafb.parquet", CLASSES, tmp_path, sharded=True)
     parts = len(plan["parts"])
@@ -463,6 +468,38 @@ def test_a_whole_brain_layer_is_planned_as_many_independent_jobs(tmp_path, monke
     shard_mb = n * (size + 24) / by_index[0] / 1e6
     assert 10 <= shard_mb <= 60, shard_mb
     assert sum(by_index.values()) + parts >= 64
+    # keys spread evenly over their range: every index is sharded by the keys' top bits
+    # (the largest preshift), so that keys near in value, cells near in space, share shards
+    bits = [scan.key_bits[c] for c in jobs.ID_COLUMNS] + [
+        jobs.morton_bits(spec["grid_shape"]) for spec in plan["indices"][jobs.FIRST_SPATIAL:]]
+    for spec, key_bits in zip(plan["indices"], bits):
+        sharding = spec["sharding"]
+        if sharding["shard_bits"]:
+            assert (sharding["preshift_bits"] + sharding["minishard_bits"]
+                    + sharding["shard_bits"]) == key_bits, spec["key"]
+
+
+def test_shards_follow_the_top_bits_of_the_keys_as_far_as_they_stay_even():
+    """local_preshift: keys spread over their range get the top bits (a run of nearby
+    keys lands in one or two shards); keys crowded into part of the range get a smaller
+    preshift, at which no shard holds over BALANCE times an even share."""
+    from ntclass.view.sharded import BALANCE, local_preshift, shard_of, sharding_spec
+
+    rng = np.random.default_rng(1)
+    spec = sharding_spec(1 << 20, 1 << 30)
+    assert spec["shard_bits"] >= 3
+    even = rng.integers(0, 1 << 32, 1 << 16, dtype=np.uint64)
+    top = local_preshift(even, 32, spec)
+    assert top == 32 - spec["minishard_bits"] - spec["shard_bits"]
+    nearby = np.sort(even)[:len(even) // 100]  # 1 % of the keys, the lowest
+    assert len(np.unique(shard_of(nearby, {**spec, "preshift_bits": top}))) <= 2
+    assert len(np.unique(shard_of(nearby, spec))) == 1 << spec["shard_bits"]  # preshift 0
+    crowded = np.concatenate([rng.integers(0, 1 << 28, 1 << 16, dtype=np.uint64),
+                              rng.integers(0, 1 << 32, 1 << 12, dtype=np.uint64)])
+    preshift = local_preshift(crowded, 32, spec)
+    assert 0 < preshift < top
+    counts = np.bincount(shard_of(crowded, {**spec, "preshift_bits": preshift}))
+    assert counts.max() <= BALANCE * len(crowded) / (1 << spec["shard_bits"])
 
 
 def shard_digests(folder: Path) -> dict[str, bytes]:
@@ -472,15 +509,22 @@ def shard_digests(folder: Path) -> dict[str, bytes]:
             for p in folder.rglob("*.shard")}
 
 
-def test_a_rerun_after_one_percent_changed_counts_the_shard_files_it_changes(tmp_path):
-    """1 % of the synapses re-predicted in one place (as after new raw there): the plan
-    keeps its levels and shardings (positions and ids unchanged), so a shard file without a
-    changed synapse comes out byte for byte the same. Issue 28 asks for at most 10 % of
-    the files; this layer (2 * 10^4 synapses) misses it: by_id and the relationships are
-    keyed by id and by segment, which a place does not bound (62/64 and 9/9 changed), and
-    every spatial level is hit by a share of the changed synapses drawn by id, so a level of
-    few shards changes whole (29/60). Measured here, and bounded only loosely."""
-    table = prediction_table(20_000, seed=3)
+def numbered_in_space(table: pd.DataFrame) -> pd.DataFrame:
+    """`table` with its synapse ids renumbered block by block (Morton order of 1 um
+    cells), as a block-wise synapse detection numbers what it finds."""
+    from ntclass.predict.targets import morton_cells
+
+    order = np.argsort(morton_cells(table[["z", "y", "x"]].to_numpy(), (1000,) * 3),
+                       kind="stable")
+    ids = np.empty(len(table), np.int64)
+    ids[order] = np.arange(1, len(table) + 1)
+    return table.assign(synapse_id=ids)
+
+
+def changed_shards(tmp_path: Path, table: pd.DataFrame) -> dict[str, list[int]]:
+    """The layer of `table` written before and after 1 % of its synapses, the nearest to
+    its centre, are predicted anew: per index (the spatial levels together), the shard
+    files whose bytes changed and all of them."""
     table.to_parquet(tmp_path / "before.parquet")
     options = {"limit": 100, "sharded": True, "minishard_keys": 64, "shard_bytes": 20_000}
     write_annotations(str(tmp_path / "before.parquet"), tmp_path / "before", CLASSES,
@@ -505,9 +549,30 @@ def test_a_rerun_after_one_percent_changed_counts_the_shard_files_it_changes(tmp
         index = "spatial" if index.startswith("spatial") else index
         rewritten.setdefault(index, [0, 0])[1] += 1
         rewritten[index][0] += digest != now[name]
-    print({k: f"{a}/{b}" for k, (a, b) in rewritten.items()})
-    changed_files = sum(a for a, _ in rewritten.values())
-    print(f"{changed_files} of {len(before)} shard files changed")
+    print({k: f"{a}/{b}" for k, (a, b) in rewritten.items()},
+          f"{sum(a for a, _ in rewritten.values())} of {len(before)} shard files changed")
+    return rewritten
+
+
+@pytest.mark.parametrize("ids", ["random", "numbered in space"])
+def test_a_rerun_after_one_percent_changed_in_one_place_rewrites_that_places_shards(
+        tmp_path, ids):
+    """1 % of the synapses re-predicted in one place (as after new raw there), positions
+    and ids unchanged: the plan keeps its levels and shardings, and a shard file without
+    a changed synapse comes out byte for byte the same. by_id is sharded by the ids' top
+    bits (they are even enough here), so ids numbered in space (block-wise detection)
+    change few of its shards: 8 of 40 measured, 64 of 64 when sharded by the low bits.
+    Random ids change nearly all (58/59), and so do the relationships, keyed by segment,
+    which a place does not bound; the spatial levels change about half (30/60 measured):
+    on a layer this small most levels are one shard, and this clustered layer's finer
+    levels are too uneven for their top bits. Issue 28's 10 % of all files is met by
+    neither (45/107 and 95/126)."""
+    table = prediction_table(20_000, seed=3)
+    rewritten = changed_shards(tmp_path, numbered_in_space(table) if ids != "random"
+                               else table)
     spatial, files = rewritten["spatial"]
-    assert 0 < spatial < 0.75 * files, rewritten  # 29/60 measured
-    assert changed_files < len(before)
+    assert 0 < spatial < 0.75 * files, rewritten
+    assert sum(a for a, _ in rewritten.values()) < sum(b for _, b in rewritten.values())
+    if ids != "random":
+        by_id, files = rewritten["by_id"]
+        assert 0 < by_id <= 0.25 * files, rewritten

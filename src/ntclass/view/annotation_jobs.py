@@ -1,9 +1,12 @@
 """The annotation layer as many small jobs: plan, map per row range, reduce per shard.
 
-- plan (one job, one streaming scan of four columns): the count, the bounds, the
+- plan (one job, one streaming scan of the points and ids): the count, the bounds, the
   relationships' distinct segments (HyperLogLog) and a hash sample of at most `SAMPLE`
-  points, from which each spatial level's densest cell is estimated; it fixes the levels,
-  their quotas, every index's sharding and the row ranges of the map jobs.
+  annotations, from which each spatial level's densest cell is estimated; it fixes the
+  levels, their quotas, every index's sharding and the row ranges of the map jobs. Each
+  index is sharded by the top bits of its keys as far as the sample's shards stay even
+  (`sharded.local_preshift`): a spatial level's shards are then blocks of space, and a
+  change in one place rewrites the shards of that place.
 - map (per row range): each annotation encoded once and filed under (index, shard) for
   by_id, each relationship and its spatial level, as one Parquet part.
 - reduce (per index and shard): that shard's rows of every part, sorted and grouped,
@@ -31,6 +34,7 @@ import math
 import os
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +89,11 @@ def cells(points: np.ndarray, lower: Sequence[float], chunk: Sequence[float],
     return np.minimum(np.maximum(cell, 0), np.asarray(grid) - 1)
 
 
+def morton_bits(grid: Sequence[int]) -> int:
+    """The bits of the compressed Morton codes of a grid's cells."""
+    return sum(max(0, math.ceil(math.log2(g))) for g in grid)
+
+
 def morton(cell: np.ndarray, grid: Sequence[int]) -> np.ndarray:
     """neuroglancer's compressed Morton code of each cell: bit i of each dimension that
     still has bits at i, interleaved."""
@@ -131,24 +140,37 @@ def plan_annotations(predictions: str, classes: Sequence[str], work: Path,
     if n == 0:
         raise NtclassError(f"'{predictions}' holds no prediction to show")
     share = min(1.0, sample / n)
-    lower, upper, distinct, points = _scan(predictions, work, share)
+    scan = _scan(predictions, work, share)
+    lower, upper = scan.lower, scan.upper
     sharded = n > sharded_above if sharded is None else sharded
-    levels, quotas = _levels(points, share, lower, upper, limit)
+    levels, quotas = _levels(scan.points, share, lower, upper, limit)
     size = record_size(classes)
 
-    def sharding(keys: int, total: float, encoding: str = "gzip") -> dict | None:
-        return shd.sharding_spec(max(1, int(keys)), int(total), encoding, minishard_keys,
-                                 shard_bytes) if sharded else None
+    def sharding(keys: int, total: float, sample: np.ndarray, key_bits: int,
+                 encoding: str = "gzip") -> dict | None:
+        if not sharded:
+            return None
+        spec = shd.sharding_spec(max(1, int(keys)), int(total), encoding, minishard_keys,
+                                 shard_bytes)
+        return {**spec, "preshift_bits": shd.local_preshift(sample, key_bits, spec)}
 
-    indices = [{"key": "by_id", "sharding": sharding(n, n * (size + 24), "raw")}]
-    indices += [{"key": rel, "sharding": sharding(count, n * (size + 8))}
-                for rel, count in zip(RELATIONSHIPS, distinct)]
+    def segments(column: str) -> np.ndarray:
+        return scan.keys[column][scan.keys[column] != 0]
+
+    indices = [{"key": "by_id", "sharding": sharding(
+        n, n * (size + 24), scan.keys["synapse_id"], scan.key_bits["synapse_id"], "raw")}]
+    indices += [{"key": rel, "sharding": sharding(count, n * (size + 8), segments(column),
+                                                  scan.key_bits[column])}
+                for (rel, column), count in zip(RELATIONSHIPS.items(), scan.distinct)]
     previous = 0.0
     for spec, quota in zip(levels, quotas + [1.0] * SPARE_LEVELS):
         expected = n * (quota - previous) if spec["key"] != "spare" else 0
         previous = quota
         cells_ = min(expected, math.prod(spec["grid_shape"]))
-        indices.append({**spec, "sharding": sharding(cells_, expected * (size + 8))})
+        grid = spec["grid_shape"]
+        codes = morton(cells(scan.points, lower, spec["chunk_size"], grid), grid)
+        indices.append({**spec, "sharding": sharding(cells_, expected * (size + 8), codes,
+                                                     morton_bits(grid))})
     for number, spec in enumerate(indices[FIRST_SPATIAL:]):
         spec["key"] = f"spatial{number}"
     parts = [[start, min(n, start + rows_per_part)] for start in range(0, n, rows_per_part)]
@@ -162,27 +184,45 @@ def _count(predictions: str) -> int:
     return pq.ParquetFile(predictions).metadata.num_rows
 
 
-def _scan(predictions: str, work: Path, share: float) -> tuple[list[float], list[float],
-                                                                list[int], np.ndarray]:
-    """One streaming scan of four columns: the bounds (whole nm, the upper one exclusive),
-    the distinct pre- and post-synaptic segments (HyperLogLog) and the points of a hash
-    sample of `share` of the annotations (n x 3, x y z)."""
+@dataclass(frozen=True)
+class Scan:
+    """What the plan needs of the predictions, from one streaming scan."""
+
+    lower: list[float]  # the bounds, whole nm (x y z), the upper one exclusive
+    upper: list[float]
+    distinct: list[int]  # the distinct pre- and post-synaptic segments (HyperLogLog)
+    points: np.ndarray  # a hash sample of the annotations' points (n x 3, x y z)
+    keys: dict[str, np.ndarray]  # the sample's ids and segments (0: none), by column
+    key_bits: dict[str, int]  # the bit length of each of those columns' largest value
+
+
+ID_COLUMNS = ("synapse_id", *RELATIONSHIPS.values())
+
+
+def _scan(predictions: str, work: Path, share: float) -> Scan:
+    """One streaming scan of the points and ids, and one of a hash sample of `share` of
+    the annotations."""
     work.mkdir(parents=True, exist_ok=True)
     con = duckdb_connection(work)
     source = f"read_parquet('{predictions}')"
+    ids = {c: f"coalesce({c}::UBIGINT, 0::UBIGINT)" for c in ID_COLUMNS}
     row = query_one(con, f"""SELECT floor(min(x::FLOAT)), floor(min(y::FLOAT)),
         floor(min(z::FLOAT)), floor(max(x::FLOAT)) + 1, floor(max(y::FLOAT)) + 1,
         floor(max(z::FLOAT)) + 1, approx_count_distinct(nullif(pre_id, 0)),
-        approx_count_distinct(nullif(post_id, 0)) FROM {source}""")
-    lower, upper = [float(v) for v in row[:3]], [float(v) for v in row[3:6]]
-    distinct = [max(1, int(v or 0)) for v in row[6:8]]
-    points = con.execute(f"""SELECT x::FLOAT::DOUBLE AS x, y::FLOAT::DOUBLE AS y,
-        z::FLOAT::DOUBLE AS z FROM {source}
+        approx_count_distinct(nullif(post_id, 0)),
+        {", ".join(f"max({v})" for v in ids.values())} FROM {source}""")
+    sample = con.execute(f"""SELECT x::FLOAT::DOUBLE AS x, y::FLOAT::DOUBLE AS y,
+        z::FLOAT::DOUBLE AS z, {", ".join(f"{v} AS {c}" for c, v in ids.items())}
+        FROM {source}
         WHERE (hash(synapse_id::UBIGINT) >> 11)::DOUBLE / 9007199254740992.0 < {share!r}
         """).fetchnumpy()
     con.close()
     shutil.rmtree(work, ignore_errors=True)
-    return lower, upper, distinct, np.stack([points[a] for a in "xyz"], axis=1)
+    return Scan(lower=[float(v) for v in row[:3]], upper=[float(v) for v in row[3:6]],
+                distinct=[max(1, int(v or 0)) for v in row[6:8]],
+                points=np.stack([sample[a] for a in "xyz"], axis=1),
+                keys={c: np.asarray(sample[c], np.uint64) for c in ID_COLUMNS},
+                key_bits={c: int(v or 0).bit_length() for c, v in zip(ID_COLUMNS, row[8:])})
 
 
 def write_plan(plan: dict, path: str) -> None:
