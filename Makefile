@@ -5,6 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= 2
+# test processes (pytest-xdist): each test module runs whole in one of them
+TEST_WORKERS ?= auto
 
 .PHONY: demo test lint schema clean-demo
 
@@ -22,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/ntclass summary results/evaluation
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests workflow_scripts benchmarks

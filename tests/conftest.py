@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,28 @@ ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("acetylcholine", "gaba", "glutamate", "serotonin")
 TINY = DemoSpec(classes=CLASSES, shape=(32, 512, 512), neurons_per_class=6,
                 synapses_per_neuron=(3, 6), hemilineages_per_class=2, seed=3)
+
+
+SHARED_RUN = "two_model_run"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under pytest-xdist (`make test` runs `-n auto --dist loadgroup`) each module runs
+    on one worker, so that its module fixtures are built once, and the modules that use
+    the shared two-model run all run on the same worker, which builds it once."""
+    shared = {item.module.__name__ for item in items if SHARED_RUN in item.fixturenames}
+    for item in items:
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(SHARED_RUN if module in shared else module))
+
+
+@contextlib.contextmanager
+def one_at_a_time(name: str) -> Iterator[None]:
+    """A lock across the test processes (pytest-xdist's workers): a service's start-up
+    script or an apt install runs in one of them at a time."""
+    with open(Path(tempfile.gettempdir()) / f"ntclass-tests-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 class CodeRunningPayload:
@@ -58,8 +84,9 @@ def in_ci() -> bool:
 
 def service_or_skip(script: str, name: str) -> None:
     """Start a test service with the project's own script; skip only outside CI."""
-    result = subprocess.run(["bash", str(ROOT / "scripts" / script)], capture_output=True,
-                            text=True, timeout=600)
+    with one_at_a_time("services"):
+        result = subprocess.run(["bash", str(ROOT / "scripts" / script)],
+                                capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
         message = f"{name} could not be started: {(result.stdout + result.stderr)[-800:]}"
         if in_ci():
@@ -85,8 +112,9 @@ def slurm_controller_answers() -> None:
     root, the local cluster (as slurm_cluster starts it) is brought up first; where it is
     not installed, scontrol is missing and the plugin moves on at once."""
     if shutil.which("scontrol") and os.geteuid() == 0:
-        subprocess.run(["bash", str(ROOT / "scripts" / "slurm-up.sh")], capture_output=True,
-                       text=True, timeout=600)
+        with one_at_a_time("services"):
+            subprocess.run(["bash", str(ROOT / "scripts" / "slurm-up.sh")],
+                           capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +128,11 @@ def slurm_cluster() -> None:
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """Debian's headless-capable Chromium, installed with apt when missing (needs root)."""
+    with one_at_a_time("services"):
+        return _chromium()
+
+
+def _chromium() -> str:
     found = shutil.which("chromium")
     if found:
         return found
