@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/ntclass summary results/evaluation
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests workflow_scripts benchmarks

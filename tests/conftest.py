@@ -26,19 +26,6 @@ TINY = DemoSpec(classes=CLASSES, shape=(32, 512, 512), neurons_per_class=6,
                 synapses_per_neuron=(3, 6), hemilineages_per_class=2, seed=3)
 
 
-SHARED_RUN = "two_model_run"
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """Under pytest-xdist (`make test` runs `-n auto --dist loadgroup`) each module runs
-    on one worker, so that its module fixtures are built once, and the modules that use
-    the shared two-model run all run on the same worker, which builds it once."""
-    shared = {item.module.__name__ for item in items if SHARED_RUN in item.fixturenames}
-    for item in items:
-        module = item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(SHARED_RUN if module in shared else module))
-
-
 @contextlib.contextmanager
 def one_at_a_time(name: str) -> Iterator[None]:
     """A lock across the test processes (pytest-xdist's workers): a service's start-up
@@ -69,12 +56,22 @@ def tiny_demo(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def two_model_run(tmp_path_factory) -> Path:
     """The finished run of `two_model_config`, shared read-only: tests copy it to change
-    anything."""
+    anything. Under pytest-xdist the first worker that needs it builds it where every
+    worker finds it (their basetemps' parent, as xdist's documentation shows) and the
+    others wait for it."""
     from workflow_helpers import snakemake, two_model_config, write_config
 
-    directory = tmp_path_factory.mktemp("two_models")
-    write_config(directory, two_model_config())
-    snakemake(directory)
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        directory = tmp_path_factory.mktemp("two_models")
+    else:
+        directory = tmp_path_factory.getbasetemp().parent / "two_models"
+    finished = directory.with_name("two_models.finished")  # beside it: the run stays as made
+    with one_at_a_time(f"two_models-{directory.parent.name}"):
+        if not finished.exists():
+            directory.mkdir(exist_ok=True)
+            write_config(directory, two_model_config())
+            snakemake(directory)
+            finished.touch()
     return directory
 
 

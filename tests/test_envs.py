@@ -12,7 +12,8 @@ from workflow_helpers import ROOT
 ENV_FILES = sorted((ROOT / "envs").glob("*.yaml"))
 # moto and rangehttpserver: test servers; playwright drives the browser tests; snakefmt
 # formats the rule files; pytest-xdist runs the suite in parallel
-TEST_ONLY = {"pytest", "pytest-xdist", "ruff", "moto[server]", "rangehttpserver", "playwright", "snakefmt"}
+TEST_ONLY = {"pytest", "pytest-xdist", "ruff", "moto[server]", "rangehttpserver", "playwright",
+             "snakefmt"}
 
 
 def normalise(name: str) -> str:

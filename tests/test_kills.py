@@ -124,16 +124,21 @@ def test_a_stage_killed_at_a_random_point_reruns_to_the_same_outputs(
     spec = STAGES[name]
     removed = [*spec["outputs"], *spec["scratch"], spec["log"]]
     seconds = job_seconds(finished_run, spec)
-    run = copy_without(finished_run, tmp_path / "run", removed)
-    proc = start_snakemake(run, spec["target"])
-    wait_for(run / spec["log"], proc)
-    time.sleep(random.Random(name).uniform(0.05, 0.8) * seconds)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-    snakemake(run, "--unlock")  # a killed Snakemake leaves its lock behind
-    assert planned_jobs(run, "--rerun-incomplete", spec["target"]) == {spec["rule"]: 1}, \
-        "the kill did not interrupt the job"
+    fraction = random.Random(name).uniform(0.05, 0.8)
+    for attempt in range(3):
+        run = copy_without(finished_run, tmp_path / f"run{attempt}", removed)
+        proc = start_snakemake(run, spec["target"])
+        wait_for(run / spec["log"], proc)
+        time.sleep(fraction * seconds)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        snakemake(run, "--unlock")  # a killed Snakemake leaves its lock behind
+        planned = planned_jobs(run, "--rerun-incomplete", spec["target"])
+        if planned:
+            break
+        # the job ran faster than in the reference run (a machine less busy): earlier
+        fraction /= 2
+    assert planned == {spec["rule"]: 1}, "the kill did not interrupt the job"
     snakemake(run, "--rerun-incomplete", spec["target"])
     for output in spec["outputs"]:
         assert same_file(run / output, finished_run / output), output
