@@ -559,14 +559,14 @@ def test_a_rerun_after_one_percent_changed_in_one_place_rewrites_that_places_sha
         tmp_path, ids):
     """1 % of the synapses re-predicted in one place (as after new raw there), positions
     and ids unchanged: the plan keeps its levels and shardings, and a shard file without
-    a changed synapse comes out byte for byte the same. by_id is sharded by the ids' top
-    bits (they are even enough here), so ids numbered in space (block-wise detection)
-    change few of its shards: 8 of 40 measured, 64 of 64 when sharded by the low bits.
-    Random ids change nearly all (58/59), and so do the relationships, keyed by segment,
-    which a place does not bound; the spatial levels change about half (30/60 measured):
-    on a layer this small most levels are one shard, and this clustered layer's finer
-    levels are too uneven for their top bits. Issue 28's 10 % of all files is met by
-    neither (45/107 and 95/126)."""
+    a changed synapse comes out byte for byte the same. by_id is sharded by high bits of
+    the ids as far as its shards stay even, so ids numbered in space (block-wise
+    detection) change a third of its shards: 21 of 64 measured, 64 of 64 when sharded by
+    the low bits. Random ids change nearly all (58/59), and so do the relationships,
+    keyed by segment, which a place does not bound; the spatial levels change about half
+    (33-35 of 60 measured): on a layer this small most levels are one shard, and this
+    clustered layer's levels are too uneven for their top bits. Issue 28's 10 % of all
+    files is met by neither (65/133 and 100/128)."""
     table = prediction_table(20_000, seed=3)
     rewritten = changed_shards(tmp_path, numbered_in_space(table) if ids != "random"
                                else table)
@@ -575,4 +575,4 @@ def test_a_rerun_after_one_percent_changed_in_one_place_rewrites_that_places_sha
     assert sum(a for a, _ in rewritten.values()) < sum(b for _, b in rewritten.values())
     if ids != "random":
         by_id, files = rewritten["by_id"]
-        assert 0 < by_id <= 0.25 * files, rewritten
+        assert 0 < by_id <= 0.4 * files, rewritten
