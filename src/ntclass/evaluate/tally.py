@@ -64,14 +64,23 @@ def confusion_counts(truth: np.ndarray, predicted: np.ndarray, n_classes: int) -
     return cells.reshape(n_classes, n_classes + 1)
 
 
+def true_indices(names: Iterable, classes: Sequence[str]) -> np.ndarray:
+    """`class_indices` of true classes, which must all be among the classes."""
+    names = pa.array(names, pa.string())
+    found = class_indices(names, classes)
+    outside = np.flatnonzero(found == len(classes))
+    if len(outside):
+        raise NtclassError(f"true class {names[int(outside[0])].as_py()!r} is not one of "
+                           f"the classes {list(classes)}")
+    return found
+
+
 def classification_metrics(truth: Sequence[str], predicted: Sequence[str],
                            classes: Sequence[str]) -> dict:
     """`confusion_metrics` of two sequences of class names (truth within the classes)."""
-    truth_index = class_indices(list(truth), classes)
-    if (truth_index == len(classes)).any():
-        raise NtclassError(f"a true class outside the classes {list(classes)}")
-    return confusion_metrics(confusion_counts(truth_index, class_indices(
-        list(predicted), classes), len(classes)), classes)
+    return confusion_metrics(confusion_counts(true_indices(list(truth), classes),
+                                              class_indices(list(predicted), classes),
+                                              len(classes)), classes)
 
 
 @dataclass
@@ -111,12 +120,7 @@ def tally_labelled(batches: Iterable[pa.RecordBatch], classes: Sequence[str],
     and the tally of their unscaled probabilities' own argmax (the ECE before scaling)."""
     scaled, raw = SynapseTally(classes), SynapseTally(classes)
     for batch in batches:
-        truth = class_indices(batch.column("nt"), classes)
-        outside = truth == len(classes)
-        if outside.any():
-            value = batch.column("nt")[int(np.flatnonzero(outside)[0])].as_py()
-            raise NtclassError(f"true class {value!r} is not one of the classes "
-                               f"{list(classes)}")
+        truth = true_indices(batch.column("nt"), classes)
         probabilities = np.stack([batch.column(c).to_numpy(zero_copy_only=False)
                                   for c in classes], axis=1).astype(float)
         raw.add(truth, probabilities.argmax(axis=1), probabilities)

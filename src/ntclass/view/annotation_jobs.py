@@ -157,6 +157,9 @@ def plan_annotations(predictions: str, classes: Sequence[str], work: Path,
     def segments(column: str) -> np.ndarray:
         return scan.keys[column][scan.keys[column] != 0]
 
+    # the levels' cells only for the points a preshift is checked on
+    checked = scan.points[::max(1, len(scan.points) // shd.CHECKED)]
+
     indices = [{"key": "by_id", "sharding": sharding(
         n, n * (size + 24), scan.keys["synapse_id"], scan.key_bits["synapse_id"], "raw")}]
     indices += [{"key": rel, "sharding": sharding(count, n * (size + 8), segments(column),
@@ -168,7 +171,7 @@ def plan_annotations(predictions: str, classes: Sequence[str], work: Path,
         previous = quota
         cells_ = min(expected, math.prod(spec["grid_shape"]))
         grid = spec["grid_shape"]
-        codes = morton(cells(scan.points, lower, spec["chunk_size"], grid), grid)
+        codes = morton(cells(checked, lower, spec["chunk_size"], grid), grid)
         indices.append({**spec, "sharding": sharding(cells_, expected * (size + 8), codes,
                                                      morton_bits(grid))})
     for number, spec in enumerate(indices[FIRST_SPATIAL:]):
