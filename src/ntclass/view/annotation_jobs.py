@@ -43,12 +43,13 @@ import pyarrow.parquet as pq
 
 from ntclass.errors import NtclassError
 from ntclass.io import atomic_path
+from ntclass.settings import View
 from ntclass.sql import duckdb_connection, query_one
 from ntclass.view import sharded as shd
 from ntclass.view.annotations import LIMIT, layer_info
 
-SHARDED_ABOVE = 10_000  # one file per key below
-ROWS_PER_PART = 1 << 19  # rows per map job: its memory, whatever the target's size
+SHARDED_ABOVE: int = View.default("sharded_above")  # one file per key below
+ROWS_PER_PART: int = View.default("synapses_per_job")  # a map job's memory
 SAMPLE = 1 << 21  # points from which the plan estimates the densest cells
 SPARE_LEVELS = 2
 RELATIONSHIPS = {"pre_segment": "pre_id", "post_segment": "post_id"}

@@ -21,7 +21,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-LIMIT = 1000  # annotations per spatial cell: a sample a viewer draws at once
+from ntclass.settings import View
+
+LIMIT: int = View.default("limit")  # annotations per spatial cell
 
 
 def property_id(name: str) -> str:

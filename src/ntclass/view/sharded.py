@@ -18,8 +18,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-MINISHARD_KEYS = 1000  # neuroglancer's writer: ~1,000 keys a minishard
-SHARD_BYTES = 50_000_000  # and ~50 MB a shard
+from ntclass.settings import View
+
+MINISHARD_KEYS: int = View.default("keys_per_minishard")  # as neuroglancer's writer
+SHARD_BYTES = int(View.default("shard_mb") * 1e6)
 
 
 def sharding_spec(keys: int, total_bytes: int, data_encoding: str = "gzip",
