@@ -13,8 +13,18 @@ synapse once, no cell over its limit, and at most half of the synapses at the fi
 level); then the jobs a FAFB-sized layer (2.4e8 synapses) is planned as. Targets: at least
 50,000 synapses/s per job; each job's peak memory bounded whatever the target's size.
 
+`--rerun`: instead, what a rerun rewrites. The ids are numbered in space (Morton order of
+1 um cells, as block-wise detection numbers them), the layer is written (the jobs' code in
+one process, the workflow's defaults), then again after 1 % of the synapses, the nearest to
+one synapse, are predicted anew (positions and ids kept); printed per index: the shard
+files and bytes that changed, of all (issue 28: at most 10 % of the files). `--shard-mb`
+sets the shards' size: at 10^7 synapses, 2 MB gives about as many shards per index as the
+default 50 MB gives a FAFB-sized layer (2.4e8).
+
   .venv/bin/python benchmarks/view_annotations.py                 # 10^5, 10^6, 10^7
   .venv/bin/python benchmarks/view_annotations.py --sizes 100000 1000000
+  .venv/bin/python benchmarks/view_annotations.py --rerun --sizes 1000000 10000000
+  .venv/bin/python benchmarks/view_annotations.py --rerun --sizes 10000000 --shard-mb 2
 """
 
 from __future__ import annotations
@@ -195,13 +205,95 @@ def files_and_bytes(folder: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
+def numbered_in_space(path: Path) -> pa.Table:
+    """The table at `path` with its synapse ids renumbered in the Morton order of 1 um
+    cells (the same range of ids as before)."""
+    from ntclass.predict.targets import morton_cells
+
+    table = pq.read_table(path)
+    where = np.column_stack([table[c].to_numpy() for c in ("z", "y", "x")])
+    order = np.argsort(morton_cells(where, (1000,) * 3), kind="stable")
+    ids = np.empty(len(order), np.uint64)
+    ids[order] = np.arange(len(order), dtype=np.uint64) + 2**60
+    return table.set_column(table.schema.get_field_index("synapse_id"), "synapse_id",
+                            pa.array(ids))
+
+
+def repredicted_in_one_place(table: pa.Table, share: float = 0.01) -> pa.Table:
+    """`table` with new probabilities for the `share` of its synapses nearest to one."""
+    rng = np.random.default_rng(5)
+    where = np.column_stack([table[c].to_numpy() for c in ("z", "y", "x")])
+    distance = np.linalg.norm(where - where[rng.integers(len(where))], axis=1)
+    changed = np.argpartition(distance, int(share * len(where)))[:int(share * len(where))]
+    probs = np.column_stack([table[c].to_numpy() for c in CLASSES])
+    probs[changed] = rng.dirichlet(np.ones(len(CLASSES)), len(changed)).astype(np.float32)
+    for i, c in enumerate(CLASSES):
+        table = table.set_column(table.schema.get_field_index(c), c, pa.array(probs[:, i]))
+    table = table.set_column(table.schema.get_field_index("predicted_nt"), "predicted_nt",
+                             pa.array(np.asarray(CLASSES)[probs.argmax(axis=1)]))
+    return table.set_column(table.schema.get_field_index("confidence"), "confidence",
+                            pa.array(probs.max(axis=1)))
+
+
+def shard_files(folder: Path) -> dict[str, tuple[int, bytes]]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): (p.stat().st_size,
+                                         hashlib.sha1(p.read_bytes()).digest())
+            for p in folder.rglob("*.shard")}
+
+
+def rerun(tmp: Path, n: int, shard_mb: float | None) -> None:
+    """Print the shard files and bytes that a rerun after 1 % changed in one place
+    rewrites, per index (the spatial levels together)."""
+    from ntclass.view.annotation_jobs import write_annotations
+
+    write_table(tmp / "t.parquet", n)
+    table = numbered_in_space(tmp / "t.parquet")
+    layers = {}
+    for name, version in (("before", table), ("after", repredicted_in_one_place(table))):
+        pq.write_table(version, tmp / f"{name}.parquet")
+        begin = time.perf_counter()
+        write_annotations(str(tmp / f"{name}.parquet"), tmp / name, CLASSES, tmp / "work",
+                          **({"shard_bytes": int(shard_mb * 1e6)} if shard_mb else {}))
+        print(f"{n:>10,} synapses, layer {name}: {time.perf_counter() - begin:.1f} s",
+              flush=True)
+        layers[name] = shard_files(tmp / name)
+    before, after = layers["before"], layers["after"]
+    if before.keys() != after.keys():
+        raise SystemExit("the rerun's layer has other shard files than the first")
+    tally: dict[str, list[int]] = {}
+    for name, (size, digest) in before.items():
+        index = name.split("/")[0]
+        row = tally.setdefault("spatial" if index.startswith("spatial") else index,
+                               [0, 0, 0, 0])
+        changed = digest != after[name][1]
+        row[:] = [row[0] + changed, row[1] + 1, row[2] + changed * size, row[3] + size]
+    tally["all"] = [sum(row[i] for row in tally.values()) for i in range(4)]
+    for index, (files, of, size, total) in tally.items():
+        print(f"    {index:<13} {files:>4} of {of:>4} shard files changed ({files / of:6.1%}),"
+              f" {size / 2**20:8.1f} of {total / 2**20:8.1f} MiB ({size / total:6.1%})",
+              flush=True)
+    for path in tmp.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10**5, 10**6, 10**7])
+    parser.add_argument("--rerun", action="store_true",
+                        help="what a rerun after 1 %% changed in one place rewrites")
+    parser.add_argument("--shard-mb", type=float,
+                        help="the shards' size with --rerun (default: the workflow's)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], args.child[1:])
+        return
+    if args.rerun:
+        with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as tmp:
+            for n in args.sizes:
+                rerun(Path(tmp), n, args.shard_mb)
         return
     from ntclass.view.annotation_jobs import read_plan
 
