@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/ntclass summary results/evaluation
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests workflow_scripts benchmarks
