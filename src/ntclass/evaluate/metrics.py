@@ -29,7 +29,13 @@ from ntclass.evaluate.circuit import FLY_SIGNS, write_signed_edges
 from ntclass.evaluate.groups import COLUMNS as GROUP_COLUMNS
 from ntclass.evaluate.groups import group_calls, group_metrics, neuron_groups
 from ntclass.evaluate.inputs import write_input_composition
-from ntclass.evaluate.tally import BATCH_ROWS, classification_metrics, tally_labelled
+from ntclass.evaluate.tally import (
+    BATCH_ROWS,
+    classification_metrics,
+    probabilities_of,
+    tally_labelled,
+    true_indices,
+)
 from ntclass.ids import ID_DTYPE
 from ntclass.io import NamedOutputs
 from ntclass.provenance import provenance_lines, table_provenance
@@ -212,13 +218,6 @@ def _input_lines(inputs: dict | None) -> list[str]:
     return lines
 
 
-def _labelled_arrays(predictions: pd.DataFrame, classes: Sequence[str]):
-    labelled = predictions[predictions["nt"].notna()]
-    index = {c: i for i, c in enumerate(classes)}
-    return (labelled[list(classes)].to_numpy(dtype=float),
-            labelled["nt"].map(index).to_numpy(dtype=int))
-
-
 def abstention_summary(record: dict, neuron: dict) -> dict:
     """What the fitted threshold is and what it leaves on this target: the coverage (share
     of neurons called) and the precision of the calls (their neuron-level accuracy)."""
@@ -288,9 +287,11 @@ def fit_temperature_file(predictions_path: str, classes: Sequence[str], fitted_o
     with outofcore.scratch() as work:
         # cubes without data say nothing about calibration
         con = outofcore.connect(predictions_path, Path(work), leave_out_empty=True)
-        labelled = outofcore.labelled_rows(con)
+        # a fit needs them all at once: the validation part's labelled synapses
+        labelled = outofcore.labelled_batches(con, classes, BATCH_ROWS).read_all()
         con.close()
-    probabilities, labels = _labelled_arrays(labelled, classes)
+    probabilities = probabilities_of(labelled, classes)
+    labels = true_indices(labelled["nt"].combine_chunks(), classes)
     if not len(labels):
         raise NtclassError(f"target '{fitted_on}' given as evaluation.temperature_scaling."
                            "fit_on has no labelled synapse to fit a temperature on")

@@ -90,12 +90,6 @@ def neuron_aggregates(con: duckdb.DuckDBPyConnection, view: str, classes: Sequen
         types_mapper=NULLABLE_INTEGERS.get)
 
 
-def labelled_rows(con: duckdb.DuckDBPyConnection, view: str = "preds") -> pd.DataFrame:
-    """The synapses with a known NT, in memory (a temperature's fit needs them all)."""
-    return con.sql(f"SELECT * FROM {view} WHERE nt IS NOT NULL").to_arrow_table(
-    ).to_pandas(types_mapper=NULLABLE_INTEGERS.get)
-
-
 def labelled_batches(con: duckdb.DuckDBPyConnection, classes: Sequence[str], rows: int,
                      view: str = "preds") -> pa.RecordBatchReader:
     """The synapses with a known NT, `rows` at a time: nt, predicted_nt and the class

@@ -113,6 +113,11 @@ class SynapseTally:
         return out
 
 
+def probabilities_of(batch: pa.RecordBatch | pa.Table, classes: Sequence[str]) -> np.ndarray:
+    """The class probabilities of a batch of predictions (n x C, float64)."""
+    return np.stack([np.asarray(batch.column(c), dtype=float) for c in classes], axis=1)
+
+
 def tally_labelled(batches: Iterable[pa.RecordBatch], classes: Sequence[str],
                    temperature: float | None = None) -> tuple[SynapseTally, SynapseTally]:
     """The tally of the labelled synapses in `batches` (columns nt, predicted_nt and one
@@ -121,8 +126,7 @@ def tally_labelled(batches: Iterable[pa.RecordBatch], classes: Sequence[str],
     scaled, raw = SynapseTally(classes), SynapseTally(classes)
     for batch in batches:
         truth = true_indices(batch.column("nt"), classes)
-        probabilities = np.stack([batch.column(c).to_numpy(zero_copy_only=False)
-                                  for c in classes], axis=1).astype(float)
+        probabilities = probabilities_of(batch, classes)
         raw.add(truth, probabilities.argmax(axis=1), probabilities)
         if temperature is not None:
             probabilities = apply_temperature(probabilities, temperature)
