@@ -205,6 +205,10 @@ def files_and_bytes(folder: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
+def replaced(table: pa.Table, column: str, values: np.ndarray) -> pa.Table:
+    return table.set_column(table.schema.get_field_index(column), column, pa.array(values))
+
+
 def numbered_in_space(path: Path) -> pa.Table:
     """The table at `path` with its synapse ids renumbered in the Morton order of 1 um
     cells (the same range of ids as before)."""
@@ -215,8 +219,7 @@ def numbered_in_space(path: Path) -> pa.Table:
     order = np.argsort(morton_cells(where, (1000,) * 3), kind="stable")
     ids = np.empty(len(order), np.uint64)
     ids[order] = np.arange(len(order), dtype=np.uint64) + 2**60
-    return table.set_column(table.schema.get_field_index("synapse_id"), "synapse_id",
-                            pa.array(ids))
+    return replaced(table, "synapse_id", ids)
 
 
 def repredicted_in_one_place(table: pa.Table, share: float = 0.01) -> pa.Table:
@@ -224,15 +227,14 @@ def repredicted_in_one_place(table: pa.Table, share: float = 0.01) -> pa.Table:
     rng = np.random.default_rng(5)
     where = np.column_stack([table[c].to_numpy() for c in ("z", "y", "x")])
     distance = np.linalg.norm(where - where[rng.integers(len(where))], axis=1)
-    changed = np.argpartition(distance, int(share * len(where)))[:int(share * len(where))]
+    count = int(share * len(where))
+    changed = np.argpartition(distance, count)[:count]
     probs = np.column_stack([table[c].to_numpy() for c in CLASSES])
     probs[changed] = rng.dirichlet(np.ones(len(CLASSES)), len(changed)).astype(np.float32)
     for i, c in enumerate(CLASSES):
-        table = table.set_column(table.schema.get_field_index(c), c, pa.array(probs[:, i]))
-    table = table.set_column(table.schema.get_field_index("predicted_nt"), "predicted_nt",
-                             pa.array(np.asarray(CLASSES)[probs.argmax(axis=1)]))
-    return table.set_column(table.schema.get_field_index("confidence"), "confidence",
-                            pa.array(probs.max(axis=1)))
+        table = replaced(table, c, probs[:, i])
+    table = replaced(table, "predicted_nt", np.asarray(CLASSES)[probs.argmax(axis=1)])
+    return replaced(table, "confidence", probs.max(axis=1))
 
 
 def shard_files(folder: Path) -> dict[str, tuple[int, bytes]]:
@@ -262,14 +264,14 @@ def rerun(tmp: Path, n: int, shard_mb: float | None) -> None:
     before, after = layers["before"], layers["after"]
     if before.keys() != after.keys():
         raise SystemExit("the rerun's layer has other shard files than the first")
-    tally: dict[str, list[int]] = {}
+    # per index: files changed, files, bytes changed, bytes
+    tally: dict[str, np.ndarray] = {}
     for name, (size, digest) in before.items():
         index = name.split("/")[0]
-        row = tally.setdefault("spatial" if index.startswith("spatial") else index,
-                               [0, 0, 0, 0])
+        index = "spatial" if index.startswith("spatial") else index
         changed = digest != after[name][1]
-        row[:] = [row[0] + changed, row[1] + 1, row[2] + changed * size, row[3] + size]
-    tally["all"] = [sum(row[i] for row in tally.values()) for i in range(4)]
+        tally[index] = tally.get(index, 0) + np.array([changed, 1, changed * size, size])
+    tally["all"] = sum(tally.values())
     for index, (files, of, size, total) in tally.items():
         print(f"    {index:<13} {files:>4} of {of:>4} shard files changed ({files / of:6.1%}),"
               f" {size / 2**20:8.1f} of {total / 2**20:8.1f} MiB ({size / total:6.1%})",
